@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets up (scripts/setup.sh), then runs the linters and the whole test suite, real FUSE
+# mounts included (needs root or /dev/fuse access). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+echo "== ruff" >&2
+.venv/bin/ruff check secretfs tests bench
+echo "== mypy --strict" >&2
+.venv/bin/mypy --strict secretfs
+echo "== pytest" >&2
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,3 @@
+from secretfs.cli import main
+
+main()

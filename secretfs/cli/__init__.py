@@ -1,0 +1,74 @@
+"""`secretfs`: the control CLI. Every write to the store goes through here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from secretfs import __version__
+from secretfs.errors import SecretfsError
+from secretfs.store import default_store_path
+from secretfs.vault import Vault
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def store_option(fn: F) -> F:
+    return click.option(
+        "--store",
+        "store",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="The store file (default: $SECRETFS_STORE, else /var/lib/secretfs/store.db"
+        " for root, else ~/.local/share/secretfs/store.db).",
+    )(fn)
+
+
+def store_path(store: Path | None) -> Path:
+    return store if store is not None else default_store_path()
+
+
+@contextmanager
+def open_vault(store: Path | None) -> Iterator[Vault]:
+    vault = Vault.open(store_path(store))
+    try:
+        yield vault
+    finally:
+        vault.close()
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def handle_errors(fn: F) -> F:
+    """Turn our errors into a one-line message and the error's exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except SecretfsError as exc:
+            click.echo(f"secretfs: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="secretfs")
+def cli() -> None:
+    """Secrets as plain files: an encrypted store, a read-only FUSE mount, this CLI."""
+
+
+def main() -> None:
+    from secretfs.cli import mount, secret, setup  # noqa: F401 - they register commands
+
+    cli(prog_name="secretfs")

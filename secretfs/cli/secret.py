@@ -1,0 +1,192 @@
+"""`secretfs secret …`: create, set, get, ls, rm, history."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from secretfs import fields
+from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.values import read_value, value_options
+from secretfs.errors import UsageError
+from secretfs.refs import Ref, Scope, parse_ref, parse_scope
+from secretfs.store import SecretMeta, VersionMeta
+
+
+def _ref(text: str) -> Ref:
+    return parse_ref(text)
+
+
+def _iso(ns: int) -> str:
+    return (
+        datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
+
+
+def _mode(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        raise UsageError(f"--mode takes an octal mode such as 0400 or 440, not {value!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise UsageError("--mode must be between 000 and 777 (octal)")
+    return mode
+
+
+def owner_options(fn: Any) -> Any:
+    fn = click.option("--mode", metavar="OCTAL", help="File mode in the mount, e.g. 0440.")(fn)
+    fn = click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Numeric group id.")(fn)
+    return click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="Numeric user id.")(fn)
+
+
+def meta_record(meta: SecretMeta) -> dict[str, Any]:
+    ref = Ref(Scope.from_key(meta.scope), meta.name)
+    return {
+        "ref": str(ref),
+        "path": ref.path,
+        "version": meta.version,
+        "size": meta.size,
+        "kind": meta.kind,
+        "created": _iso(meta.created_ns),
+        "updated": _iso(meta.updated_ns),
+        "uid": meta.uid,
+        "gid": meta.gid,
+        "mode": None if meta.mode is None else f"{meta.mode:04o}",
+        "fingerprint": meta.fingerprint,
+    }
+
+
+def version_record(v: VersionMeta) -> dict[str, Any]:
+    return {
+        "version": v.version,
+        "created": _iso(v.created_ns),
+        "size": v.size,
+        "kind": v.kind,
+        "key_generation": v.key_gen,
+        "fingerprint": v.fingerprint,
+    }
+
+
+@cli.group()
+def secret() -> None:
+    """Create, change, read and list secrets."""
+
+
+def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
+    ref = _ref(ref_text)
+    value = read_value(
+        kw.pop("value"),
+        kw.pop("from_stdin"),
+        kw.pop("from_file"),
+        kw.pop("from_uri"),
+        kw.pop("generate"),
+    )
+    owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": _mode(kw.pop("mode"))}
+    with open_vault(store) as vault:
+        result = (
+            vault.create(ref, value, **owner) if how == "create" else vault.set(ref, value, **owner)
+        )
+    meta = result.meta
+    verb = "created" if result.previous_version == 0 else "updated"
+    click.echo(f"{verb} {ref} version {meta.version} ({meta.size} bytes)", err=True)
+
+
+@secret.command()
+@click.argument("ref")
+@value_options
+@owner_options
+@store_option
+@handle_errors
+def create(store: Path | None, ref: str, **kw: Any) -> None:
+    """Create a new secret REF; fails (exit 4, "409") if it exists."""
+    _write(store, ref, "create", **kw)
+
+
+@secret.command(name="set")
+@click.argument("ref")
+@value_options
+@owner_options
+@store_option
+@handle_errors
+def set_(store: Path | None, ref: str, **kw: Any) -> None:
+    """Create REF or add a new version to it."""
+    _write(store, ref, "set", **kw)
+
+
+@secret.command()
+@click.argument("ref")
+@click.option("--field", "field_path", metavar="A/B", help="One field of a JSON secret.")
+@click.option("--version", "version", type=click.IntRange(1), help="An older version.")
+@store_option
+@handle_errors
+def get(store: Path | None, ref: str, field_path: str | None, version: int | None) -> None:
+    """Print the exact bytes of REF (no newline added)."""
+    parsed = _ref(ref)
+    path = parsed.field
+    if field_path:
+        path = path + _ref(f"{parsed.without_field()}/{field_path}").field
+    with open_vault(store) as vault:
+        value = vault.get_value(parsed.without_field(), version)
+    out = fields.extract(value, path) if path else value
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
+
+
+@secret.command(name="ls")
+@click.argument("scope", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@store_option
+@handle_errors
+def ls(store: Path | None, scope: str | None, as_json: bool) -> None:
+    """List secrets (metadata only, never values), optionally in one SCOPE."""
+    key = parse_scope(scope).key if scope else None
+    with open_vault(store) as vault:
+        records = [meta_record(m) for m in vault.list_secrets(key)]
+    if as_json:
+        emit_json(records)
+        return
+    if not records:
+        click.echo("no secrets", err=True)
+        return
+    width = max(len(r["ref"]) for r in records)
+    click.echo(f"{'REF':<{width}}  {'VER':>4}  {'SIZE':>8}  {'KIND':<4}  UPDATED")
+    for r in records:
+        click.echo(
+            f"{r['ref']:<{width}}  {r['version']:>4}  {r['size']:>8}  {r['kind']:<4}"
+            f"  {r['updated']}"
+        )
+
+
+@secret.command()
+@click.argument("ref")
+@store_option
+@handle_errors
+def rm(store: Path | None, ref: str) -> None:
+    """Remove REF and all its versions."""
+    parsed = _ref(ref)
+    with open_vault(store) as vault:
+        meta = vault.remove(parsed)
+    click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
+
+
+@secret.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@store_option
+@handle_errors
+def history(store: Path | None, ref: str, as_json: bool) -> None:
+    """List the kept versions of REF (metadata only)."""
+    with open_vault(store) as vault:
+        records = [version_record(v) for v in vault.history(_ref(ref))]
+    if as_json:
+        emit_json(records)
+        return
+    click.echo(f"{'VER':>4}  {'SIZE':>8}  {'KIND':<4}  CREATED")
+    for r in records:
+        click.echo(f"{r['version']:>4}  {r['size']:>8}  {r['kind']:<4}  {r['created']}")

@@ -1,0 +1,36 @@
+"""`secretfs init`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.keys import KIND_KEY_FILE
+from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, Vault
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--max-value-size",
+    type=click.IntRange(1, 64 * 1024 * 1024),
+    default=DEFAULT_MAX_VALUE_BYTES,
+    show_default=True,
+    help="Largest value the store accepts, in bytes.",
+)
+@handle_errors
+def init(store: Path | None, max_value_size: int) -> None:
+    """Create a new, empty store.
+
+    The key-encryption key comes from $SECRETFS_KEY, else $SECRETFS_PASSWORD (Argon2id),
+    else a new key file is written next to the store (mode 0600).
+    """
+    path = store_path(store)
+    source = Vault.init(path, max_value_bytes=max_value_size)
+    click.echo(f"created store {path}")
+    if source.kind == KIND_KEY_FILE:
+        click.echo(f"key file {source.description} (mode 0600): back it up, apart from the store")
+    else:
+        click.echo(f"key from {source.description}: the same is needed to open the store")

@@ -1,0 +1,317 @@
+"""The only module that touches nonces, raw keys, the AEAD and the KDF.
+
+Everything here is a thin recipe over vetted primitives (libsodium via PyNaCl,
+Argon2 via argon2-cffi); nothing is hand-rolled. The byte layouts below are the
+on-disk format and are pinned by known-answer tests in tests/test_crypto.py.
+
+Sealed blob (format 1)::
+
+    0x01 || nonce (24 random bytes) || XChaCha20-Poly1305(key, nonce, aad, plaintext)
+
+Associated data is built by ``value_aad`` / ``data_key_aad``: a domain tag, then
+every field as a 4-byte big-endian length followed by its bytes (text as UTF-8,
+integers as 8-byte big-endian), so distinct field tuples never encode alike.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ctypes
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.bindings
+import nacl.encoding
+import nacl.exceptions
+import nacl.hash
+from argon2.low_level import Type, hash_secret_raw
+
+from secretfs.errors import IntegrityError, UsageError
+
+__all__ = [
+    "FORMAT_V1",
+    "KEY_BYTES",
+    "SALT_BYTES",
+    "KdfParams",
+    "data_key_aad",
+    "derive_kek",
+    "fingerprint",
+    "fingerprint_key",
+    "format_key_text",
+    "new_salt",
+    "open_sealed",
+    "parse_key_text",
+    "random_key",
+    "seal",
+    "unwrap_key",
+    "value_aad",
+    "wipe",
+    "wrap_key",
+]
+
+KEY_BYTES = 32
+FORMAT_V1 = 1
+SALT_BYTES = 16
+
+_NONCE_BYTES: int = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES  # 24
+_TAG_BYTES: int = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_ABYTES  # 16
+_HEADER = bytes([FORMAT_V1])
+_MIN_BLOB = len(_HEADER) + _NONCE_BYTES + _TAG_BYTES
+
+_AUTH_FAILED = "authentication failed: tampered, moved, or sealed under another key"
+
+_VALUE_AAD_TAG = b"secretfs/value/v1"
+_DEK_AAD_TAG = b"secretfs/dek/v1"
+
+# BLAKE2b personalizations (at most 16 bytes); distinct so derived keys never collide.
+_FP_KEY_PERSON = b"secretfs/fpkey/1"
+_FP_PERSON = b"secretfs/fp/v1"
+_FP_HEX_CHARS = 32
+
+_KDF_ALG = "argon2id"
+_KDF_VERSION = 19  # Argon2 v1.3
+# Upper bounds so a corrupted store cannot make us allocate or spin without limit.
+_KDF_MAX_TIME = 64
+_KDF_MAX_MEMORY_KIB = 4 * 1024 * 1024  # 4 GiB
+_KDF_MAX_PARALLELISM = 64
+
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{64}")
+_KEY_TEXT_HELP = (
+    "key must be 32 bytes written as 64 hex characters or as base64 / URL-safe "
+    "base64 (44 characters); generate one with `openssl rand -hex 32`"
+)
+
+
+def _check_key(key: bytes, what: str = "key") -> None:
+    if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+        raise UsageError(f"{what} must be exactly {KEY_BYTES} bytes")
+
+
+# --- randomness ---------------------------------------------------------------
+
+
+def random_key() -> bytes:
+    """Return a fresh random 32-byte key."""
+    return os.urandom(KEY_BYTES)
+
+
+def new_salt() -> bytes:
+    """Return a fresh random 16-byte salt for the password KDF."""
+    return os.urandom(SALT_BYTES)
+
+
+# --- AEAD ---------------------------------------------------------------------
+
+
+def _seal_with_nonce(key: bytes, plaintext: bytes, aad: bytes, nonce: bytes) -> bytes:
+    """Seal with a caller-chosen nonce. Known-answer tests only: never reuse a nonce."""
+    _check_key(key)
+    if len(nonce) != _NONCE_BYTES:
+        raise UsageError(f"nonce must be exactly {_NONCE_BYTES} bytes")
+    body = nacl.bindings.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, aad, nonce, key)
+    return _HEADER + nonce + body
+
+
+def seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    """Encrypt and authenticate ``plaintext`` bound to ``aad`` under a random nonce."""
+    return _seal_with_nonce(key, plaintext, aad, os.urandom(_NONCE_BYTES))
+
+
+def open_sealed(key: bytes, blob: bytes, aad: bytes) -> bytes:
+    """Return the plaintext of ``blob``; raise IntegrityError if anything does not verify."""
+    _check_key(key)
+    blob = bytes(blob)
+    if len(blob) < _MIN_BLOB or blob[:1] != _HEADER:
+        raise IntegrityError(_AUTH_FAILED)
+    nonce = blob[1 : 1 + _NONCE_BYTES]
+    body = blob[1 + _NONCE_BYTES :]
+    try:
+        return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(body, aad, nonce, key)
+    except nacl.exceptions.CryptoError:
+        raise IntegrityError(_AUTH_FAILED) from None
+
+
+# --- associated data ----------------------------------------------------------
+
+
+def _field(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def _text_field(text: str, what: str) -> bytes:
+    try:
+        return _field(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} is not valid Unicode text") from None
+
+
+def _int_field(value: int, what: str) -> bytes:
+    if isinstance(value, bool) or not 0 <= value < 2**64:
+        raise UsageError(f"{what} must be an integer in [0, 2**64)")
+    return _field(struct.pack(">Q", value))
+
+
+def value_aad(store_id: bytes, scope_key: str, name: str, version: int, key_gen: int) -> bytes:
+    """Associated data binding a value to its store, scope, name, version and key generation."""
+    return b"".join(
+        (
+            _VALUE_AAD_TAG,
+            _field(store_id),
+            _text_field(scope_key, "scope"),
+            _text_field(name, "name"),
+            _int_field(version, "version"),
+            _int_field(key_gen, "key generation"),
+        )
+    )
+
+
+def data_key_aad(store_id: bytes, key_gen: int) -> bytes:
+    """Associated data binding a wrapped data key to its store and key generation."""
+    return b"".join((_DEK_AAD_TAG, _field(store_id), _int_field(key_gen, "key generation")))
+
+
+# --- envelope -----------------------------------------------------------------
+
+
+def wrap_key(kek: bytes, data_key: bytes, aad: bytes) -> bytes:
+    """Seal a 32-byte data key under the key-encryption key."""
+    _check_key(data_key, "data key")
+    return seal(kek, data_key, aad)
+
+
+def unwrap_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
+    """Open a wrapped data key; raise IntegrityError unless it verifies and is 32 bytes."""
+    data_key = open_sealed(kek, wrapped, aad)
+    if len(data_key) != KEY_BYTES:
+        raise IntegrityError(_AUTH_FAILED)
+    return data_key
+
+
+# --- password KDF -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    """Argon2id cost parameters; defaults are RFC 9106's second recommended option."""
+
+    time_cost: int = 3
+    memory_kib: int = 65536
+    parallelism: int = 4
+
+    def __post_init__(self) -> None:
+        for name, value, low, high in (
+            ("time_cost", self.time_cost, 1, _KDF_MAX_TIME),
+            ("parallelism", self.parallelism, 1, _KDF_MAX_PARALLELISM),
+            ("memory_kib", self.memory_kib, 8 * self.parallelism, _KDF_MAX_MEMORY_KIB),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise UsageError(f"KDF parameter {name} must be an integer in [{low}, {high}]")
+
+    def to_json(self) -> str:
+        """Serialize with the algorithm and version, for storing beside the salt."""
+        return json.dumps(
+            {
+                "alg": _KDF_ALG,
+                "v": _KDF_VERSION,
+                "t": self.time_cost,
+                "m": self.memory_kib,
+                "p": self.parallelism,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, s: str) -> KdfParams:
+        """Parse stored parameters; raise IntegrityError if they are malformed."""
+        malformed = IntegrityError("stored KDF parameters are malformed or unsupported")
+        try:
+            obj: Any = json.loads(s)
+        except (TypeError, ValueError):
+            raise malformed from None
+        if not isinstance(obj, dict) or set(obj) != {"alg", "v", "t", "m", "p"}:
+            raise malformed
+        if obj["alg"] != _KDF_ALG or type(obj["v"]) is not int or obj["v"] != _KDF_VERSION:
+            raise malformed
+        try:
+            return cls(time_cost=obj["t"], memory_kib=obj["m"], parallelism=obj["p"])
+        except UsageError:
+            raise malformed from None
+
+
+def derive_kek(password: bytes, salt: bytes, params: KdfParams) -> bytes:
+    """Derive a 32-byte key-encryption key from a password with Argon2id."""
+    if not password:
+        raise UsageError("password must not be empty")
+    if len(salt) < SALT_BYTES:
+        raise UsageError(f"salt must be at least {SALT_BYTES} bytes")
+    return hash_secret_raw(
+        secret=password,
+        salt=salt,
+        time_cost=params.time_cost,
+        memory_cost=params.memory_kib,
+        parallelism=params.parallelism,
+        hash_len=KEY_BYTES,
+        type=Type.ID,
+        version=_KDF_VERSION,
+    )
+
+
+# --- fingerprints -------------------------------------------------------------
+
+
+def _blake2b(data: bytes, key: bytes, person: bytes, size: int) -> bytes:
+    return nacl.hash.blake2b(
+        data, digest_size=size, key=key, person=person, encoder=nacl.encoding.RawEncoder
+    )
+
+
+def fingerprint_key(data_key: bytes) -> bytes:
+    """Derive the fingerprint subkey; a separate personalization keeps it apart from data_key."""
+    _check_key(data_key, "data key")
+    return _blake2b(b"", data_key, _FP_KEY_PERSON, KEY_BYTES)
+
+
+def fingerprint(fp_key: bytes, value: bytes) -> str:
+    """Keyed BLAKE2b-256 of ``value`` as 32 hex chars: comparable, not brute-forceable offline."""
+    _check_key(fp_key, "fingerprint key")
+    return _blake2b(value, fp_key, _FP_PERSON, 32).hex()[:_FP_HEX_CHARS]
+
+
+# --- key text -----------------------------------------------------------------
+
+
+def parse_key_text(text: str) -> bytes:
+    """Parse a 32-byte key from 64 hex chars or (URL-safe) base64; whitespace is ignored."""
+    compact = "".join(text.split())
+    if _HEX_KEY.fullmatch(compact):
+        return bytes.fromhex(compact)
+    if compact.isascii() and 43 <= len(compact) <= 44:
+        padded = compact.rstrip("=")
+        padded += "=" * (-len(padded) % 4)
+        for altchars in (None, b"-_"):
+            try:
+                key = base64.b64decode(padded, altchars=altchars, validate=True)
+            except (binascii.Error, ValueError):
+                continue
+            if len(key) == KEY_BYTES:
+                return key
+    raise UsageError(_KEY_TEXT_HELP)
+
+
+def format_key_text(key: bytes) -> str:
+    """Render a key as 64 lowercase hex characters."""
+    _check_key(key)
+    return key.hex()
+
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite ``buf`` with zeros in place (best effort; copies elsewhere are not reached)."""
+    n = len(buf)
+    if n:
+        ctypes.memset((ctypes.c_char * n).from_buffer(buf), 0, n)

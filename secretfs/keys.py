@@ -1,0 +1,94 @@
+"""Where the key-encryption key (KEK) comes from.
+
+Sources, in order: `SECRETFS_KEY` (32 bytes, hex or base64), `SECRETFS_PASSWORD`
+(Argon2id with the salt and parameters stored in the store), then the key file next to
+the store (`<store>.key`, or `$SECRETFS_KEY_FILE`). `secretfs init` writes that key file
+when neither variable is set. An existing store is never given a fresh key.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from secretfs import crypto
+from secretfs.errors import KeySourceError, SecretfsError
+
+log = logging.getLogger(__name__)
+
+ENV_KEY = "SECRETFS_KEY"
+ENV_PASSWORD = "SECRETFS_PASSWORD"  # noqa: S105 - the variable's name, not a password
+ENV_KEY_FILE = "SECRETFS_KEY_FILE"
+
+KIND_KEY = "key"
+KIND_PASSWORD = "password"  # noqa: S105
+KIND_KEY_FILE = "key-file"
+
+
+@dataclass(frozen=True, slots=True)
+class KekSource:
+    """Which source gave the KEK, said so in errors and `key status`."""
+
+    kind: str
+    description: str
+
+
+def key_file_path(store_path: Path) -> Path:
+    env = os.environ.get(ENV_KEY_FILE)
+    return Path(env) if env else store_path.with_name(store_path.name + ".key")
+
+
+def env_source() -> KekSource | None:
+    if os.environ.get(ENV_KEY):
+        return KekSource(KIND_KEY, f"${ENV_KEY}")
+    if os.environ.get(ENV_PASSWORD):
+        return KekSource(KIND_PASSWORD, f"${ENV_PASSWORD}")
+    return None
+
+
+def kek_from_env_key() -> bytes:
+    return crypto.parse_key_text(os.environ[ENV_KEY])
+
+
+def kek_from_password(salt: bytes, params: crypto.KdfParams) -> bytes:
+    return crypto.derive_kek(os.environ[ENV_PASSWORD].encode(), salt, params)
+
+
+def read_key_file(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeySourceError(
+            f"no key: ${ENV_KEY} and ${ENV_PASSWORD} are unset and the key file {path}"
+            " does not exist (set one of them, or point $SECRETFS_KEY_FILE at the key file)"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeySourceError(f"cannot read key file {path}: {exc}") from None
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        log.warning("key file %s is readable by others (mode %o): chmod 600 it", path, st.st_mode)
+    try:
+        return crypto.parse_key_text(text)
+    except SecretfsError:
+        raise KeySourceError(f"key file {path} does not hold a 32-byte key") from None
+
+
+def write_key_file(path: Path, key: bytes) -> None:
+    """Create the key file 0600 from the start, atomically, never replacing one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, (crypto.format_key_text(key) + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeySourceError(f"key file {path} exists already; not replacing it") from None
+    finally:
+        tmp.unlink()

@@ -1,0 +1,370 @@
+"""The mounted tree as pure logic: inodes, directory entries and attributes.
+
+No FUSE here: the daemon feeds it store changes (`apply`) and the FS adapter asks it
+questions. Nothing here decrypts a value except to learn a JSON secret's field names,
+and what it keeps of that is the shape (names and sizes), never a value.
+
+A secret's file has one inode per version: a new version is a new inode, so a handle
+opened before keeps its snapshot and the kernel's page cache for it, while new lookups
+see the new inode once the old directory entry is invalidated.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from secretfs import fields
+from secretfs.refs import Ref, Scope
+from secretfs.store import SecretMeta
+
+ROOT_INODE = 1
+TOP_DIRS = ("deployment", "env", "project")
+
+NodeKind = Literal["dir", "secret", "fielddir", "field"]
+Shape = dict[str, "Shape | int"]  # a JSON container: name -> sub-container or leaf size
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One file or directory. `secret`/`field` are set for everything under a secret."""
+
+    inode: int
+    kind: NodeKind
+    path: str  # relative to the mount root; "" for the root
+    secret: SecretMeta | None = None
+    field: tuple[str, ...] = ()
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind in ("dir", "fielddir")
+
+    @property
+    def ref(self) -> Ref:
+        assert self.secret is not None
+        return Ref(Scope.from_key(self.secret.scope), self.secret.name, self.field)
+
+
+@dataclass(frozen=True, slots=True)
+class Attr:
+    inode: int
+    mode: int  # full st_mode, type bits included
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    nlink: int
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """The mount's defaults for what a secret does not set itself."""
+
+    uid: int
+    gid: int
+    mode: int = 0o400
+
+
+@dataclass(slots=True)
+class Invalidation:
+    """What the kernel may hold that a change made stale."""
+
+    entries: list[tuple[int, str]] = field(default_factory=list)  # (parent inode, name)
+    inodes: list[int] = field(default_factory=list)  # attributes to drop
+
+
+ValueLoader = Callable[[int, int], bytes]  # (secret_id, version) -> plaintext
+
+
+class Tree:
+    def __init__(self, owner: Owner, load_value: ValueLoader, now_ns: int) -> None:
+        self.owner = owner
+        self._load_value = load_value
+        self._started_ns = now_ns
+        self._scopes: dict[str, dict[str, SecretMeta]] = {}
+        self._by_id: dict[int, SecretMeta] = {}
+        self._inodes: dict[tuple[Any, ...], int] = {}
+        self._nodes: dict[int, Node] = {}
+        self._lookups: dict[int, int] = {}
+        self._next_inode = ROOT_INODE + 1
+        self._dir_mtime: dict[str, int] = {}
+        self._shapes: OrderedDict[tuple[int, int], Shape | None] = OrderedDict()
+        self._nodes[ROOT_INODE] = Node(ROOT_INODE, "dir", "")
+        self._inodes[("dir", "")] = ROOT_INODE
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def apply(self, changes: Iterable[SecretMeta], now_ns: int) -> Invalidation:
+        """Take changed secrets (removed ones have `deleted`); say what to invalidate."""
+        out = Invalidation()
+        for meta in changes:
+            old = self._by_id.get(meta.secret_id)
+            if old is not None and old.version == meta.version and not meta.deleted:
+                # Same version, new owner or mode: same inodes, new attributes.
+                self._store(meta)
+                for key in (
+                    ("secret", meta.secret_id, meta.version),
+                    ("fielddir", meta.secret_id, meta.version, ()),
+                ):
+                    if key in self._inodes:
+                        out.inodes.append(self._inodes[key])
+                continue
+            if old is not None:
+                self._drop(old)
+                self._stale_entries(old, out)
+            if not meta.deleted:
+                self._store(meta)
+            self._touch_dirs(meta.scope, now_ns, out)
+        return out
+
+    def _store(self, meta: SecretMeta) -> None:
+        self._scopes.setdefault(meta.scope, {})[meta.name] = meta
+        self._by_id[meta.secret_id] = meta
+
+    def _drop(self, meta: SecretMeta) -> None:
+        del self._by_id[meta.secret_id]
+        names = self._scopes.get(meta.scope)
+        if names is not None:
+            names.pop(meta.name, None)
+            if not names:
+                del self._scopes[meta.scope]
+
+    def _stale_entries(self, old: SecretMeta, out: Invalidation) -> None:
+        parent = self._inodes.get(("dir", old.scope))
+        if parent is None:
+            return
+        out.entries.append((parent, old.name))
+        if old.kind == "json":
+            out.entries.append((parent, old.name + ".d"))
+
+    def _touch_dirs(self, scope_key: str, now_ns: int, out: Invalidation) -> None:
+        parts = scope_key.split("/")
+        for depth in range(len(parts) + 1):
+            path = "/".join(parts[:depth])
+            self._dir_mtime[path] = now_ns
+            inode = self._inodes.get(("dir", path))
+            if inode is not None:
+                out.inodes.append(inode)
+            parent = self._inodes.get(("dir", "/".join(parts[: depth - 1])))
+            if depth and parent is not None and not _is_dir_path(path, self._scopes):
+                # The directory went away with its last secret.
+                out.entries.append((parent, parts[depth - 1]))
+
+    # -- inodes --------------------------------------------------------------------------
+
+    def _node(self, key: tuple[Any, ...], kind: NodeKind, path: str, **kw: Any) -> Node:
+        inode = self._inodes.get(key)
+        if inode is None:
+            inode = self._next_inode
+            self._next_inode += 1
+            self._inodes[key] = inode
+            self._nodes[inode] = Node(inode, kind, path, **kw)
+        return self._nodes[inode]
+
+    def get(self, inode: int) -> Node | None:
+        return self._nodes.get(inode)
+
+    def remember(self, inode: int) -> None:
+        """The kernel got a reference to `inode` (lookup, readdirplus)."""
+        self._lookups[inode] = self._lookups.get(inode, 0) + 1
+
+    def forget(self, inode: int, count: int) -> None:
+        left = self._lookups.get(inode, 0) - count
+        if left > 0:
+            self._lookups[inode] = left
+            return
+        self._lookups.pop(inode, None)
+        node = self._nodes.get(inode)
+        if node is None or inode == ROOT_INODE:
+            return
+        del self._nodes[inode]
+        for key in _keys_of(node):
+            if self._inodes.get(key) == inode:
+                del self._inodes[key]
+
+    @property
+    def inode_count(self) -> int:
+        return len(self._nodes)
+
+    # -- questions -----------------------------------------------------------------------
+
+    def lookup(self, parent: Node, name: str) -> Node | None:
+        if parent.kind == "fielddir":
+            return self._field_child(parent, name)
+        if parent.kind != "dir":
+            return None
+        path = _join(parent.path, name)
+        if _is_dir_path(path, self._scopes):
+            return self._node(("dir", path), "dir", path)
+        names = self._scopes.get(parent.path)
+        if names is None:
+            return None
+        meta = names.get(name)
+        if meta is not None:
+            return self._node(("secret", meta.secret_id, meta.version), "secret", path, secret=meta)
+        if name.endswith(".d"):
+            meta = names.get(name[:-2])
+            if meta is not None and meta.kind == "json":
+                return self._node(
+                    ("fielddir", meta.secret_id, meta.version, ()),
+                    "fielddir",
+                    path,
+                    secret=meta,
+                )
+        return None
+
+    def listdir(self, parent: Node) -> list[Node]:
+        if parent.kind == "fielddir":
+            shape = self._shape_at(parent)
+            return [n for n in (self._field_child(parent, k) for k in shape or {}) if n]
+        if parent.kind != "dir":
+            return []
+        out: list[Node] = []
+        for name in _dir_children(parent.path, self._scopes):
+            node = self.lookup(parent, name)
+            if node is not None:
+                out.append(node)
+        return out
+
+    def attr(self, node: Node) -> Attr:
+        if node.kind == "dir":
+            mtime = self._dir_mtime.get(node.path, self._started_ns)
+            return Attr(
+                node.inode, stat.S_IFDIR | 0o555, self.owner.uid, self.owner.gid, 0, mtime, mtime, 2
+            )
+        meta = self.current(node)
+        uid, gid, mode = self.ownership(meta)
+        if node.kind == "fielddir":
+            dir_mode = mode | ((mode & 0o444) >> 2)  # x where r: a readable dir is traversable
+            return Attr(
+                node.inode,
+                stat.S_IFDIR | dir_mode,
+                uid,
+                gid,
+                0,
+                meta.updated_ns,
+                meta.updated_ns,
+                2,
+            )
+        size = meta.size if node.kind == "secret" else self._field_size(node)
+        return Attr(
+            node.inode, stat.S_IFREG | mode, uid, gid, size, meta.updated_ns, meta.updated_ns, 1
+        )
+
+    def current(self, node: Node) -> SecretMeta:
+        """The node's secret, with the newest owner and mode if it is still its version."""
+        assert node.secret is not None
+        now = self._by_id.get(node.secret.secret_id)
+        return now if now is not None and now.version == node.secret.version else node.secret
+
+    def ownership(self, meta: SecretMeta) -> tuple[int, int, int]:
+        return (
+            self.owner.uid if meta.uid is None else meta.uid,
+            self.owner.gid if meta.gid is None else meta.gid,
+            self.owner.mode if meta.mode is None else meta.mode,
+        )
+
+    def read(self, node: Node) -> bytes:
+        """Decrypt the node's content (a whole secret or one field) for an open handle."""
+        assert node.secret is not None
+        value = self._load_value(node.secret.secret_id, node.secret.version)
+        if node.kind == "field":
+            return fields.extract(value, node.field)
+        return value
+
+    # -- JSON fields ---------------------------------------------------------------------
+
+    def _field_child(self, parent: Node, name: str) -> Node | None:
+        shape = self._shape_at(parent)
+        if shape is None or name not in shape:
+            return None
+        meta = parent.secret
+        assert meta is not None
+        path = (*parent.field, name)
+        kind: NodeKind = "fielddir" if isinstance(shape[name], dict) else "field"
+        return self._node(
+            (kind, meta.secret_id, meta.version, path),
+            kind,
+            _join(parent.path, name),
+            secret=meta,
+            field=path,
+        )
+
+    def _shape_at(self, node: Node) -> Shape | None:
+        assert node.secret is not None
+        shape: Shape | int | None = self._shape(node.secret)
+        for part in node.field:
+            if not isinstance(shape, dict):
+                return None
+            shape = shape.get(part)
+        return shape if isinstance(shape, dict) else None
+
+    def _field_size(self, node: Node) -> int:
+        assert node.secret is not None
+        parent = Node(0, "fielddir", "", node.secret, node.field[:-1])
+        shape = self._shape_at(parent)
+        leaf = shape.get(node.field[-1]) if shape else None
+        return leaf if isinstance(leaf, int) else 0
+
+    def _shape(self, meta: SecretMeta) -> Shape | None:
+        key = (meta.secret_id, meta.version)
+        if key in self._shapes:
+            self._shapes.move_to_end(key)
+            return self._shapes[key]
+        doc = fields.parse(self._load_value(meta.secret_id, meta.version))
+        shape = _shape_of(doc) if doc is not None else None
+        self._shapes[key] = shape
+        if len(self._shapes) > 4096:
+            self._shapes.popitem(last=False)
+        return shape
+
+
+def _shape_of(node: Any) -> Shape:
+    out: Shape = {}
+    for name, child in fields.children(node):
+        out[name] = _shape_of(child) if fields.is_container(child) else len(fields.render(child))
+    return out
+
+
+def _keys_of(node: Node) -> list[tuple[Any, ...]]:
+    if node.kind == "dir":
+        return [("dir", node.path)]
+    assert node.secret is not None
+    sid, ver = node.secret.secret_id, node.secret.version
+    if node.kind == "secret":
+        return [("secret", sid, ver)]
+    return [(node.kind, sid, ver, node.field)]
+
+
+def _join(parent: str, name: str) -> str:
+    return f"{parent}/{name}" if parent else name
+
+
+def _is_dir_path(path: str, scopes: dict[str, dict[str, SecretMeta]]) -> bool:
+    """A structural directory: a top dir, a scope that has secrets, or a prefix of one."""
+    if path in TOP_DIRS:
+        return True
+    if path in scopes:
+        return True
+    prefix = path + "/"
+    return path.startswith("project/") and any(k.startswith(prefix) for k in scopes)
+
+
+def _dir_children(path: str, scopes: dict[str, dict[str, SecretMeta]]) -> list[str]:
+    if path in scopes:
+        names: list[str] = []
+        for name, meta in scopes[path].items():
+            names.append(name)
+            if meta.kind == "json":
+                names.append(name + ".d")
+        return sorted(names)
+    if path == "":
+        services = {k for k in scopes if k.startswith("@")}
+        return [*TOP_DIRS, *sorted(services)]
+    prefix = path + "/"
+    below = {k[len(prefix) :].split("/", 1)[0] for k in scopes if k.startswith(prefix)}
+    return sorted(below)
