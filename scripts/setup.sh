@@ -9,6 +9,8 @@ SYSTEM_PACKAGES=(
   gcc python3 python3-dev python3-venv # building pyfuse3 from source
   attr                                 # getfattr, used by the tests and the docs
   runc busybox-static                  # the container test
+  openssh-client                       # ssh-keygen: the git SSH key tests
+  systemd                              # systemd-analyze verify: the unit file test
 )
 
 sudo_cmd=()
@@ -35,6 +37,6 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing secretfs and its test tools into .venv" >&2
   .venv/bin/python -m pip install -q --upgrade pip >&2
-  .venv/bin/python -m pip install -q -e '.[test]' >&2
+  .venv/bin/python -m pip install -q -e '.[test,docs]' >&2
   echo "$want" > "$stamp"
 fi

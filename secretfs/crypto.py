@@ -43,6 +43,9 @@ __all__ = [
     "fingerprint",
     "fingerprint_key",
     "format_key_text",
+    "kdf_record_digest",
+    "kek_check",
+    "kek_matches",
     "new_salt",
     "open_sealed",
     "parse_key_text",
@@ -67,6 +70,8 @@ _AUTH_FAILED = "authentication failed: tampered, moved, or sealed under another 
 
 _VALUE_AAD_TAG = b"secretfs/value/v1"
 _DEK_AAD_TAG = b"secretfs/dek/v1"
+_KEK_CHECK_TAG = b"secretfs/kek-check/v1"
+_KDF_RECORD_PERSON = b"secretfs/kdf/v1"
 
 # BLAKE2b personalizations (at most 16 bytes); distinct so derived keys never collide.
 _FP_KEY_PERSON = b"secretfs/fpkey/1"
@@ -192,6 +197,19 @@ def unwrap_key(kek: bytes, wrapped: bytes, aad: bytes) -> bytes:
     return data_key
 
 
+def kek_check(kek: bytes, store_id: bytes) -> bytes:
+    """A sealed empty record that only `kek` opens: tells a wrong key from a damaged data key."""
+    return seal(kek, b"", _KEK_CHECK_TAG + _field(store_id))
+
+
+def kek_matches(kek: bytes, store_id: bytes, check: bytes) -> bool:
+    """Whether `check` (from `kek_check`) was sealed under `kek` for this store."""
+    try:
+        return open_sealed(kek, check, _KEK_CHECK_TAG + _field(store_id)) == b""
+    except IntegrityError:
+        return False
+
+
 # --- password KDF -------------------------------------------------------------
 
 
@@ -259,6 +277,20 @@ def derive_kek(password: bytes, salt: bytes, params: KdfParams) -> bytes:
         hash_len=KEY_BYTES,
         type=Type.ID,
         version=_KDF_VERSION,
+    )
+
+
+def kdf_record_digest(salt: bytes, params_json: bytes) -> bytes:
+    """A checksum of the stored salt and parameters, so damage to them is named as such.
+
+    Not a secret and not an authenticator (whoever can write the store can rewrite it):
+    it only tells a damaged KDF record apart from a wrong password.
+    """
+    return nacl.hash.blake2b(
+        _field(salt) + _field(params_json),
+        digest_size=16,
+        person=_KDF_RECORD_PERSON,
+        encoder=nacl.encoding.RawEncoder,
     )
 
 

@@ -1,14 +1,18 @@
-"""The mount's lifecycle: mount, watch the store, invalidate, unmount on every signal.
+"""The mount's lifecycle: harden, mount, watch the store, invalidate, write the audit
+log, unmount on every signal.
 
 Every background task is a child of the one nursery in `serve`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
+import resource
 import signal
+import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
@@ -18,8 +22,10 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
+from secretfs.store.sqlite import SqliteBackend
 from secretfs.tree import Invalidation, Owner, Tree
 from secretfs.vault import Vault
 
@@ -27,6 +33,69 @@ log = logging.getLogger(__name__)
 
 FSNAME = "secretfs"
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
+AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
+
+_PR_SET_DUMPABLE = 4
+_PR_GET_DUMPABLE = 3
+_MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
+_CAP_IPC_LOCK = 14
+_hardened = False
+
+
+def harden() -> None:
+    """No core dumps, no ptrace by same-uid processes, and memory kept out of swap.
+
+    Locking memory needs CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK: without them the
+    daemon warns and runs unlocked, because a locked process that outgrows a finite
+    limit fails its allocations. Runs once per process.
+    """
+    global _hardened
+    if _hardened:
+        return
+    _hardened = True
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("cannot turn off dumpable: %s", os.strerror(ctypes.get_errno()))
+    dumpable = libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
+    locked = _lock_memory(libc)
+    log.info(
+        "hardened: core dumps off, dumpable=%d, memory %s",
+        dumpable,
+        "locked" if locked else "NOT locked",
+    )
+
+
+def _lock_memory(libc: ctypes.CDLL) -> bool:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if not _has_capability(_CAP_IPC_LOCK) and soft != resource.RLIM_INFINITY:
+        log.warning(
+            "not locking memory: no CAP_IPC_LOCK and RLIMIT_MEMLOCK is %d bytes;"
+            " secrets in the daemon's memory may be swapped out"
+            " (give it CAP_IPC_LOCK, or LimitMEMLOCK=infinity under systemd)",
+            soft,
+        )
+        return False
+    # ONFAULT: lock pages as they are touched, not every reserved thread stack up front.
+    for flags in (_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT, _MCL_CURRENT | _MCL_FUTURE):
+        if libc.mlockall(flags) == 0:
+            return True
+        err = ctypes.get_errno()
+        if err != errno.EINVAL:
+            break
+    log.warning("cannot lock memory (%s): secrets may be swapped out", os.strerror(err))
+    return False
+
+
+def _has_capability(bit: int) -> bool:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> bit & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +185,78 @@ class Watcher:
         self.vault = vault
         self.tree = tree
         self.seq = 0
+        self.access_seq = -1
         self._data_version = -1
+        self._pending = Invalidation()
+
+    def catch_up(self) -> bool:
+        """Refresh now, from a request handler; the watch task tells the kernel later."""
+        seen = self._data_version
+        try:
+            inval = self.refresh()
+        except SecretfsError:
+            return False
+        if inval is not None:
+            self._pending.extend(inval)
+        return self._data_version != seen
+
+    def take_pending(self) -> Invalidation:
+        pending, self._pending = self._pending, Invalidation()
+        return pending
 
     def refresh(self) -> Invalidation | None:
-        data_version = self.vault.backend.data_version()
+        backend = self.vault.backend
+        data_version = backend.data_version()
         if data_version == self._data_version:
             return None
         self._data_version = data_version
-        changes = self.vault.backend.changes_since(self.seq)
-        if not changes:
-            return None
-        self.seq = max(c.seq for c in changes)
-        return self.tree.apply(changes, time.time_ns())
+        # A re-encryption adds data key generations: unwrap them before a read needs them.
+        for gen in self.vault.refresh_data_keys():
+            log.info("loaded data key generation %d", gen)
+        out = Invalidation()
+        access_seq = backend.access_seq()
+        if access_seq != self.access_seq:
+            # Scope defaults and grants are few: take them whole on any change.
+            self.access_seq = access_seq
+            out.extend(self.tree.set_access(backend.list_scope_meta(), backend.list_grants()))
+        changes = backend.changes_since(self.seq)
+        if changes:
+            self.seq = max(c.seq for c in changes)
+            out.extend(self.tree.apply(changes, time.time_ns()))
+        return out or None
+
+
+class AuditWriter:
+    """Appends the mount's audit records through a connection of its own, so a batch can
+    be written from a worker thread while the FUSE loop keeps reading."""
+
+    def __init__(self, path: Path) -> None:
+        self.backend = SqliteBackend.open(path)
+
+    def write(self, batch: list[AuditRecord]) -> None:
+        if batch:
+            with self.backend.transaction():
+                self.backend.append_audit(batch)
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+async def _flush_audit(queue: AuditQueue, writer: AuditWriter) -> None:
+    while True:
+        await trio.sleep(AUDIT_FLUSH_SECONDS)
+        if len(queue) or queue.dropped:
+            await _flush_once(queue, writer)
+
+
+async def _flush_once(queue: AuditQueue, writer: AuditWriter) -> None:
+    batch = queue.take()
+    try:
+        # Not cancellable: a batch is written whole even when the mount is shutting down.
+        await trio.to_thread.run_sync(writer.write, batch)
+    except (SecretfsError, sqlite3.Error) as exc:
+        log.error("cannot write %d audit records yet: %s", len(batch), exc)
+        queue.put_back(batch)
 
 
 async def _invalidate(inval: Invalidation) -> None:
@@ -150,12 +279,12 @@ def _invalidate_inodes(inodes: list[int]) -> None:
 async def _watch(watcher: Watcher) -> None:
     while True:
         await trio.sleep(POLL_SECONDS)
+        inval = watcher.take_pending()
         try:
-            inval = watcher.refresh()
+            inval.extend(watcher.refresh() or Invalidation())
         except SecretfsError as exc:
             log.error("reading store changes: %s", exc)
-            continue
-        if inval is not None and (inval.entries or inval.inodes):
+        if inval:
             await _invalidate(inval)
 
 
@@ -181,24 +310,41 @@ def serve(
     ready: Callable[[], None] = lambda: None,
 ) -> None:
     """Mount and serve until unmounted or signalled; always leaves no mount behind."""
+    harden()
     clear_stale_mount(mountpoint)
     tree = Tree(options.owner(), vault.read_version, time.time_ns())
     watcher = Watcher(vault, tree)
     watcher.refresh()
-    ops = SecretFS(tree)
-    pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.path))
-    unmounted = False
+    queue = AuditQueue()
+    writer = AuditWriter(vault.path)
+    ops = SecretFS(tree, queue, watcher.catch_up)
     try:
-        trio.run(_main, watcher, mountpoint, ready)
-        unmounted = not is_mounted(mountpoint)
+        pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.path))
+        unmounted = False
+        try:
+            trio.run(_main, watcher, mountpoint, ready, queue, writer)
+            unmounted = not is_mounted(mountpoint)
+        finally:
+            pyfuse3.close(unmount=not unmounted)
     finally:
-        pyfuse3.close(unmount=not unmounted)
+        try:
+            writer.write(queue.take())
+        except (SecretfsError, sqlite3.Error) as exc:
+            log.error("audit records lost at shutdown: %s", exc)
+        writer.close()
 
 
-async def _main(watcher: Watcher, mountpoint: Path, ready: Callable[[], None]) -> None:
+async def _main(
+    watcher: Watcher,
+    mountpoint: Path,
+    ready: Callable[[], None],
+    queue: AuditQueue,
+    writer: AuditWriter,
+) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
         nursery.start_soon(_watch, watcher)
+        nursery.start_soon(_flush_audit, queue, writer)
         nursery.start_soon(_announce_ready, mountpoint, ready)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

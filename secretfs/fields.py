@@ -24,7 +24,7 @@ def parse(value: bytes) -> dict[str, Any] | list[Any] | None:
     """The JSON object or array in `value`, or None when it is not one."""
     try:
         doc = json.loads(value, parse_int=_Number, parse_float=_Number, parse_constant=_Number)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep to walk
         return None
     return doc if isinstance(doc, dict | list) else None
 
@@ -45,7 +45,14 @@ def children(node: Any) -> list[tuple[str, Any]]:
 def child(node: Any, name: str) -> Any:
     if isinstance(node, dict) and is_valid_field_key(name) and name in node:
         return node[name]
-    if isinstance(node, list) and name.isdigit() and (name == "0" or name[0] != "0"):
+    # ASCII digits only: str.isdigit() also takes '²' (int() fails) and Arabic-Indic
+    # digits (int() reads them, which would make aliases of the canonical index names).
+    if (
+        isinstance(node, list)
+        and name.isascii()
+        and name.isdigit()
+        and (name == "0" or name[0] != "0")
+    ):
         index = int(name)
         if index < len(node):
             return node[index]
@@ -65,7 +72,9 @@ def resolve(doc: Any, path: tuple[str, ...]) -> Any:
 def render(node: Any) -> bytes:
     """A field's file content."""
     if isinstance(node, str):
-        return node.encode()
+        # A lone surrogate ("\\ud800" in the source) has no UTF-8: pass it through
+        # rather than fail the whole field directory.
+        return node.encode("utf-8", "surrogatepass")
     if isinstance(node, _Number):
         return node.text.encode()
     if node is True:
@@ -78,15 +87,43 @@ def render(node: Any) -> bytes:
 
 
 def _compact(node: Any) -> str:
-    """Compact JSON that keeps every number's source text."""
-    if isinstance(node, dict):
-        items = (json.dumps(k, ensure_ascii=False) + ":" + _compact(v) for k, v in node.items())
-        return "{" + ",".join(items) + "}"
-    if isinstance(node, list):
-        return "[" + ",".join(_compact(v) for v in node) + "]"
-    if isinstance(node, _Number):
-        return node.text
-    return json.dumps(node, ensure_ascii=False)
+    """Compact JSON that keeps every number's source text.
+
+    Iterative: any document `parse` accepted renders, however deeply it nests.
+    """
+    out: list[str] = []
+    stack: list[tuple[bool, Any]] = [(False, node)]  # (is literal text, item)
+    while stack:
+        literal, item = stack.pop()
+        if literal:
+            out.append(item)
+        elif isinstance(item, dict):
+            parts: list[tuple[bool, Any]] = [(True, "{")]
+            for i, (k, v) in enumerate(item.items()):
+                parts += [(True, ("," if i else "") + _json_str(k) + ":"), (False, v)]
+            stack += reversed([*parts, (True, "}")])
+        elif isinstance(item, list):
+            parts = [(True, "[")]
+            for i, v in enumerate(item):
+                parts += [(True, ","), (False, v)] if i else [(False, v)]
+            stack += reversed([*parts, (True, "]")])
+        elif isinstance(item, _Number):
+            out.append(item.text)
+        elif isinstance(item, str):
+            out.append(_json_str(item))
+        else:
+            out.append(json.dumps(item))
+    return "".join(out)
+
+
+def _json_str(text: str) -> str:
+    """A JSON string literal that is valid UTF-8 (lone surrogates stay \\u escapes)."""
+    out = json.dumps(text, ensure_ascii=False)
+    try:
+        out.encode()
+    except UnicodeEncodeError:
+        return json.dumps(text)
+    return out
 
 
 def extract(value: bytes, path: tuple[str, ...]) -> bytes:

@@ -2,21 +2,30 @@
 
 Each open decrypts into a buffer that belongs to that handle alone (the snapshot), and
 the buffer is wiped on release. Every write operation answers EROFS.
+
+Access is checked here on every lookup, opendir, open and access() from the request's
+uid, gid and groups (mode bits plus grants, see access.py); every open of a secret or
+field file is put in the audit queue, which the daemon writes out in batches.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import pyfuse3
 
-from secretfs import crypto
-from secretfs.access import EXEC, READ, Caller, allowed
+from secretfs import audit as _audit
+from secretfs import crypto, expiry
+from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
+from secretfs.refs import Ref, Scope
+from secretfs.timeutil import iso_time
 from secretfs.tree import Attr, Node, Tree
 
 log = logging.getLogger(__name__)
@@ -24,7 +33,8 @@ log = logging.getLogger(__name__)
 # The kernel keeps entries and attributes this long; the daemon invalidates them on change.
 CACHE_TIMEOUT = 3600.0
 XATTR_PREFIX = "user.secretfs."
-XATTRS = ("ref", "version", "created", "fingerprint")
+# Plus "expires" and "rotation-due" on secrets that have them set (secretfs/expiry.py).
+XATTRS = ("ref", "version", "created", "fingerprint", "expired")
 
 
 def _fail(code: int) -> NoReturn:
@@ -48,9 +58,18 @@ class SecretFS(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        audit: _audit.AuditQueue | None = None,
+        catch_up: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__()
         self.tree = tree
+        # Before answering "no such name" or "denied", take in store changes not yet
+        # polled, so a name just created or a grant just given counts at once.
+        self._catch_up = catch_up
+        self.audit = audit if audit is not None else _audit.AuditQueue()
         self._handles: dict[int, bytearray] = {}
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
@@ -67,9 +86,26 @@ class SecretFS(pyfuse3.Operations):
         return _entry_attributes(self.tree.attr(node))
 
     def _check(self, node: Node, ctx: Any, want: int) -> None:
-        attr = self.tree.attr(node)
-        if not allowed(attr.mode, attr.uid, attr.gid, _caller(ctx), want):
+        if not self.tree.may(node, _caller(ctx), want):
             _fail(errno.EACCES)
+
+    def _record(self, action: str, node: Node, ctx: Any, outcome: str, detail: str | None) -> None:
+        assert node.secret is not None
+        self.audit.add(
+            _audit.AuditRecord(
+                time_ns=time.time_ns(),
+                source=_audit.SOURCE_MOUNT,
+                action=action,
+                ref=_ref_text(node.secret.scope, node.secret.name, node.field),
+                version=node.secret.version,
+                uid=ctx.uid,
+                gid=ctx.gid,
+                pid=ctx.pid,
+                process=_audit.process_name(ctx.pid),
+                outcome=outcome,
+                detail=detail,
+            )
+        )
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -80,8 +116,16 @@ class SecretFS(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._get(parent_inode)
-        self._check(parent, ctx, EXEC)
+        if not self.tree.may(parent, _caller(ctx), EXEC):
+            if parent.kind == "fielddir":
+                # The way to a field file goes through here: a refused attempt is audited.
+                child = self._call(self.tree.lookup, parent, os.fsdecode(name))
+                if child is not None:
+                    self._record("lookup", child, ctx, _audit.DENIED, "EACCES")
+            _fail(errno.EACCES)
         node = self._call(self.tree.lookup, parent, os.fsdecode(name))
+        if node is None and self._catch_up():
+            node = self._call(self.tree.lookup, parent, os.fsdecode(name))
         if node is None:
             _fail(errno.ENOENT)
         self.tree.remember(node.inode)
@@ -98,16 +142,20 @@ class SecretFS(pyfuse3.Operations):
         if mode & os.W_OK:
             _fail(errno.EROFS)
         want = (READ if mode & os.R_OK else 0) | (EXEC if mode & os.X_OK else 0)
-        attr = self.tree.attr(self._get(inode))
-        return allowed(attr.mode, attr.uid, attr.gid, _caller(ctx), want)
+        return self.tree.may(self._get(inode), _caller(ctx), want)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = self._get(inode)
         if not node.is_dir:
             _fail(errno.ENOTDIR)
         self._check(node, ctx, READ)
+        entries: list[Node] = self._call(self.tree.listdir, node)
+        if node.kind == "dir":
+            # Each caller sees only what it may read (a field directory is all one secret).
+            caller = _caller(ctx)
+            entries = [n for n in entries if self.tree.visible(n, caller)]
         fh = self._fh()
-        self._dirs[fh] = self._call(self.tree.listdir, node)
+        self._dirs[fh] = entries
         return fh
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
@@ -123,13 +171,28 @@ class SecretFS(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     async def open(self, inode: int, flags: int, ctx: Any) -> pyfuse3.FileInfo:
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
-            _fail(errno.EROFS)
         node = self._get(inode)
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & (os.O_TRUNC | os.O_APPEND):
+            if node.secret is not None and not node.is_dir:
+                self._record("open", node, ctx, _audit.DENIED, "EROFS")
+            _fail(errno.EROFS)
         if node.is_dir:
             _fail(errno.EISDIR)
-        self._check(node, ctx, READ)
-        data = self._call(self.tree.read, node)
+        caller = _caller(ctx)
+        if not self.tree.may(node, caller, READ) and not (
+            self._catch_up() and self.tree.may(node, caller, READ)
+        ):
+            self._record("open", node, ctx, _audit.DENIED, "EACCES")
+            _fail(errno.EACCES)
+        try:
+            data = self._call(self.tree.read, node)
+        except pyfuse3.FUSEError as exc:
+            code = errno.errorcode.get(exc.errno, str(exc.errno))
+            self._record("open", node, ctx, _audit.ERROR, code)
+            raise
+        expired = expiry.status(self.tree.current(node), time.time_ns()).expired
+        # An expired secret is still served, but its opens say so in the audit log.
+        self._record("open", node, ctx, _audit.ALLOWED, "expired" if expired else None)
         fh = self._fh()
         self._handles[fh] = bytearray(data)
         # The inode is one version's, so the page cache stays right across opens.
@@ -154,7 +217,13 @@ class SecretFS(pyfuse3.Operations):
         node = self._get(inode)
         if node.secret is None:
             return []
-        return [(XATTR_PREFIX + n).encode() for n in XATTRS]
+        meta = self.tree.current(node)
+        names = [*XATTRS]
+        if meta.expires_ns is not None:
+            names.append("expires")
+        if meta.rotate_every_s:
+            names.append("rotation-due")
+        return [(XATTR_PREFIX + n).encode() for n in names]
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self._get(inode)
@@ -179,6 +248,10 @@ class SecretFS(pyfuse3.Operations):
             # Never the value: our errors carry none; name only the class and the file.
             log.error("%s: %s", type(exc).__name__, args[-1].path if args else "")
             _fail(exc.errno)
+        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the mount
+            # Only the type: a library's message could quote the value it choked on.
+            log.error("internal %s: %s", type(exc).__name__, args[-1].path if args else "")
+            _fail(errno.EIO)
 
     # -- everything that would write -----------------------------------------------------
 
@@ -196,10 +269,24 @@ def xattr_value(tree: Tree, node: Node, key: str) -> bytes:
     if key == "version":
         return str(meta.version).encode()
     if key == "created":
-        return str(meta.updated_ns).encode()
+        # When this version was written, as ISO 8601 UTC.
+        return iso_time(meta.updated_ns).encode()
     if key == "fingerprint":
         return meta.fingerprint.encode()
+    state = expiry.status(meta, time.time_ns())
+    if key == "expired":
+        return b"true" if state.expired else b"false"
+    if key == "expires" and state.expires_ns is not None:
+        return iso_time(state.expires_ns).encode()
+    if key == "rotation-due" and state.rotation_due_ns is not None:
+        return iso_time(state.rotation_due_ns).encode()
     _fail(pyfuse3.ENOATTR)
+
+
+@functools.lru_cache(maxsize=8192)
+def _ref_text(scope: str, name: str, field: tuple[str, ...]) -> str:
+    # Building a Ref validates every name: too slow to repeat on each audited open.
+    return str(Ref(Scope.from_key(scope), name, field))
 
 
 def _entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:

@@ -50,7 +50,10 @@ def env_source() -> KekSource | None:
 
 
 def kek_from_env_key() -> bytes:
-    return crypto.parse_key_text(os.environ[ENV_KEY])
+    try:
+        return crypto.parse_key_text(os.environ[ENV_KEY])
+    except SecretfsError as exc:
+        raise KeySourceError(f"${ENV_KEY} is not usable: {exc}") from None
 
 
 def kek_from_password(salt: bytes, params: crypto.KdfParams) -> bytes:
@@ -92,3 +95,71 @@ def write_key_file(path: Path, key: bytes) -> None:
         raise KeySourceError(f"key file {path} exists already; not replacing it") from None
     finally:
         tmp.unlink()
+
+
+# -- key file rotation (see secretfs/rotation.py for the order of steps) ------------------
+
+
+def next_key_file_path(path: Path) -> Path:
+    """Where `key rotate` puts the new key before it replaces the key file."""
+    return path.with_name(path.name + ".next")
+
+
+def write_next_key_file(path: Path, key: bytes) -> Path:
+    """Write the key that is to replace `path` beside it: 0600 from creation, the old
+    file's owner when we are root, fsynced; replaces a stale `.next` of an earlier try."""
+    target = next_key_file_path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    try:
+        old = path.stat()
+    except OSError:
+        old = None
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        if old is not None and os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
+            # A service user that could read the old key file can read the new one.
+            os.fchown(fd, old.st_uid, old.st_gid)
+        os.write(fd, (crypto.format_key_text(key) + "\n").encode())
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, target)
+    fsync_dir(path.parent)
+    return target
+
+
+def install_next_key_file(path: Path) -> None:
+    """Atomically replace the key file with `<key file>.next`, durably."""
+    os.replace(next_key_file_path(path), path)
+    fsync_dir(path.parent)
+
+
+def leftover_key_files(path: Path) -> list[Path]:
+    """Temporary key files (`.<name>.<pid>.new`) left by a process that died."""
+    out = []
+    for candidate in path.parent.glob(f".{path.name}.*.new"):
+        pid = candidate.name[len(path.name) + 2 : -len(".new")]
+        if pid.isdigit() and not _alive(int(pid)):
+            out.append(candidate)
+    return sorted(out)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

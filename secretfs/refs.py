@@ -41,6 +41,7 @@ __all__ = [
     "ScopeKind",
     "format_ref",
     "is_valid_field_key",
+    "name_problem",
     "parse_ref",
     "parse_scope",
     "path_to_ref",
@@ -137,6 +138,16 @@ def validate_name(name: str, what: str = "secret name") -> str:
     if not isinstance(name, str):
         raise RefError(f"invalid {what}: expected text; {_NAME_RULE}")
     return _check_name(name, what)
+
+
+def name_problem(name: str) -> str | None:
+    """Why ``name`` is not an allowed name, without quoting it; None when it is allowed.
+
+    For input that may be a value read in the wrong place (a mis-parsed import line):
+    the message says what is wrong and what is allowed, never the text itself.
+    """
+    problem = _name_problem(name)
+    return None if problem is None else f"it {problem}; {_NAME_RULE}"
 
 
 def _field_problem(part: str) -> str | None:

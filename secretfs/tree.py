@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from secretfs import fields
+from secretfs.access import NOBODY, READ, WRITE, Caller, Layer, Readers, allowed
 from secretfs.refs import Ref, Scope
-from secretfs.store import SecretMeta
+from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
 
 ROOT_INODE = 1
+DIR_MODE = 0o555  # structural directories; listings are filtered per caller instead
 TOP_DIRS = ("deployment", "env", "project")
 
 NodeKind = Literal["dir", "secret", "fielddir", "field"]
@@ -76,6 +78,13 @@ class Invalidation:
     entries: list[tuple[int, str]] = field(default_factory=list)  # (parent inode, name)
     inodes: list[int] = field(default_factory=list)  # attributes to drop
 
+    def __bool__(self) -> bool:
+        return bool(self.entries or self.inodes)
+
+    def extend(self, other: Invalidation) -> None:
+        self.entries.extend(other.entries)
+        self.inodes.extend(other.inodes)
+
 
 ValueLoader = Callable[[int, int], bytes]  # (secret_id, version) -> plaintext
 
@@ -93,6 +102,8 @@ class Tree:
         self._next_inode = ROOT_INODE + 1
         self._dir_mtime: dict[str, int] = {}
         self._shapes: OrderedDict[tuple[int, int], Shape | None] = OrderedDict()
+        self._scope_defaults: dict[str, Layer] = {}
+        self._grants: dict[tuple[str, str], Readers] = {}  # (scope, name or "") -> readers
         self._nodes[ROOT_INODE] = Node(ROOT_INODE, "dir", "")
         self._inodes[("dir", "")] = ROOT_INODE
 
@@ -106,12 +117,11 @@ class Tree:
             if old is not None and old.version == meta.version and not meta.deleted:
                 # Same version, new owner or mode: same inodes, new attributes.
                 self._store(meta)
-                for key in (
-                    ("secret", meta.secret_id, meta.version),
-                    ("fielddir", meta.secret_id, meta.version, ()),
-                ):
-                    if key in self._inodes:
-                        out.inodes.append(self._inodes[key])
+                out.inodes.extend(
+                    n.inode
+                    for n in self._nodes.values()
+                    if n.secret is not None and n.secret.secret_id == meta.secret_id
+                )
                 continue
             if old is not None:
                 self._drop(old)
@@ -119,6 +129,37 @@ class Tree:
             if not meta.deleted:
                 self._store(meta)
             self._touch_dirs(meta.scope, now_ns, out)
+        return out
+
+    def set_access(
+        self, scopes: Iterable[ScopeMeta], grants: Iterable[GrantRecord]
+    ) -> Invalidation:
+        """Take every scope default and grant; say which attributes they made stale."""
+        defaults = {s.scope: Layer(s.uid, s.gid, s.mode) for s in scopes}
+        changed = {
+            key
+            for key in self._scope_defaults.keys() | defaults.keys()
+            if self._scope_defaults.get(key, Layer()) != defaults.get(key, Layer())
+        }
+        self._scope_defaults = defaults
+        uids: dict[tuple[str, str], set[int]] = {}
+        gids: dict[tuple[str, str], set[int]] = {}
+        for g in grants:
+            (uids if g.kind == "uid" else gids).setdefault((g.scope, g.name), set()).add(
+                g.principal
+            )
+        self._grants = {
+            key: Readers(frozenset(uids.get(key, ())), frozenset(gids.get(key, ())))
+            for key in uids.keys() | gids.keys()
+        }
+        # Grants change no attribute; scope defaults change every file's in the scope.
+        out = Invalidation()
+        if changed:
+            out.inodes.extend(
+                n.inode
+                for n in self._nodes.values()
+                if n.secret is not None and n.secret.scope in changed
+            )
         return out
 
     def _store(self, meta: SecretMeta) -> None:
@@ -233,8 +274,9 @@ class Tree:
     def attr(self, node: Node) -> Attr:
         if node.kind == "dir":
             mtime = self._dir_mtime.get(node.path, self._started_ns)
+            owner = self.owner
             return Attr(
-                node.inode, stat.S_IFDIR | 0o555, self.owner.uid, self.owner.gid, 0, mtime, mtime, 2
+                node.inode, stat.S_IFDIR | DIR_MODE, owner.uid, owner.gid, 0, mtime, mtime, 2
             )
         meta = self.current(node)
         uid, gid, mode = self.ownership(meta)
@@ -262,10 +304,65 @@ class Tree:
         return now if now is not None and now.version == node.secret.version else node.secret
 
     def ownership(self, meta: SecretMeta) -> tuple[int, int, int]:
+        """uid, gid and mode, each from the secret, else its scope, else the mount.
+
+        (access.resolve says the same, with sources; this is the fast path of every open.)
+        """
+        uid, gid, mode = meta.uid, meta.gid, meta.mode
+        if uid is None or gid is None or mode is None:
+            scope = self._scope_defaults.get(meta.scope)
+            if scope is not None:
+                uid = scope.uid if uid is None else uid
+                gid = scope.gid if gid is None else gid
+                mode = scope.mode if mode is None else mode
         return (
-            self.owner.uid if meta.uid is None else meta.uid,
-            self.owner.gid if meta.gid is None else meta.gid,
-            self.owner.mode if meta.mode is None else meta.mode,
+            self.owner.uid if uid is None else uid,
+            self.owner.gid if gid is None else gid,
+            self.owner.mode if mode is None else mode,
+        )
+
+    def readers(self, meta: SecretMeta) -> Readers:
+        """Who grants let read the secret: its own grants and its scope's."""
+        return self._grants.get((meta.scope, meta.name), NOBODY) | self._grants.get(
+            (meta.scope, ""), NOBODY
+        )
+
+    def may(self, node: Node, caller: Caller, want: int) -> bool:
+        """May `caller` do `want` (READ/EXEC bits) on `node`: mode bits, then grants."""
+        if node.secret is None:
+            return want & WRITE == 0  # structural directories are r-x (DIR_MODE) for all
+        meta = self.current(node)
+        uid, gid, mode = self.ownership(meta)
+        if node.kind == "fielddir":
+            mode |= (mode & 0o444) >> 2
+        return allowed(mode, uid, gid, caller, want, self._readers_if_any(meta))
+
+    def may_read(self, meta: SecretMeta, caller: Caller) -> bool:
+        uid, gid, mode = self.ownership(meta)
+        return allowed(mode, uid, gid, caller, READ, self._readers_if_any(meta))
+
+    def _readers_if_any(self, meta: SecretMeta) -> Readers:
+        return self.readers(meta) if self._grants else NOBODY
+
+    def visible(self, node: Node, caller: Caller) -> bool:
+        """Whether a directory listing shows `node` to `caller`.
+
+        A secret (or its field directory) shows only to who may read it; a scope
+        directory only to who may read a secret in it. The top directories always show.
+        """
+        if node.secret is not None:
+            return self.may(node, caller, READ)
+        if node.kind != "dir" or node.path in TOP_DIRS or node.path == "":
+            return True
+        names = self._scopes.get(node.path)
+        if names is not None:  # a scope directory (@svc, env/e, project/p/e)
+            return any(self.may_read(meta, caller) for meta in names.values())
+        prefix = node.path + "/"  # project/p: any of its environments
+        return any(
+            self.may_read(meta, caller)
+            for key, names in self._scopes.items()
+            if key.startswith(prefix)
+            for meta in names.values()
         )
 
     def read(self, node: Node) -> bytes:
@@ -316,7 +413,10 @@ class Tree:
             self._shapes.move_to_end(key)
             return self._shapes[key]
         doc = fields.parse(self._load_value(meta.secret_id, meta.version))
-        shape = _shape_of(doc) if doc is not None else None
+        try:
+            shape = _shape_of(doc) if doc is not None else None
+        except RecursionError:  # nested deeper than the stack left here: no fields
+            shape = None
         self._shapes[key] = shape
         if len(self._shapes) > 4096:
             self._shapes.popitem(last=False)

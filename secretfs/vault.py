@@ -5,37 +5,61 @@ This is what the CLI and the daemon use; backends only ever see ciphertext.
 
 from __future__ import annotations
 
-import json
+import contextlib
+import logging
 import os
+import sqlite3
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from secretfs import crypto, keys
+from secretfs import audit as audit_log
+from secretfs import crypto, fields, keys
 from secretfs.errors import (
     ConflictError,
     IntegrityError,
     KeySourceError,
     NotFoundError,
+    SecretfsError,
     StoreError,
     TooLargeError,
+    UsageError,
 )
-from secretfs.refs import Ref
-from secretfs.store import SecretMeta, VersionMeta
+from secretfs.expiry import Schedule
+from secretfs.refs import Ref, Scope
+from secretfs.store import GrantRecord, ScopeMeta, SecretMeta, VersionMeta
 from secretfs.store.sqlite import SqliteBackend
 
+log = logging.getLogger(__name__)
+
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+DEFAULT_MAX_VERSIONS = 10  # versions kept per secret; older ones are pruned on write
+MAX_VERSIONS_LIMIT = 100_000
+KEY_RETRY_SECONDS = 5.0  # how often a mount retries a data key it could not unlock
+OWNER_KEYS = ("uid", "gid", "mode")
+
+Target = Ref | Scope  # what ownership and grants apply to: one secret or a whole scope
 
 
 def value_kind(value: bytes) -> str:
     """ "json" when the value is a JSON object or array (it gets a `.d/` directory)."""
     if not value or value.lstrip()[:1] not in (b"{", b"["):
         return "raw"
-    try:
-        parsed = json.loads(value)
-    except ValueError:
-        return "raw"
-    return "json" if isinstance(parsed, dict | list) else "raw"
+    return "json" if fields.parse(value) is not None else "raw"
+
+
+ExistingPolicy = Literal["fail", "overwrite", "skip"]
+
+
+@dataclass(frozen=True, slots=True)
+class BulkOutcome:
+    """What `write_many` did with one secret (never its value)."""
+
+    ref: Ref
+    action: Literal["created", "updated", "unchanged", "skipped", "conflict"]
+    version: int  # the version it is at now
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +68,8 @@ class WriteResult:
 
     previous_version: int
     meta: SecretMeta
+    pruned: tuple[int, ...] = ()  # versions removed to keep the store's bound
+    expiry_cleared_ns: int | None = None  # the expiry the previous value had, now gone
 
 
 class Vault:
@@ -56,12 +82,20 @@ class Vault:
         data_keys: dict[int, bytes],
         active_gen: int,
         source: keys.KekSource,
+        kek: bytes | None = None,
+        damaged_gens: dict[int, str] | None = None,
     ) -> None:
         self.backend = backend
         self.store_id = store_id
         self._data_keys = data_keys
         self.active_gen = active_gen
         self.kek_source = source
+        # Kept so that a data key generation added later (re-encryption) can be unwrapped.
+        self._kek = kek
+        self._damaged = dict(damaged_gens or {})
+        self._key_retry_at = 0.0
+        raw_versions = backend.meta_get("max_versions")
+        self.max_versions = int(raw_versions) if raw_versions else DEFAULT_MAX_VERSIONS
         self._fp_key = crypto.fingerprint_key(data_keys[active_gen])
         raw_limit = backend.meta_get("max_value_bytes")
         self.max_value_bytes = int(raw_limit) if raw_limit else DEFAULT_MAX_VALUE_BYTES
@@ -73,8 +107,16 @@ class Vault:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def init(cls, path: Path, *, max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES) -> keys.KekSource:
+    def init(
+        cls,
+        path: Path,
+        *,
+        max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
+        max_versions: int = DEFAULT_MAX_VERSIONS,
+    ) -> keys.KekSource:
         """Create a store; its KEK from the environment, else a new key file beside it."""
+        if path.exists():
+            raise StoreError(f"a store already exists at {path}")
         source = keys.env_source()
         new_key_file: bytes | None = None
         salt = params = None
@@ -103,16 +145,27 @@ class Vault:
             backend.meta_set("kek_kind", source.kind.encode())
             backend.meta_set("active_gen", b"1")
             backend.meta_set("max_value_bytes", str(max_value_bytes).encode())
+            backend.meta_set("max_versions", str(max_versions).encode())
             backend.meta_set("created_ns", str(now).encode())
+            backend.meta_set("kek_check", crypto.kek_check(kek, store_id))
             if salt is not None and params is not None:
                 backend.meta_set("kdf_salt", salt)
                 backend.meta_set("kdf_params", params.to_json().encode())
+                backend.meta_set(
+                    "kdf_check", crypto.kdf_record_digest(salt, params.to_json().encode())
+                )
             wrapped = crypto.wrap_key(kek, data_key, crypto.data_key_aad(store_id, 1))
             backend.put_data_key(1, wrapped, now)
 
         if new_key_file is not None:
             keys.write_key_file(keys.key_file_path(path), new_key_file)
-        SqliteBackend.create(path, setup)
+        try:
+            SqliteBackend.create(path, setup)
+        except StoreError:
+            # Raised only before the store was linked into place: drop our new key file.
+            if new_key_file is not None:
+                keys.key_file_path(path).unlink(missing_ok=True)
+            raise
         return source
 
     @classmethod
@@ -131,20 +184,19 @@ class Vault:
         if store_id is None or active is None:
             raise StoreError(f"{backend.path} is not an initialized secretfs store")
         kek, source = _resolve_kek(backend)
-        wrapped = backend.data_keys()
-        data_keys: dict[int, bytes] = {}
-        for gen, blob in wrapped.items():
-            try:
-                data_keys[gen] = crypto.unwrap_key(kek, blob, crypto.data_key_aad(store_id, gen))
-            except IntegrityError:
-                raise KeySourceError(
-                    f"the key from {source.description} does not unlock {backend.path}"
-                    " (wrong key or password, or a damaged key record)"
-                ) from None
+        data_keys, damaged = unwrap_data_keys(backend, store_id, kek, source)
         active_gen = int(active)
+        if active_gen in damaged:
+            raise IntegrityError(damaged[active_gen])
         if active_gen not in data_keys:
             raise StoreError(f"{backend.path}: the active data key is missing")
-        return cls(backend, store_id, data_keys, active_gen, source)
+        for problem in damaged.values():
+            log.warning("%s", problem)
+        from secretfs.rotation import unfinished  # rotation builds on this module
+
+        for note in unfinished(backend):
+            log.warning("%s", note)
+        return cls(backend, store_id, data_keys, active_gen, source, kek, damaged)
 
     def close(self) -> None:
         self.backend.close()
@@ -178,7 +230,15 @@ class Vault:
             raise NotFoundError(f"no version {version} of secret #{secret_id}")
         key = self._data_keys.get(sealed.key_gen)
         if key is None:
-            raise IntegrityError(f"secret #{secret_id} v{version}: its data key is missing")
+            # Re-encryption added a generation since this vault was opened (a mount).
+            self.refresh_data_keys()
+            key = self._data_keys.get(sealed.key_gen)
+        if key is None:
+            problem = self._damaged.get(sealed.key_gen, "it cannot be unlocked")
+            raise IntegrityError(
+                f"secret #{secret_id} v{version}: its data key (generation {sealed.key_gen})"
+                f" is not available: {problem}"
+            )
         aad = crypto.value_aad(self.store_id, sealed.scope, sealed.name, version, sealed.key_gen)
         return crypto.open_sealed(key, sealed.ciphertext, aad)
 
@@ -192,9 +252,212 @@ class Vault:
         """Create the secret or add a version to it."""
         return self._write(ref, value, must_exist=False, must_not_exist=False, owner=owner)
 
-    def rotate(self, ref: Ref, value: bytes) -> WriteResult:
+    def rotate(self, ref: Ref, value: bytes, *, schedule: Schedule | None = None) -> WriteResult:
         """Add a version to an existing secret; NotFoundError if there is none."""
-        return self._write(ref, value, must_exist=True, must_not_exist=False, owner={})
+        return self._write(
+            ref, value, must_exist=True, must_not_exist=False, owner={}, schedule=schedule
+        )
+
+    def write(
+        self,
+        ref: Ref,
+        value: bytes,
+        *,
+        how: Literal["create", "set", "rotate"],
+        owner: Mapping[str, int | None] | None = None,
+        schedule: Schedule | None = None,
+    ) -> WriteResult:
+        """`create`, `set` or `rotate`, with an expiry and rotation period (`schedule`)."""
+        return self._write(
+            ref,
+            value,
+            must_exist=how == "rotate",
+            must_not_exist=how == "create",
+            owner=dict(owner or {}),
+            schedule=schedule,
+        )
+
+    def rollback(self, ref: Ref, to_version: int) -> WriteResult:
+        """Make the value of an older version current again, as a new version."""
+        with self.refusal_audited("rollback", ref), self.backend.transaction():
+            meta = self.meta(ref)
+            try:
+                value = self.read_version(meta.secret_id, to_version)
+            except NotFoundError:
+                kept = [v.version for v in self.backend.history(meta.secret_id)]
+                raise NotFoundError(
+                    f"secret {ref} has no version {to_version} (kept: {_span(kept)})"
+                ) from None
+            return self._write_locked(
+                ref,
+                value,
+                must_exist=True,
+                must_not_exist=False,
+                owner={},
+                now=time.time_ns(),
+                action="rollback",
+                detail=f"to the value of version {to_version}",
+            )
+
+    def prune(self, ref: Ref, keep: int) -> list[int]:
+        """Remove all but the newest `keep` versions of a secret; returns those removed."""
+        if keep < 1:
+            raise UsageError("--keep must be at least 1: the current version is always kept")
+        with self.refusal_audited("prune", ref), self.backend.transaction():
+            meta = self.meta(ref)
+            return self._prune_locked(ref, meta, keep, why="asked")
+
+    def prune_all(self, keep: int | None = None) -> list[tuple[Ref, list[int]]]:
+        """Prune every secret to `keep` versions (default: the store's bound)."""
+        keep = self.max_versions if keep is None else keep
+        if keep < 1:
+            raise UsageError("--keep must be at least 1: the current version is always kept")
+        out: list[tuple[Ref, list[int]]] = []
+        with self.refusal_audited("prune", None), self.backend.transaction():
+            for secret_id in self.backend.secrets_over(keep):
+                meta = self.backend.get_meta_by_id(secret_id)
+                if meta is None:
+                    continue
+                ref = Ref(Scope.from_key(meta.scope), meta.name)
+                out.append((ref, self._prune_locked(ref, meta, keep, why="asked")))
+        return out
+
+    def _prune_locked(self, ref: Ref, meta: SecretMeta, keep: int, *, why: str) -> list[int]:
+        gone = self.backend.prune_versions(meta.secret_id, keep)
+        if gone:
+            reason = f"the store keeps {keep}" if why == "bound" else f"--keep {keep}"
+            self.audit("prune", ref, meta.version, detail=f"removed {_span(gone)} ({reason})")
+        return gone
+
+    def set_schedule(
+        self,
+        ref: Ref,
+        *,
+        expires_ns: int | None = None,
+        clear_expiry: bool = False,
+        rotate_every_s: int | None = None,
+    ) -> SecretMeta:
+        """Change a secret's expiry (`expires_ns`, or none with `clear_expiry`) and
+        rotation period (seconds; 0 clears; None keeps) without writing a new version."""
+        with self.refusal_audited("expiry", ref), self.backend.transaction():
+            meta = self.meta(ref)
+            expires = (
+                None if clear_expiry else meta.expires_ns if expires_ns is None else expires_ns
+            )
+            every = meta.rotate_every_s if rotate_every_s is None else rotate_every_s or None
+            self.backend.set_schedule(meta.secret_id, expires, every, self.backend.next_seq())
+            self.audit("expiry", ref, meta.version, detail=_schedule_detail(expires, every))
+            after = self.backend.get_meta_by_id(meta.secret_id)
+        assert after is not None
+        return after
+
+    def set_limits(
+        self, *, max_versions: int | None = None, max_value_bytes: int | None = None
+    ) -> None:
+        """Change the store's bounds; versions over a new bound go at their next write."""
+        with self.refusal_audited("config", None), self.backend.transaction():
+            changes = []
+            if max_versions is not None:
+                if not 1 <= max_versions <= MAX_VERSIONS_LIMIT:
+                    raise UsageError(f"max-versions must be between 1 and {MAX_VERSIONS_LIMIT}")
+                self.backend.meta_set("max_versions", str(max_versions).encode())
+                changes.append(f"max-versions {self.max_versions}->{max_versions}")
+                self.max_versions = max_versions
+            if max_value_bytes is not None:
+                self.backend.meta_set("max_value_bytes", str(max_value_bytes).encode())
+                changes.append(f"max-value-size {self.max_value_bytes}->{max_value_bytes}")
+                self.max_value_bytes = max_value_bytes
+            self.audit("config", None, detail=" ".join(changes) or None)
+
+    # -- data keys -----------------------------------------------------------------------
+
+    def refresh_data_keys(self) -> list[int]:
+        """Unwrap data key generations added since this vault was opened; returns them.
+
+        With the KEK held since opening, else the KEK resolved again (a key file that
+        `key rotate` replaced, a password store's new salt), at most every
+        KEY_RETRY_SECONDS while some generation still does not unwrap.
+        """
+        wrapped = self.backend.data_keys()
+        new = {g: b for g, b in wrapped.items() if g not in self._data_keys}
+        if not new:
+            return []
+        loaded = self._unwrap_new(new, self._kek)
+        if new and time.monotonic() >= self._key_retry_at:
+            try:
+                kek = _resolve_kek(self.backend)[0]
+            except SecretfsError as exc:
+                log.error("cannot resolve the key-encryption key again: %s", exc)
+            else:
+                loaded += self._unwrap_new(new, kek)
+            if new:
+                self._key_retry_at = time.monotonic() + KEY_RETRY_SECONDS
+        for gen in new:
+            if gen not in self._damaged:
+                self._damaged[gen] = (
+                    f"data key generation {gen} does not unwrap with the key from"
+                    f" {self.kek_source.description}: the key-encryption key changed and this"
+                    " process cannot get the new one (restart it with the new key)"
+                )
+                log.error("%s", self._damaged[gen])
+        return loaded
+
+    def _unwrap_new(self, new: dict[int, bytes], kek: bytes | None) -> list[int]:
+        """Unwrap what `kek` opens of `new` (removing it from `new`)."""
+        loaded: list[int] = []
+        if kek is None:
+            return loaded
+        for gen, blob in list(new.items()):
+            aad = crypto.data_key_aad(self.store_id, gen)
+            for candidate in (blob, self.backend.meta_get(f"kek_next:{gen}")):
+                if candidate is None:
+                    continue
+                try:
+                    self._data_keys[gen] = crypto.unwrap_key(kek, candidate, aad)
+                except IntegrityError:
+                    continue
+                self._damaged.pop(gen, None)
+                self._kek = kek
+                loaded.append(gen)
+                del new[gen]
+                break
+        return loaded
+
+    def _sync_active_gen(self) -> int:
+        """The store's active generation now (re-encryption may have moved it on)."""
+        raw = self.backend.meta_get("active_gen")
+        gen = int(raw) if raw else self.active_gen
+        if gen != self.active_gen:
+            if gen not in self._data_keys:
+                self.refresh_data_keys()
+            if gen not in self._data_keys:
+                raise KeySourceError(
+                    f"cannot unlock the store's current data key (generation {gen}):"
+                    f" {self._damaged.get(gen, 'it is missing')}"
+                )
+            self.active_gen = gen
+            self._fp_key = crypto.fingerprint_key(self._data_keys[gen])
+        return gen
+
+    def update(
+        self, ref: Ref, change: Callable[[bytes | None], bytes], **owner: int | None
+    ) -> WriteResult:
+        """Read-modify-write in one transaction: `change(current value, or None)` gives
+        the new version, so two concurrent updates never lose each other's change."""
+        with self.refusal_audited("set", ref), self.backend.transaction():
+            current = self.backend.get_meta(ref.scope.key, ref.name)
+            old = None
+            if current is not None and not current.deleted:
+                old = self.read_version(current.secret_id, current.version)
+            return self._write_locked(
+                ref,
+                change(old),
+                must_exist=False,
+                must_not_exist=False,
+                owner=owner,
+                now=time.time_ns(),
+                action="set",
+            )
 
     def _write(
         self,
@@ -204,67 +467,429 @@ class Vault:
         must_exist: bool,
         must_not_exist: bool,
         owner: dict[str, int | None],
+        schedule: Schedule | None = None,
     ) -> WriteResult:
+        action = "create" if must_not_exist else "rotate" if must_exist else "set"
+        with self.refusal_audited(action, ref):
+            self.check_writable(ref, value)
+            with self.backend.transaction():
+                return self._write_locked(
+                    ref,
+                    value,
+                    must_exist=must_exist,
+                    must_not_exist=must_not_exist,
+                    owner=owner,
+                    now=time.time_ns(),
+                    action=action,
+                    schedule=schedule,
+                )
+
+    def check_writable(self, ref: Ref, value: bytes) -> None:
+        """Refuse a field reference or a value over the size limit, before any write."""
         if ref.field:
-            raise StoreError(f"write the whole secret, not a field: {ref.without_field()}")
+            raise UsageError(f"write the whole secret, not a field: {ref.without_field()}")
         if len(value) > self.max_value_bytes:
             raise TooLargeError(
                 f"value is {len(value)} bytes; the limit is {self.max_value_bytes} bytes"
             )
-        scope, name = ref.scope.key, ref.name
-        now = time.time_ns()
-        with self.backend.transaction():
-            current = self.backend.get_meta(scope, name)
-            exists = current is not None and not current.deleted
-            if exists and must_not_exist:
-                raise ConflictError(f"secret {ref} already exists (409): use `set` or `rotate`")
-            if not exists and must_exist:
-                raise NotFoundError(f"secret {ref} not found")
-            seq = self.backend.next_seq()
-            if current is None:
-                secret_id = self.backend.add_secret(scope, name, now, seq)
-                previous = last = 0
-            else:
-                secret_id, last = current.secret_id, current.version
-                previous = last if exists else 0
-                if not exists:
-                    self.backend.revive_secret(secret_id, now, seq)
-            version = last + 1
-            gen = self.active_gen
-            aad = crypto.value_aad(self.store_id, scope, name, version, gen)
-            self.backend.put_version(
-                secret_id,
-                version,
-                created_ns=now,
-                size=len(value),
-                kind=value_kind(value),
-                key_gen=gen,
-                fingerprint=crypto.fingerprint(self._fp_key, value),
-                ciphertext=crypto.seal(self._data_keys[gen], value, aad),
-                seq=seq,
-            )
-            if owner and any(v is not None for v in owner.values()):
-                base = current if exists and current is not None else None
-                self.backend.set_owner(
-                    secret_id,
-                    _pick(owner.get("uid"), base.uid if base else None),
-                    _pick(owner.get("gid"), base.gid if base else None),
-                    _pick(owner.get("mode"), base.mode if base else None),
-                    seq,
-                )
-            after = self.backend.get_meta(scope, name)
-        assert after is not None
-        return WriteResult(previous, after)
 
-    def remove(self, ref: Ref) -> SecretMeta:
+    def _write_locked(
+        self,
+        ref: Ref,
+        value: bytes,
+        *,
+        must_exist: bool,
+        must_not_exist: bool,
+        owner: dict[str, int | None],
+        now: int,
+        action: str | None = None,
+        schedule: Schedule | None = None,
+        detail: str | None = None,
+    ) -> WriteResult:
+        """Seal and write one new version; the caller holds `backend.transaction()`.
+
+        The audit record (`action`, default create/rotate/set) commits with the version.
+        The new value's expiry is `schedule.expires_ns` (none by default: an expiry
+        belongs to a value); the rotation period is kept unless `schedule` changes it.
+        Versions over the store's bound are pruned, oldest first, and audited.
+        """
+        self.check_writable(ref, value)
+        scope, name = ref.scope.key, ref.name
+        current = self.backend.get_meta(scope, name)
+        exists = current is not None and not current.deleted
+        if exists and must_not_exist:
+            raise ConflictError(f"secret {ref} already exists (409): use `set` or `rotate`")
+        if not exists and must_exist:
+            raise NotFoundError(f"secret {ref} not found")
+        seq = self.backend.next_seq()
+        if current is None:
+            secret_id = self.backend.add_secret(scope, name, now, seq)
+            previous = last = 0
+        else:
+            secret_id, last = current.secret_id, current.version
+            previous = last if exists else 0
+            if not exists:
+                self.backend.revive_secret(secret_id, now, seq)
+        version = last + 1
+        gen = self._sync_active_gen()
+        aad = crypto.value_aad(self.store_id, scope, name, version, gen)
+        self.backend.put_version(
+            secret_id,
+            version,
+            created_ns=now,
+            size=len(value),
+            kind=value_kind(value),
+            key_gen=gen,
+            fingerprint=crypto.fingerprint(self._fp_key, value),
+            ciphertext=crypto.seal(self._data_keys[gen], value, aad),
+            seq=seq,
+        )
+        if owner and any(v is not None for v in owner.values()):
+            base = current if exists and current is not None else None
+            self.backend.set_owner(
+                secret_id,
+                _pick(owner.get("uid"), base.uid if base else None),
+                _pick(owner.get("gid"), base.gid if base else None),
+                _pick(owner.get("mode"), base.mode if base else None),
+                seq,
+            )
+        old_expiry = current.expires_ns if exists and current is not None else None
+        old_every = current.rotate_every_s if exists and current is not None else None
+        new_expiry = schedule.expires_ns if schedule is not None else None
+        every = old_every
+        if schedule is not None and schedule.rotate_every_s is not None:
+            every = schedule.rotate_every_s or None
+        if (new_expiry, every) != (old_expiry, old_every):
+            self.backend.set_schedule(secret_id, new_expiry, every, seq)
+        set_owner = [f"{k}={_show(k, v)}" for k, v in owner.items() if v is not None]
+        if new_expiry is not None or every != old_every:
+            set_owner.append(_schedule_detail(new_expiry, every))
+        if detail:
+            set_owner.insert(0, detail)
+        self.audit(
+            action or ("create" if must_not_exist else "rotate" if must_exist else "set"),
+            ref,
+            version,
+            detail=" ".join(set_owner) or None,
+        )
+        after = self.backend.get_meta(scope, name)
+        assert after is not None
+        pruned = self._prune_locked(ref, after, self.max_versions, why="bound")
+        cleared = old_expiry if old_expiry is not None and new_expiry is None else None
+        return WriteResult(previous, after, tuple(pruned), cleared)
+
+    def write_many(
+        self,
+        items: Sequence[tuple[Ref, bytes]],
+        *,
+        existing: ExistingPolicy = "fail",
+        partial: bool = False,
+    ) -> list[BulkOutcome]:
+        """Write many secrets in ONE transaction: all of it commits, or none of it.
+
+        A secret that exists already is, by `existing`: "fail", a conflict; "overwrite",
+        given a new version unless its value is already equal ("unchanged"); "skip",
+        left as it is. Conflicts refuse the whole write (ConflictError naming each one)
+        unless `partial`, which leaves them out and reports them in the outcomes.
+        """
+        scopes = {ref.scope for ref, _ in items}
+        target = next(iter(scopes)) if len(scopes) == 1 else None
+        with self.refusal_audited("import", target):
+            return self._write_many(items, existing=existing, partial=partial)
+
+    def _write_many(
+        self, items: Sequence[tuple[Ref, bytes]], *, existing: ExistingPolicy, partial: bool
+    ) -> list[BulkOutcome]:
+        for ref, value in items:
+            self.check_writable(ref, value)
+        now = time.time_ns()
+        outcomes: list[BulkOutcome] = []
         with self.backend.transaction():
+            for ref, value in items:
+                current = self.backend.get_meta(ref.scope.key, ref.name)
+                if current is not None and not current.deleted:
+                    if existing == "fail":
+                        outcomes.append(BulkOutcome(ref, "conflict", current.version))
+                        continue
+                    if existing == "skip":
+                        outcomes.append(BulkOutcome(ref, "skipped", current.version))
+                        continue
+                    if current.fingerprint == crypto.fingerprint(self._fp_key, value):
+                        outcomes.append(BulkOutcome(ref, "unchanged", current.version))
+                        continue
+                result = self._write_locked(
+                    ref,
+                    value,
+                    must_exist=False,
+                    must_not_exist=False,
+                    owner={},
+                    now=now,
+                    action="import",
+                )
+                outcomes.append(
+                    BulkOutcome(
+                        ref,
+                        "updated" if result.previous_version else "created",
+                        result.meta.version,
+                    )
+                )
+            conflicts = [o.ref for o in outcomes if o.action == "conflict"]
+            if conflicts and not partial:
+                shown = ", ".join(str(r) for r in conflicts[:10])
+                more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+                raise ConflictError(
+                    f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
+                    " nothing was written (choose --overwrite or --skip-existing)"
+                )
+        return outcomes
+
+    def remove(self, ref: Ref, *, force: bool = False) -> SecretMeta:
+        """Remove a secret; refused (409) while grants name it, unless `force` (which
+        removes those grants with it)."""
+        with self.refusal_audited("rm", ref), self.backend.transaction():
             meta = self.meta(ref)
-            self.backend.remove_secret(meta.secret_id, self.backend.next_seq())
+            grants = self.backend.list_grants(meta.scope, meta.name)
+            if grants and not force:
+                who = ", ".join(f"{g.kind} {g.principal}" for g in grants)
+                raise ConflictError(
+                    f"secret {ref} is granted to {who} (409): `secretfs revoke` first,"
+                    " or `rm --force` to remove it and its grants"
+                )
+            seq = self.backend.next_seq()
+            for g in grants:
+                self.backend.remove_grant(g, seq)
+            self.backend.remove_secret(meta.secret_id, seq)
+            detail = f"with {len(grants)} grant(s)" if grants else None
+            self.audit("rm", ref, meta.version, detail=detail)
         return meta
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def audit(
+        self,
+        action: str,
+        ref: Target | str | None,
+        version: int | None = None,
+        outcome: str = audit_log.OK,
+        detail: str | None = None,
+    ) -> None:
+        """Append a record of this CLI process doing `action` (never a value).
+
+        Inside `backend.transaction()` the record commits or rolls back with the write.
+        """
+        text = None if ref is None else _target_text(ref) if not isinstance(ref, str) else ref
+        self.backend.append_audit([audit_log.cli_record(action, text, version, outcome, detail)])
+
+    @contextlib.contextmanager
+    def refusal_audited(self, action: str, ref: Target | str | None) -> Iterator[None]:
+        """Record a write refused with a SecretfsError, in a transaction of its own (the
+        write's own transaction, and its record, rolled back)."""
+        try:
+            yield
+        except SecretfsError as exc:
+            try:
+                with self.backend.transaction():
+                    self.audit(action, ref, outcome=audit_log.REFUSED, detail=str(exc)[:300])
+            except (SecretfsError, sqlite3.Error) as err:
+                log.warning("cannot record the refused %s in the audit log: %s", action, err)
+            raise
+
+    # -- ownership and grants ------------------------------------------------------------
+
+    def _target_meta(self, target: Target) -> SecretMeta | None:
+        """The secret a target names (NotFoundError if none), or None for a scope."""
+        if isinstance(target, Scope):
+            return None
+        if target.field:
+            raise UsageError(
+                f"ownership and grants apply to a whole secret, not a field: {target}"
+                f" (use {target.without_field()})"
+            )
+        return self.meta(target)
+
+    def scope_meta(self, scope: Scope) -> ScopeMeta:
+        found = self.backend.get_scope_meta(scope.key)
+        return found if found is not None else ScopeMeta(scope.key, None, None, None, 0)
+
+    def set_owner(
+        self, target: Target, changes: Mapping[str, int | None], *, action: str
+    ) -> tuple[dict[str, int | None], dict[str, int | None]]:
+        """Set (an int) or reset to inherited (None) some of uid, gid, mode of a secret or
+        a scope's defaults; returns them before and after."""
+        unknown = set(changes) - set(OWNER_KEYS)
+        if unknown or not changes:
+            raise UsageError(f"set_owner takes some of {', '.join(OWNER_KEYS)}")
+        with self.refusal_audited(action, target), self.backend.transaction():
+            meta = self._target_meta(target)
+            if meta is None:
+                assert isinstance(target, Scope)
+                current: ScopeMeta | SecretMeta = self.scope_meta(target)
+            else:
+                current = meta
+            before = {k: getattr(current, k) for k in OWNER_KEYS}
+            after = {**before, **changes}
+            seq = self.backend.next_seq()
+            uid, gid, mode = after["uid"], after["gid"], after["mode"]
+            if meta is None:
+                self.backend.set_scope_owner(_target_text(target), uid, gid, mode, seq)
+            else:
+                self.backend.set_owner(meta.secret_id, uid, gid, mode, seq)
+            detail = " ".join(
+                f"{k}={_show(k, before[k])}->{_show(k, after[k])}"
+                for k in OWNER_KEYS
+                if k in changes
+            )
+            changed = before != after
+            self.audit(
+                action,
+                target,
+                None if meta is None else meta.version,
+                audit_log.OK if changed else audit_log.UNCHANGED,
+                detail,
+            )
+        return before, after
+
+    def grants(self, target: Target) -> list[GrantRecord]:
+        """The grants that reach a secret (its own and its scope's), or for a scope, the
+        scope's and those on each of its secrets."""
+        meta = self._target_meta(target)
+        if meta is None:
+            return self.backend.list_grants(_target_text(target))
+        return self.backend.list_grants(meta.scope, meta.name) + self.backend.list_grants(
+            meta.scope, ""
+        )
+
+    def grant(self, target: Target, kind: str, principal: int) -> bool:
+        """Let one more uid or gid read a secret or a whole scope; False if it could."""
+        if kind not in ("uid", "gid"):
+            raise UsageError(f"a grant is to a uid or a gid, not {kind!r}")
+        with self.refusal_audited("grant", target), self.backend.transaction():
+            meta = self._target_meta(target)
+            scope, name = (_target_text(target), "") if meta is None else (meta.scope, meta.name)
+            seq = self.backend.next_seq()
+            added = self.backend.add_grant(scope, name, kind, principal, time.time_ns(), seq)
+            self.audit(
+                "grant",
+                target,
+                None,
+                audit_log.OK if added else audit_log.UNCHANGED,
+                f"{kind} {principal}",
+            )
+        return added
+
+    def revoke(
+        self, target: Target, principals: Sequence[tuple[str, int]] | None
+    ) -> list[GrantRecord]:
+        """Remove every grant of `principals` ((kind, id) pairs; None: every one) on the
+        secret, or on the scope and each of its secrets. Returns what was removed."""
+        with self.refusal_audited("revoke", target), self.backend.transaction():
+            meta = self._target_meta(target)
+            if meta is None:
+                candidates = self.backend.list_grants(_target_text(target))
+            else:
+                candidates = self.backend.list_grants(meta.scope, meta.name)
+            wanted = None if principals is None else set(principals)
+            removed = [
+                g for g in candidates if wanted is None or (g.kind, g.principal) in wanted
+            ]
+            seq = self.backend.next_seq()
+            for g in removed:
+                self.backend.remove_grant(g, seq)
+                on: Target = Scope.from_key(g.scope) if not g.name else Ref(
+                    Scope.from_key(g.scope), g.name
+                )
+                self.audit("revoke", on, None, audit_log.OK, f"{g.kind} {g.principal}")
+            if not removed:
+                who = (
+                    "any grant"
+                    if wanted is None
+                    else ", ".join(f"{k} {p}" for k, p in sorted(wanted))
+                )
+                self.audit("revoke", target, None, audit_log.UNCHANGED, f"no grant matched: {who}")
+        return removed
+
+
+def _span(versions: Sequence[int]) -> str:
+    """`version 3`, `versions 1-4`, or `versions 1, 3, 5`."""
+    if not versions:
+        return "no versions"
+    if len(versions) == 1:
+        return f"version {versions[0]}"
+    if list(versions) == list(range(versions[0], versions[-1] + 1)):
+        return f"versions {versions[0]}-{versions[-1]}"
+    return "versions " + ", ".join(str(v) for v in versions)
+
+
+def _schedule_detail(expires_ns: int | None, every: int | None) -> str:
+    from secretfs.expiry import format_duration
+    from secretfs.timeutil import iso_time
+
+    return (
+        f"expires={'never' if expires_ns is None else iso_time(expires_ns)}"
+        f" rotate-every={'never' if every is None else format_duration(every)}"
+    )
+
+
+def unwrap_data_keys(
+    backend: SqliteBackend, store_id: bytes, kek: bytes, source: keys.KekSource
+) -> tuple[dict[int, bytes], dict[int, str]]:
+    """Every data key generation the KEK opens, and a problem for each it does not.
+
+    A key rotation interrupted after the new key file was put in place leaves the data
+    keys wrapped under both keys (`kek_next:<gen>`): either key opens the store then.
+    KeySourceError when the KEK opens nothing (a wrong key); a generation that does not
+    open while others do is damaged, and named.
+    """
+    wrapped = backend.data_keys()
+    keys_out: dict[int, bytes] = {}
+    failed: list[int] = []
+    for gen, blob in sorted(wrapped.items()):
+        aad = crypto.data_key_aad(store_id, gen)
+        for candidate in (blob, backend.meta_get(f"kek_next:{gen}")):
+            if candidate is None:
+                continue
+            try:
+                keys_out[gen] = crypto.unwrap_key(kek, candidate, aad)
+                break
+            except IntegrityError:
+                continue
+        else:
+            failed.append(gen)
+    if not failed:
+        return keys_out, {}
+    checks = [backend.meta_get("kek_check"), backend.meta_get("kek_next_check")]
+    key_is_right = bool(keys_out) or any(
+        c is not None and crypto.kek_matches(kek, store_id, c) for c in checks
+    )
+    if not key_is_right:
+        damaged_hint = "" if checks[0] is not None else ", or a damaged key record"
+        raise KeySourceError(
+            f"the key from {source.description} does not unlock {backend.path}"
+            f" (wrong key or password{damaged_hint})"
+        )
+    damaged = {
+        gen: (
+            f"{backend.path}: the wrapped data key of generation {gen} is damaged (the key"
+            f" from {source.description} is right): restore the store from a backup"
+        )
+        for gen in failed
+    }
+    return keys_out, damaged
 
 
 def _pick(new: int | None, old: int | None) -> int | None:
     return old if new is None else new
+
+
+def _show(key: str, value: int | None) -> str:
+    if value is None:
+        return "inherit"
+    return f"{value:04o}" if key == "mode" else str(value)
+
+
+def _target_text(target: Target) -> str:
+    """A secret's canonical reference, or a scope's key (as audit records name them)."""
+    return target.key if isinstance(target, Scope) else str(target)
 
 
 def _resolve_kek(backend: SqliteBackend) -> tuple[bytes, keys.KekSource]:
@@ -278,6 +903,14 @@ def _resolve_kek(backend: SqliteBackend) -> tuple[bytes, keys.KekSource]:
                 f"${keys.ENV_PASSWORD} is set but {backend.path} was not initialized with a"
                 " password (unset it to use the store's key file or $SECRETFS_KEY)"
             )
-        return keys.kek_from_password(salt, crypto.KdfParams.from_json(params.decode())), source
+        kdf_params = crypto.KdfParams.from_json(params.decode())
+        check = backend.meta_get("kdf_check")
+        if check is not None and check != crypto.kdf_record_digest(salt, params):
+            raise KeySourceError(
+                f"{backend.path}: the stored KDF salt or parameters that turn"
+                f" ${keys.ENV_PASSWORD} into the key are damaged (they do not match their"
+                " checksum): restore the store from a backup"
+            )
+        return keys.kek_from_password(salt, kdf_params), source
     path = keys.key_file_path(backend.path)
     return keys.read_key_file(path), keys.KekSource(keys.KIND_KEY_FILE, str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from secretfs import __version__
-from secretfs.errors import SecretfsError
+from secretfs.errors import SecretfsError, StoreError
 from secretfs.store import default_store_path
 from secretfs.vault import Vault
 
@@ -58,6 +59,10 @@ def handle_errors(fn: F) -> F:
         except SecretfsError as exc:
             click.echo(f"secretfs: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except sqlite3.Error as exc:
+            # SQLite's messages name tables and states, never bound values.
+            click.echo(f"secretfs: error: store: {exc}", err=True)
+            sys.exit(StoreError.exit_code)
 
     return wrapper  # type: ignore[return-value]
 
@@ -68,7 +73,27 @@ def cli() -> None:
     """Secrets as plain files: an encrypted store, a read-only FUSE mount, this CLI."""
 
 
-def main() -> None:
-    from secretfs.cli import mount, secret, setup  # noqa: F401 - they register commands
+def commands() -> click.Group:
+    """The CLI with every command registered: used by main() and by the docs build."""
+    # Each module registers its commands.
+    from secretfs.cli import (  # noqa: F401
+        access,
+        audit,
+        config,
+        credentials,
+        doctor,
+        install,
+        key,
+        mount,
+        run,
+        secret,
+        setup,
+        transfer,
+        versions,
+    )
 
-    cli(prog_name="secretfs")
+    return cli
+
+
+def main() -> None:
+    commands()(prog_name="secretfs")

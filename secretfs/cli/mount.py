@@ -14,7 +14,16 @@ from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.errors import SecretfsError, StoreError, UsageError
 
 READY = b"ready\n"
-KNOWN_OPTIONS = {"allow_other", "default_permissions"}
+KNOWN_OPTIONS = {"allow_other"}
+# What mount(8) and /etc/fstab pass along: accepted and ignored, since the mount is
+# always ro,nosuid,nodev,noexec and mount(8) itself acts on auto, user, nofail, ...
+MOUNT8_OPTIONS = {
+    *("rw", "ro", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "sync", "async"),
+    *("atime", "noatime", "relatime", "strictatime", "diratime", "nodiratime"),
+    *("lazytime", "nolazytime", "defaults", "auto", "noauto", "user", "nouser"),
+    *("users", "owner", "group", "_netdev", "nofail"),
+}
+VALUE_OPTIONS = ("store", "uid", "gid", "mode")  # -o forms of --store --uid --gid --mode
 
 
 def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
@@ -24,16 +33,52 @@ def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
         for opt in filter(None, group.split(",")):
             if opt == "allow_other":
                 allow_other = True
-            elif opt in ("ro", "nosuid", "nodev", "noexec", "noatime"):
-                continue  # always on
+            elif opt in MOUNT8_OPTIONS or opt.startswith(("x-", "comment=")):
+                continue
+            elif opt.partition("=")[0] in VALUE_OPTIONS and "=" in opt:
+                continue  # taken by _option_values
+            elif opt == "default_permissions":
+                raise UsageError(
+                    "-o default_permissions is not supported: the kernel would then check"
+                    " mode bits alone and ignore grants; secretfs checks both itself"
+                )
             elif opt in KNOWN_OPTIONS:
                 extra.append(opt)
             else:
                 raise UsageError(
-                    f"unknown mount option {opt!r}: secretfs takes allow_other"
-                    " (ro,nosuid,nodev,noexec are always on)"
+                    f"unknown mount option {opt!r}: secretfs takes allow_other, store=PATH,"
+                    " uid=N, gid=N, mode=OCTAL (ro,nosuid,nodev,noexec are always on)"
                 )
     return allow_other, tuple(extra)
+
+
+def _option_values(
+    opts: tuple[str, ...], store: Path | None, uid: int | None, gid: int | None, mode: str
+) -> tuple[Path | None, int | None, int | None, str]:
+    """Apply -o store=, uid=, gid=, mode= (an fstab line can pass nothing else)."""
+    ctx = click.get_current_context()
+    given: dict[str, str] = {}
+    for group in opts:
+        for opt in filter(None, group.split(",")):
+            key, sep, value = opt.partition("=")
+            if not sep or key not in VALUE_OPTIONS:
+                continue
+            if given.setdefault(key, value) != value:
+                raise UsageError(f"mount option {key}= given twice with different values")
+            if ctx.get_parameter_source(key) is not click.core.ParameterSource.DEFAULT:
+                raise UsageError(f"--{key} and -o {key}= both given: use one")
+            if not value:
+                raise UsageError(f"mount option {key}= needs a value")
+    if "store" in given:
+        store = Path(given["store"])
+    for key in ("uid", "gid"):
+        if key in given:
+            text = given[key]
+            if not text.isdigit() or int(text) > 2**32 - 2:
+                raise UsageError(f"mount option {key}={text!r}: a numeric id is needed")
+    uid = int(given["uid"]) if "uid" in given else uid
+    gid = int(given["gid"]) if "gid" in given else gid
+    return store, uid, gid, given.get("mode", mode)
 
 
 @cli.command()
@@ -69,6 +114,7 @@ def mount(
     from secretfs.daemon import clear_stale_mount
 
     allow_other, extra = _parse_options(options)
+    store, uid, gid, mode = _option_values(options, store, uid, gid, mode)
     file_mode = _mode(mode)
     assert file_mode is not None
     clear_stale_mount(mountpoint)
@@ -97,7 +143,8 @@ def _serve(
     log_file: Path | None,
     ready_fd: int | None,
 ) -> None:
-    from secretfs.daemon import MountOptions, serve
+    from secretfs.daemon import MountOptions, harden, serve
+    from secretfs.sdnotify import Notifier
     from secretfs.vault import Vault
 
     logging.basicConfig(
@@ -112,18 +159,24 @@ def _serve(
             os.write(ready_fd, READY)
             os.close(ready_fd)
         else:
+            notifier.notify("READY=1", f"STATUS=serving {path} at {mountpoint}")
             click.echo(f"secretfs: serving {path} at {mountpoint} (Ctrl-C to unmount)", err=True)
 
+    # Under systemd Type=notify: READY=1 once the mount answers, STOPPING=1 once unmounted.
+    notifier = Notifier.from_environ() if ready_fd is None else Notifier(None)
     try:
+        harden()  # before the key is unwrapped into this process's memory
         vault = Vault.open(path)
         try:
             opts = MountOptions(
                 allow_other, -1 if uid is None else uid, -1 if gid is None else gid, mode, extra
             )
             serve(vault, mountpoint.resolve(), opts, ready)
+            notifier.notify("STOPPING=1", f"STATUS=unmounted {mountpoint}")
         finally:
             vault.close()
     except SecretfsError as exc:
+        notifier.notify(f"STATUS=failed: {exc}")
         if ready_fd is not None:
             os.write(ready_fd, f"error: {exc}\n".encode())
         raise

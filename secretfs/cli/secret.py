@@ -1,30 +1,33 @@
-"""`secretfs secret …`: create, set, get, ls, rm, history."""
+"""`secretfs secret …`: create, set, get, ls, rm, history (rotate, rollback, prune and
+expiry are in secretfs/cli/versions.py)."""
 
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime
+import time
 from pathlib import Path
 from typing import Any
 
 import click
 
-from secretfs import fields
+from secretfs import expiry, fields
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.schedule import (
+    parse_schedule,
+    report_write,
+    schedule_note,
+    schedule_options,
+    schedule_record,
+)
 from secretfs.cli.values import read_value, value_options
 from secretfs.errors import UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
+from secretfs.timeutil import iso_time
 
 
 def _ref(text: str) -> Ref:
     return parse_ref(text)
-
-
-def _iso(ns: int) -> str:
-    return (
-        datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    )
 
 
 def _mode(value: str | None) -> int | None:
@@ -53,19 +56,20 @@ def meta_record(meta: SecretMeta) -> dict[str, Any]:
         "version": meta.version,
         "size": meta.size,
         "kind": meta.kind,
-        "created": _iso(meta.created_ns),
-        "updated": _iso(meta.updated_ns),
+        "created": iso_time(meta.created_ns),
+        "updated": iso_time(meta.updated_ns),
         "uid": meta.uid,
         "gid": meta.gid,
         "mode": None if meta.mode is None else f"{meta.mode:04o}",
         "fingerprint": meta.fingerprint,
+        **schedule_record(meta),
     }
 
 
 def version_record(v: VersionMeta) -> dict[str, Any]:
     return {
         "version": v.version,
-        "created": _iso(v.created_ns),
+        "created": iso_time(v.created_ns),
         "size": v.size,
         "kind": v.kind,
         "key_generation": v.key_gen,
@@ -88,19 +92,23 @@ def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
         kw.pop("generate"),
     )
     owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": _mode(kw.pop("mode"))}
+    schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
-        result = (
-            vault.create(ref, value, **owner) if how == "create" else vault.set(ref, value, **owner)
+        result = vault.write(
+            ref, value, how="create" if how == "create" else "set", owner=owner, schedule=schedule
         )
+        keeps = vault.max_versions
     meta = result.meta
     verb = "created" if result.previous_version == 0 else "updated"
     click.echo(f"{verb} {ref} version {meta.version} ({meta.size} bytes)", err=True)
+    report_write(ref, result, keeps)
 
 
 @secret.command()
 @click.argument("ref")
 @value_options
 @owner_options
+@schedule_options
 @store_option
 @handle_errors
 def create(store: Path | None, ref: str, **kw: Any) -> None:
@@ -112,6 +120,7 @@ def create(store: Path | None, ref: str, **kw: Any) -> None:
 @click.argument("ref")
 @value_options
 @owner_options
+@schedule_options
 @store_option
 @handle_errors
 def set_(store: Path | None, ref: str, **kw: Any) -> None:
@@ -133,6 +142,14 @@ def get(store: Path | None, ref: str, field_path: str | None, version: int | Non
         path = path + _ref(f"{parsed.without_field()}/{field_path}").field
     with open_vault(store) as vault:
         value = vault.get_value(parsed.without_field(), version)
+        meta = vault.meta(parsed.without_field())
+    state = expiry.status(meta, time.time_ns())
+    if state.expired and version is None:
+        # Still served (an expiry is a reminder, not a lock), but never silently.
+        click.echo(
+            f"warning: {parsed.without_field()} expired at {iso_time(meta.expires_ns or 0)}",
+            err=True,
+        )
     out = fields.extract(value, path) if path else value
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
@@ -141,37 +158,57 @@ def get(store: Path | None, ref: str, field_path: str | None, version: int | Non
 @secret.command(name="ls")
 @click.argument("scope", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--due", is_flag=True, help="Only secrets that are expired or due for rotation.")
+@click.option(
+    "--within",
+    metavar="DURATION",
+    help="With --due: also those that expire or fall due within DURATION (e.g. 7d).",
+)
 @store_option
 @handle_errors
-def ls(store: Path | None, scope: str | None, as_json: bool) -> None:
-    """List secrets (metadata only, never values), optionally in one SCOPE."""
+def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: str | None) -> None:
+    """List secrets (metadata only, never values), optionally in one SCOPE.
+
+    Expired secrets are still served; they are flagged in the NOTE column (and in
+    --json: expired, due)."""
     key = parse_scope(scope).key if scope else None
+    if within is not None and not due:
+        raise UsageError("--within goes with --due")
+    now = time.time_ns()
+    horizon = now + (expiry.parse_duration(within, "--within") * expiry.NS if within else 0)
     with open_vault(store) as vault:
-        records = [meta_record(m) for m in vault.list_secrets(key)]
+        metas = vault.list_secrets(key)
+    if due:
+        metas = [m for m in metas if expiry.status(m, horizon).flagged]
+    records = [meta_record(m) for m in metas]
     if as_json:
         emit_json(records)
         return
     if not records:
-        click.echo("no secrets", err=True)
+        click.echo("nothing is expired or due" if due else "no secrets", err=True)
         return
+    notes = [schedule_note(m, now) for m in metas]
     width = max(len(r["ref"]) for r in records)
-    click.echo(f"{'REF':<{width}}  {'VER':>4}  {'SIZE':>8}  {'KIND':<4}  UPDATED")
-    for r in records:
-        click.echo(
+    header = f"{'REF':<{width}}  {'VER':>4}  {'SIZE':>8}  {'KIND':<4}  {'UPDATED':<20}"
+    click.echo((header + "  NOTE") if any(notes) else header.rstrip())
+    for r, note in zip(records, notes, strict=True):
+        line = (
             f"{r['ref']:<{width}}  {r['version']:>4}  {r['size']:>8}  {r['kind']:<4}"
-            f"  {r['updated']}"
+            f"  {r['updated']:<20}  {note}"
         )
+        click.echo(line.rstrip())
 
 
 @secret.command()
 @click.argument("ref")
+@click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
 @store_option
 @handle_errors
-def rm(store: Path | None, ref: str) -> None:
-    """Remove REF and all its versions."""
+def rm(store: Path | None, ref: str, force: bool) -> None:
+    """Remove REF and all its versions; refused (exit 4) while grants name it."""
     parsed = _ref(ref)
     with open_vault(store) as vault:
-        meta = vault.remove(parsed)
+        meta = vault.remove(parsed, force=force)
     click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
 
 

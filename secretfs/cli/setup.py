@@ -8,7 +8,7 @@ import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.keys import KIND_KEY_FILE
-from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, Vault
+from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VERSIONS_LIMIT, Vault
 
 
 @cli.command()
@@ -20,15 +20,23 @@ from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, Vault
     show_default=True,
     help="Largest value the store accepts, in bytes.",
 )
+@click.option(
+    "--max-versions",
+    type=click.IntRange(1, MAX_VERSIONS_LIMIT),
+    default=DEFAULT_MAX_VERSIONS,
+    show_default=True,
+    help="Versions kept per secret; a write over it prunes the oldest"
+    " (`secretfs config set max-versions N` changes it later).",
+)
 @handle_errors
-def init(store: Path | None, max_value_size: int) -> None:
+def init(store: Path | None, max_value_size: int, max_versions: int) -> None:
     """Create a new, empty store.
 
     The key-encryption key comes from $SECRETFS_KEY, else $SECRETFS_PASSWORD (Argon2id),
     else a new key file is written next to the store (mode 0600).
     """
     path = store_path(store)
-    source = Vault.init(path, max_value_bytes=max_value_size)
+    source = Vault.init(path, max_value_bytes=max_value_size, max_versions=max_versions)
     click.echo(f"created store {path}")
     if source.kind == KIND_KEY_FILE:
         click.echo(f"key file {source.description} (mode 0600): back it up, apart from the store")

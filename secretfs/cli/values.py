@@ -32,7 +32,8 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
                 "--from",
                 "from_uri",
                 metavar="URI",
-                help="env://VAR, file://PATH or cmd://COMMAND (stdout of `sh -c`).",
+                help="env://VAR, file://PATH, cmd://COMMAND (stdout of `sh -c`) or"
+                " vault://MOUNT/PATH#FIELD (Vault/OpenBao; see docs/providers.md).",
             ),
             click.option(
                 "--generate",
@@ -106,7 +107,10 @@ def _read_file(path: Path) -> bytes:
 def resolve_uri(uri: str) -> bytes:
     scheme, sep, rest = uri.partition("://")
     if not sep or not rest:
-        raise UsageError(f"--from takes env://VAR, file://PATH or cmd://COMMAND, not {uri[:40]!r}")
+        raise UsageError(
+            "--from takes env://VAR, file://PATH, cmd://COMMAND or vault://MOUNT/PATH#FIELD,"
+            f" not {uri[:40]!r}"
+        )
     if scheme == "env":
         found = os.environb.get(os.fsencode(rest))
         if found is None:
@@ -120,4 +124,10 @@ def resolve_uri(uri: str) -> bytes:
             # Its output may hold the secret: report only the exit status.
             raise UsageError(f"cmd:// command exited with status {proc.returncode}")
         return proc.stdout
-    raise UsageError(f"unknown value source {scheme}://: use env://, file:// or cmd://")
+    if scheme == "vault":
+        from secretfs.providers import read_vault
+
+        return read_vault(uri)
+    raise UsageError(
+        f"unknown value source {scheme[:20]}://: use env://, file://, cmd:// or vault://"
+    )

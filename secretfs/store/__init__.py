@@ -28,6 +28,8 @@ class SecretMeta:
     mode: int | None
     fingerprint: str
     seq: int  # store-wide change counter at this row's last change
+    expires_ns: int | None = None  # the current value expires then (None: never)
+    rotate_every_s: int | None = None  # rotation is due this long after each version
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +42,28 @@ class VersionMeta:
     kind: str
     key_gen: int
     fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeMeta:
+    """Owner and mode defaults of a whole scope; None inherits from the mount."""
+
+    scope: str
+    uid: int | None
+    gid: int | None
+    mode: int | None
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """Read access for one more uid or gid, to a secret (`name`) or a whole scope (`name == ""`)."""
+
+    scope: str
+    name: str
+    kind: str  # "uid" or "gid"
+    principal: int
+    created_ns: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,8 +8,10 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from secretfs.audit import AuditRecord
 from secretfs.errors import StoreError
-from secretfs.store import SealedVersion, SecretMeta, VersionMeta
+from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta, VersionMeta
+from secretfs.testhooks import checkpoint
 
 SCHEMA_VERSION = 1
 
@@ -33,6 +35,8 @@ CREATE TABLE secrets (
     uid INTEGER,
     gid INTEGER,
     mode INTEGER,
+    expires_ns INTEGER,
+    rotate_every_s INTEGER,
     seq INTEGER NOT NULL,
     UNIQUE (scope, name)
 ) STRICT;
@@ -48,20 +52,60 @@ CREATE TABLE versions (
     ciphertext BLOB NOT NULL,
     PRIMARY KEY (secret_id, version)
 ) STRICT;
+-- Owner and mode defaults of a whole scope (NULL: inherit from the mount).
+CREATE TABLE scopes (
+    scope TEXT PRIMARY KEY,
+    uid INTEGER,
+    gid INTEGER,
+    mode INTEGER,
+    seq INTEGER NOT NULL
+) STRICT;
+-- Extra readers of a secret (name != '') or of every secret in a scope (name = '').
+CREATE TABLE grants (
+    id INTEGER PRIMARY KEY,
+    scope TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    kind TEXT NOT NULL CHECK (kind IN ('uid', 'gid')),
+    principal INTEGER NOT NULL,
+    created_ns INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    UNIQUE (scope, name, kind, principal)
+) STRICT;
+-- Append-only: who did or tried what, never a value.
+CREATE TABLE audit (
+    id INTEGER PRIMARY KEY,
+    time_ns INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    action TEXT NOT NULL,
+    ref TEXT,
+    version INTEGER,
+    uid INTEGER,
+    gid INTEGER,
+    pid INTEGER,
+    process TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT
+) STRICT;
+CREATE INDEX audit_time ON audit (time_ns);
+CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit records cannot be changed'); END;
+CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit records cannot be deleted'); END;
 """
 
 _META_COLUMNS = """
     s.id, s.scope, s.name, s.version, s.deleted, coalesce(v.size, 0), coalesce(v.kind, 'raw'),
     s.created_ns, coalesce(v.created_ns, s.created_ns), s.uid, s.gid, s.mode,
-    coalesce(v.fingerprint, ''), s.seq
+    coalesce(v.fingerprint, ''), s.seq, s.expires_ns, s.rotate_every_s
 """
 _META_FROM = "secrets s LEFT JOIN versions v ON v.secret_id = s.id AND v.version = s.version"
 
 
 def _meta(row: tuple[object, ...]) -> SecretMeta:
     (sid, scope, name, version, deleted, size, kind, created, updated, uid, gid, mode, fp, seq) = (
-        row
+        row[:14]
     )
+    expires, rotate_every = row[14:16]
     return SecretMeta(
         secret_id=int(sid),  # type: ignore[call-overload]
         scope=str(scope),
@@ -77,6 +121,41 @@ def _meta(row: tuple[object, ...]) -> SecretMeta:
         mode=None if mode is None else int(mode),  # type: ignore[call-overload]
         fingerprint=str(fp),
         seq=int(seq),  # type: ignore[call-overload]
+        expires_ns=None if expires is None else int(expires),  # type: ignore[call-overload]
+        rotate_every_s=None if rotate_every is None else int(rotate_every),  # type: ignore[call-overload]
+    )
+
+
+def _scope_meta(row: tuple[object, ...]) -> ScopeMeta:
+    scope, uid, gid, mode, seq = row
+    return ScopeMeta(
+        scope=str(scope),
+        uid=None if uid is None else int(uid),  # type: ignore[call-overload]
+        gid=None if gid is None else int(gid),  # type: ignore[call-overload]
+        mode=None if mode is None else int(mode),  # type: ignore[call-overload]
+        seq=int(seq),  # type: ignore[call-overload]
+    )
+
+
+def _audit_record(row: tuple[object, ...]) -> AuditRecord:
+    rid, time_ns, source, action, ref, version, uid, gid, pid, process, outcome, detail = row
+
+    def opt_int(value: object) -> int | None:
+        return None if value is None else int(value)  # type: ignore[call-overload]
+
+    return AuditRecord(
+        time_ns=int(time_ns),  # type: ignore[call-overload]
+        source=str(source),
+        action=str(action),
+        ref=None if ref is None else str(ref),
+        version=opt_int(version),
+        uid=opt_int(uid),
+        gid=opt_int(gid),
+        pid=opt_int(pid),
+        process=None if process is None else str(process),
+        outcome=str(outcome),
+        detail=None if detail is None else str(detail),
+        id=int(rid),  # type: ignore[call-overload]
     )
 
 
@@ -163,13 +242,27 @@ class SqliteBackend:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """One write transaction: all of it commits, or none of it."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreError(f"cannot write to {self.path}: {exc} (another writer?)") from None
         try:
             yield
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
         else:
+            checkpoint("before-commit")
+            self._conn.execute("COMMIT")
+            checkpoint("after-commit")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: every read inside sees one committed state, no lock taken."""
+        self._conn.execute("BEGIN DEFERRED")
+        try:
+            yield
+        finally:
             self._conn.execute("COMMIT")
 
     # -- meta ----------------------------------------------------------------------------
@@ -265,7 +358,7 @@ class SqliteBackend:
     def revive_secret(self, secret_id: int, created_ns: int, seq: int) -> None:
         self._conn.execute(
             "UPDATE secrets SET deleted = 0, created_ns = ?, uid = NULL, gid = NULL,"
-            " mode = NULL, seq = ? WHERE id = ?",
+            " mode = NULL, expires_ns = NULL, rotate_every_s = NULL, seq = ? WHERE id = ?",
             (created_ns, seq, secret_id),
         )
 
@@ -334,6 +427,220 @@ class SqliteBackend:
             yield SealedVersion(
                 int(sid), str(scope), str(name), int(version), int(gen), bytes(blob)
             )
+
+    # -- scope defaults and grants --------------------------------------------------------
+
+    def _access_changed(self, seq: int) -> None:
+        # Grants are deleted outright, so the daemon watches this mark, not their rows.
+        self.meta_set("access_seq", str(seq).encode())
+
+    def access_seq(self) -> int:
+        """The store seq of the last change to a scope default or a grant (0: none)."""
+        value = self.meta_get("access_seq")
+        return int(value) if value else 0
+
+    def get_scope_meta(self, scope: str) -> ScopeMeta | None:
+        row = self._conn.execute(
+            "SELECT scope, uid, gid, mode, seq FROM scopes WHERE scope = ?", (scope,)
+        ).fetchone()
+        return None if row is None else _scope_meta(row)
+
+    def list_scope_meta(self) -> list[ScopeMeta]:
+        rows = self._conn.execute(
+            "SELECT scope, uid, gid, mode, seq FROM scopes ORDER BY scope"
+        ).fetchall()
+        return [_scope_meta(r) for r in rows]
+
+    def set_scope_owner(
+        self, scope: str, uid: int | None, gid: int | None, mode: int | None, seq: int
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO scopes (scope, uid, gid, mode, seq) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (scope) DO UPDATE SET uid = excluded.uid, gid = excluded.gid,"
+            " mode = excluded.mode, seq = excluded.seq",
+            (scope, uid, gid, mode, seq),
+        )
+        self._access_changed(seq)
+
+    def list_grants(self, scope: str | None = None, name: str | None = None) -> list[GrantRecord]:
+        """Grants, all or of one scope; with `name`, only those on that secret ('' = scope)."""
+        sql = "SELECT scope, name, kind, principal, created_ns FROM grants"
+        args: tuple[object, ...] = ()
+        if scope is not None:
+            sql += " WHERE scope = ?"
+            args = (scope,)
+            if name is not None:
+                sql += " AND name = ?"
+                args = (scope, name)
+        rows = self._conn.execute(sql + " ORDER BY scope, name, kind, principal", args).fetchall()
+        return [GrantRecord(str(s), str(n), str(k), int(p), int(c)) for s, n, k, p, c in rows]
+
+    def add_grant(
+        self, scope: str, name: str, kind: str, principal: int, created_ns: int, seq: int
+    ) -> bool:
+        """Add a grant; False if it was there already (nothing changes then)."""
+        cur = self._conn.execute(
+            "INSERT INTO grants (scope, name, kind, principal, created_ns, seq)"
+            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (scope, name, kind, principal, created_ns, seq),
+        )
+        if cur.rowcount == 1:
+            self._access_changed(seq)
+            return True
+        return False
+
+    def remove_grant(self, grant: GrantRecord, seq: int) -> bool:
+        cur = self._conn.execute(
+            "DELETE FROM grants WHERE scope = ? AND name = ? AND kind = ? AND principal = ?",
+            (grant.scope, grant.name, grant.kind, grant.principal),
+        )
+        if cur.rowcount:
+            self._access_changed(seq)
+        return cur.rowcount > 0
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def append_audit(self, records: list[AuditRecord]) -> None:
+        self._conn.executemany(
+            "INSERT INTO audit (time_ns, source, action, ref, version, uid, gid, pid, process,"
+            " outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    r.time_ns,
+                    r.source,
+                    r.action,
+                    r.ref,
+                    r.version,
+                    r.uid,
+                    r.gid,
+                    r.pid,
+                    r.process,
+                    r.outcome,
+                    r.detail,
+                )
+                for r in records
+            ],
+        )
+
+    def read_audit(
+        self,
+        *,
+        after_id: int = 0,
+        since_ns: int | None = None,
+        ref_exact: tuple[str, ...] = (),
+        ref_prefixes: tuple[str, ...] = (),
+        limit: int | None = None,
+    ) -> list[AuditRecord]:
+        """Records after `after_id`, oldest first; with refs, those whose ref is one of
+        `ref_exact` or starts with one of `ref_prefixes` (compared as text, not LIKE)."""
+        where = ["id > ?"]
+        args: list[object] = [after_id]
+        if since_ns is not None:
+            where.append("time_ns >= ?")
+            args.append(since_ns)
+        if ref_exact or ref_prefixes:
+            alternatives = ["ref = ?"] * len(ref_exact)
+            args.extend(ref_exact)
+            for prefix in ref_prefixes:
+                alternatives.append("substr(ref, 1, ?) = ?")
+                args.extend((len(prefix), prefix))
+            where.append("(" + " OR ".join(alternatives) + ")")
+        columns = "id, time_ns, source, action, ref, version, uid, gid, pid, process, outcome"
+        columns += ", detail"
+        sql = f"SELECT {columns} FROM audit WHERE {' AND '.join(where)} ORDER BY id"  # noqa: S608
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_audit_record(r) for r in self._conn.execute(sql, args).fetchall()]
+
+    # -- kept versions, expiry, key generations --------------------------------------------
+
+    def set_schedule(
+        self, secret_id: int, expires_ns: int | None, rotate_every_s: int | None, seq: int
+    ) -> None:
+        self._conn.execute(
+            "UPDATE secrets SET expires_ns = ?, rotate_every_s = ?, seq = ? WHERE id = ?",
+            (expires_ns, rotate_every_s, seq, secret_id),
+        )
+
+    def prune_versions(self, secret_id: int, keep: int) -> list[int]:
+        """Delete all but the newest `keep` versions (the current one is the newest)."""
+        rows = self._conn.execute(
+            "SELECT version FROM versions WHERE secret_id = ? ORDER BY version DESC LIMIT -1"
+            " OFFSET ?",
+            (secret_id, max(1, keep)),
+        ).fetchall()
+        gone = sorted(int(r[0]) for r in rows)
+        if gone:
+            self._conn.execute(
+                "DELETE FROM versions WHERE secret_id = ? AND version <= ?", (secret_id, gone[-1])
+            )
+        return gone
+
+    def secrets_over(self, keep: int) -> list[int]:
+        """Ids of secrets that keep more than `keep` versions."""
+        rows = self._conn.execute(
+            "SELECT secret_id FROM versions GROUP BY secret_id HAVING count(*) > ?"
+            " ORDER BY secret_id",
+            (keep,),
+        ).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def get_meta_by_id(self, secret_id: int) -> SecretMeta | None:
+        row = self._conn.execute(
+            f"SELECT {_META_COLUMNS} FROM {_META_FROM} WHERE s.id = ?",  # noqa: S608
+            (secret_id,),
+        ).fetchone()
+        return None if row is None else _meta(row)
+
+    def data_key_info(self) -> list[tuple[int, int, int]]:
+        """(generation, created_ns, versions sealed under it) for every data key."""
+        rows = self._conn.execute(
+            "SELECT d.gen, d.created_ns, (SELECT count(*) FROM versions v WHERE v.key_gen = d.gen)"
+            " FROM data_keys d ORDER BY d.gen"
+        ).fetchall()
+        return [(int(g), int(c), int(n)) for g, c, n in rows]
+
+    def delete_data_key(self, gen: int) -> None:
+        self._conn.execute("DELETE FROM data_keys WHERE gen = ?", (gen,))
+
+    def versions_not_under(self, gen: int) -> int:
+        row = self._conn.execute(
+            "SELECT count(*) FROM versions WHERE key_gen != ?", (gen,)
+        ).fetchone()
+        return int(row[0])
+
+    def sealed_batch(self, not_gen: int, after: tuple[int, int], limit: int) -> list[SealedVersion]:
+        """Up to `limit` versions not sealed under `not_gen`, after (secret_id, version)."""
+        rows = self._conn.execute(
+            "SELECT v.secret_id, s.scope, s.name, v.version, v.key_gen, v.ciphertext"
+            " FROM versions v JOIN secrets s ON s.id = v.secret_id"
+            " WHERE v.key_gen != ? AND (v.secret_id, v.version) > (?, ?)"
+            " ORDER BY v.secret_id, v.version LIMIT ?",
+            (not_gen, after[0], after[1], limit),
+        ).fetchall()
+        return [
+            SealedVersion(int(sid), str(sc), str(nm), int(ver), int(gen), bytes(blob))
+            for sid, sc, nm, ver, gen, blob in rows
+        ]
+
+    def reseal_version(
+        self, old: SealedVersion, new_gen: int, ciphertext: bytes, fingerprint: str
+    ) -> None:
+        self._conn.execute(
+            "UPDATE versions SET key_gen = ?, ciphertext = ?, fingerprint = ?"
+            " WHERE secret_id = ? AND version = ? AND key_gen = ?",
+            (new_gen, ciphertext, fingerprint, old.secret_id, old.version, old.key_gen),
+        )
+
+    def touch_secrets(self, secret_ids: list[int], seq: int) -> None:
+        """Mark secrets changed (a mount re-reads their metadata) without a new version."""
+        self._conn.executemany(
+            "UPDATE secrets SET seq = ? WHERE id = ?", [(seq, sid) for sid in secret_ids]
+        )
+
+    def foreign_key_problems(self) -> int:
+        return len(self._conn.execute("PRAGMA foreign_key_check").fetchall())
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])

@@ -1,0 +1,178 @@
+"""Audit records: who opened or changed what, when, and how it ended. Never a value.
+
+The mount records every `open()` of a secret or field file (allowed, denied or failed);
+the CLI records every write in the same transaction as the write. Records are only ever
+appended: the store's triggers refuse UPDATE and DELETE on the audit table.
+
+The mount keeps its records in an `AuditQueue` (memory only, no I/O on the read path);
+the daemon flushes the queue in batches from a background task.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from secretfs.timeutil import iso_time
+
+SOURCE_MOUNT = "mount"
+SOURCE_CLI = "cli"
+
+# Outcomes. A mount open is allowed, denied (EACCES) or an error (EIO: a record that
+# does not decrypt). A CLI write is ok, unchanged (nothing to do) or refused (an error).
+ALLOWED = "allowed"
+DENIED = "denied"
+ERROR = "error"
+OK = "ok"
+UNCHANGED = "unchanged"
+REFUSED = "refused"
+
+_COMM_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One audit line. `ref` is a canonical `$S:` reference, or a scope key for scope-wide
+    actions (grants, chmod, chown on a scope); `id` is given by the store."""
+
+    time_ns: int
+    source: str
+    action: str
+    ref: str | None
+    version: int | None
+    uid: int | None
+    gid: int | None
+    pid: int | None
+    process: str | None
+    outcome: str
+    detail: str | None = None
+    id: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": iso_time_ns(self.time_ns),
+            "time_ns": self.time_ns,
+            "source": self.source,
+            "action": self.action,
+            "ref": self.ref,
+            "version": self.version,
+            "uid": self.uid,
+            "gid": self.gid,
+            "pid": self.pid,
+            "process": self.process,
+            "outcome": self.outcome,
+            "detail": self.detail,
+        }
+
+    def to_text(self) -> str:
+        who = f"uid={_dash(self.uid)} gid={_dash(self.gid)} pid={_dash(self.pid)}"
+        what = self.ref if self.ref is not None else "-"
+        if self.version is not None:
+            what += f"@v{self.version}"
+        line = (
+            f"{iso_time_ns(self.time_ns)}  {self.source:<5}  {self.action:<8}  {self.outcome:<9}"
+            f"  {what}  {who} process={self.process or '-'}"
+        )
+        return f"{line}  ({self.detail})" if self.detail else line
+
+
+def iso_time_ns(ns: int) -> str:
+    """ISO 8601 UTC with microseconds: audit lines are ordered finer than seconds."""
+    return iso_time(ns // 1_000_000_000 * 1_000_000_000).replace(
+        "Z", f".{ns // 1000 % 1_000_000:06d}Z"
+    )
+
+
+def _dash(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def process_name(pid: int) -> str | None:
+    """The kernel's short name of `pid` (`/proc/<pid>/comm`), or None if it is gone."""
+    # os-level calls: this runs on every open through the mount, and is 5x cheaper.
+    try:
+        fd = os.open(f"/proc/{pid}/comm", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, _COMM_MAX)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return raw.rstrip(b"\n").decode("utf-8", "replace")
+
+
+def cli_record(
+    action: str,
+    ref: str | None,
+    version: int | None = None,
+    outcome: str = OK,
+    detail: str | None = None,
+) -> AuditRecord:
+    """A record of this CLI process doing `action`."""
+    pid = os.getpid()
+    return AuditRecord(
+        time_ns=time.time_ns(),
+        source=SOURCE_CLI,
+        action=action,
+        ref=ref,
+        version=version,
+        uid=os.getuid(),
+        gid=os.getgid(),
+        pid=pid,
+        process=process_name(pid),
+        outcome=outcome,
+        detail=detail,
+    )
+
+
+class AuditQueue:
+    """Records waiting to be written; bounded, so a store that stays locked cannot eat
+    the daemon's memory (what is dropped is counted and recorded once writing works)."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self.limit = limit
+        self._pending: list[AuditRecord] = []
+        self.dropped = 0
+
+    def add(self, record: AuditRecord) -> None:
+        if len(self._pending) >= self.limit:
+            self.dropped += 1
+            return
+        self._pending.append(record)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def take(self) -> list[AuditRecord]:
+        """Everything pending (plus a note of what was dropped); the queue is then empty."""
+        batch, self._pending = self._pending, []
+        if self.dropped:
+            batch.append(
+                AuditRecord(
+                    time_ns=time.time_ns(),
+                    source=SOURCE_MOUNT,
+                    action="audit",
+                    ref=None,
+                    version=None,
+                    uid=None,
+                    gid=None,
+                    pid=os.getpid(),
+                    process=None,
+                    outcome=ERROR,
+                    detail=f"{self.dropped} records dropped: the store was not writable",
+                )
+            )
+            self.dropped = 0
+        return batch
+
+    def put_back(self, batch: list[AuditRecord]) -> None:
+        """A batch that could not be written goes back in front of newer records."""
+        merged = batch + self._pending
+        overflow = max(0, len(merged) - self.limit)
+        self.dropped += overflow
+        self._pending = merged[overflow:]

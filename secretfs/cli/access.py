@@ -1,0 +1,371 @@
+"""Who may read what: `grant`, `revoke`, `permissions`, `secret chmod`, `secret chown`.
+
+Each takes a TARGET: a secret reference (`db`, `@api/token`, `:staging/db`) or a scope
+(`deployment`, `@api`, `env/staging` or `:staging`, `project/shop/prod` or `shop:prod`).
+A text that reads as a scope is the scope: `deployment` is the deployment scope and
+`$S:deployment` the secret named "deployment".
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+from pathlib import Path
+from typing import Any
+
+import click
+
+from secretfs.access import Layer, Ownership, ReaderEntry, readers_of, resolve
+from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.secret import secret as secret_group
+from secretfs.errors import RefError, UsageError
+from secretfs.refs import Ref, Scope, parse_ref, parse_scope
+from secretfs.store import GrantRecord, SecretMeta
+from secretfs.vault import Target, Vault
+
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel: never an owner
+INHERIT = "inherit"
+DEFAULT_MOUNT_MODE = 0o400
+
+
+def parse_target(text: str) -> Target:
+    """A scope if the text reads as one, else a secret reference (whole secret only)."""
+    try:
+        return parse_scope(text)
+    except RefError:
+        pass
+    try:
+        ref = parse_ref(text)
+    except RefError as exc:
+        raise UsageError(f"{text!r} is neither a scope nor a secret reference: {exc}") from None
+    if ref.field:
+        raise UsageError(
+            f"{text!r} names a field: ownership and grants apply to the whole secret"
+            f" {ref.without_field()} (its field files follow it)"
+        )
+    return ref
+
+
+def target_label(target: Target) -> str:
+    return f"scope {target.key}" if isinstance(target, Scope) else str(target)
+
+
+def parse_id(text: str, kind: str) -> int:
+    if text.isdigit():
+        number = int(text)
+        if number > MAX_ID:
+            raise UsageError(f"{kind} id {text} is out of range (0 to {MAX_ID})")
+        return number
+    try:
+        if kind == "user":
+            return pwd.getpwnam(text).pw_uid
+        return grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise UsageError(
+            f"no {kind} named {text!r} on this host: give a numeric id"
+            " (container users often exist only inside the container)"
+        ) from None
+
+
+def parse_owner(text: str) -> dict[str, int | None]:
+    """`UID`, `UID:GID`, `:GID` (names or numbers), each part may be `inherit`; a bare
+    `inherit` resets both."""
+    if text == INHERIT:
+        return {"uid": None, "gid": None}
+    user, sep, group = text.partition(":")
+    if sep and not group:
+        raise UsageError(f"{text!r}: a ':' must be followed by a group (UID:GID or :GID)")
+    if not user and not sep:
+        raise UsageError("an owner is UID, UID:GID or :GID (numbers or names), or 'inherit'")
+    out: dict[str, int | None] = {}
+    if user:
+        out["uid"] = None if user == INHERIT else parse_id(user, "user")
+    if group:
+        out["gid"] = None if group == INHERIT else parse_id(group, "group")
+    return out
+
+
+def parse_mode(text: str) -> int | None:
+    if text == INHERIT:
+        return None
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise UsageError(
+            f"a mode is octal, such as 0400 or 440, or 'inherit'; not {text!r}"
+        ) from None
+    if not 0 <= mode <= 0o777:
+        raise UsageError(f"mode {text} is out of range: 000 to 777 (octal)")
+    return mode
+
+
+def _show(key: str, value: int | None) -> str:
+    if value is None:
+        return INHERIT
+    return f"{value:04o}" if key == "mode" else str(value)
+
+
+# -- chmod / chown ---------------------------------------------------------------------
+
+
+def _set_owner(
+    store: Path | None, target_text: str, changes: dict[str, int | None], action: str
+) -> None:
+    target = parse_target(target_text)
+    with open_vault(store) as vault:
+        before, after = vault.set_owner(target, changes, action=action)
+    shown = ", ".join(f"{k} {_show(k, before[k])} -> {_show(k, after[k])}" for k in changes)
+    verb = "changed" if before != after else "unchanged"
+    click.echo(f"{target_label(target)}: {verb} ({shown})", err=True)
+
+
+@secret_group.command()
+@click.argument("target", metavar="REF|SCOPE")
+@click.argument("mode", metavar="MODE")
+@store_option
+@handle_errors
+def chmod(store: Path | None, target: str, mode: str) -> None:
+    """Set the file mode of a secret, or the default of a whole scope.
+
+    MODE is octal (0400, 440) or `inherit` (from the scope, then the mount). Seen by the
+    mount within a second. Only read bits give access; the mount stays read-only.
+    """
+    _set_owner(store, target, {"mode": parse_mode(mode)}, "chmod")
+
+
+@secret_group.command()
+@click.argument("target", metavar="REF|SCOPE")
+@click.argument("owner", metavar="UID[:GID]")
+@store_option
+@handle_errors
+def chown(store: Path | None, target: str, owner: str) -> None:
+    """Set the owner and/or group of a secret, or the defaults of a whole scope.
+
+    OWNER is UID, UID:GID or :GID, numbers or names of this host; a part may be
+    `inherit`, and a bare `inherit` resets both (to the scope's, then the mount's).
+    """
+    _set_owner(store, target, parse_owner(owner), "chown")
+
+
+# -- grant / revoke ----------------------------------------------------------------------
+
+
+def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str, int]]:
+    return [("uid", parse_id(u, "user")) for u in uids] + [
+        ("gid", parse_id(g, "group")) for g in gids
+    ]
+
+
+@cli.command()
+@click.argument("target", metavar="REF|SCOPE")
+@click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
+@click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
+@store_option
+@handle_errors
+def grant(store: Path | None, target: str, uids: tuple[str, ...], gids: tuple[str, ...]) -> None:
+    """Let more uids or gids read a secret, or every secret of a scope.
+
+    A grant adds read access on top of the mode bits (supplementary groups count); it
+    never gives more than read. Seen by the mount within a second.
+    """
+    principals = _principals(uids, gids)
+    if not principals:
+        raise UsageError("grant to whom? give --uid N and/or --gid N")
+    parsed = parse_target(target)
+    with open_vault(store) as vault:
+        for kind, principal in principals:
+            added = vault.grant(parsed, kind, principal)
+            state = "granted" if added else "already granted"
+            click.echo(f"{state}: {kind} {principal} may read {target_label(parsed)}", err=True)
+
+
+@cli.command()
+@click.argument("target", metavar="REF|SCOPE")
+@click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
+@click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
+@click.option("--all", "everyone", is_flag=True, help="Every grant on the target.")
+@store_option
+@handle_errors
+def revoke(
+    store: Path | None,
+    target: str,
+    uids: tuple[str, ...],
+    gids: tuple[str, ...],
+    everyone: bool,
+) -> None:
+    """Remove every matching grant, and say how many.
+
+    On a scope, this removes the scope-wide grants and those on each secret of the scope.
+    """
+    principals = _principals(uids, gids)
+    if bool(principals) == everyone:
+        raise UsageError("revoke what? give --uid N and/or --gid N, or --all")
+    parsed = parse_target(target)
+    with open_vault(store) as vault:
+        removed = vault.revoke(parsed, None if everyone else principals)
+        left = [] if isinstance(parsed, Scope) else vault.grants(parsed)
+    for g in removed:
+        click.echo(f"revoked: {g.kind} {g.principal} on {_grant_on(g)}", err=True)
+    click.echo(f"{len(removed)} grant{'s' if len(removed) != 1 else ''} revoked", err=True)
+    for g in left:
+        if (g.kind, g.principal) in set(principals):
+            click.echo(
+                f"note: {g.kind} {g.principal} can still read {parsed} through the grant on"
+                f" {_grant_on(g)}",
+                err=True,
+            )
+
+
+def _grant_on(g: GrantRecord) -> str:
+    scope = Scope.from_key(g.scope)
+    return f"scope {scope.key}" if not g.name else str(Ref(scope, g.name))
+
+
+# -- permissions -------------------------------------------------------------------------
+
+
+def _reader_json(r: ReaderEntry) -> dict[str, Any]:
+    return {"who": r.who, "id": r.id, "via": r.via, "on": r.on}
+
+
+def _reader_text(r: ReaderEntry, mode: int) -> str:
+    who = {"uid": "uid", "gid": "gid", "everyone": "everyone"}[r.who]
+    ident = (
+        f"{who} {r.id}"
+        if r.id is not None
+        else ("everyone" if r.who == "everyone" else f"{who} of the mount")
+    )
+    if r.via == "grant":
+        return f"{ident:<20} grant on {r.on}"
+    bits = {"owner": (mode >> 6) & 7, "group": (mode >> 3) & 7, "other": mode & 7}[r.via]
+    return f"{ident:<20} {r.via}, mode {_rwx(bits)}"
+
+
+def _rwx(bits: int) -> str:
+    return "".join(c if bits & b else "-" for c, b in (("r", 4), ("w", 2), ("x", 1)))
+
+
+def _secret_permissions(
+    vault: Vault, meta: SecretMeta, mount: Layer
+) -> tuple[Ownership, list[ReaderEntry]]:
+    scope = vault.scope_meta(Scope.from_key(meta.scope))
+    own = resolve(
+        Layer(meta.uid, meta.gid, meta.mode), Layer(scope.uid, scope.gid, scope.mode), mount
+    )
+    ref = Ref(Scope.from_key(meta.scope), meta.name)
+    grants = [(g.kind, g.principal, _grant_on(g)) for g in vault.grants(ref)]
+    return own, readers_of(own, grants)
+
+
+def _ownership_json(own: Ownership) -> dict[str, Any]:
+    return {
+        "uid": own.uid,
+        "uid_from": own.uid_from,
+        "gid": own.gid,
+        "gid_from": own.gid_from,
+        "mode": None if own.mode is None else f"{own.mode:04o}",
+        "mode_from": own.mode_from,
+    }
+
+
+def _ownership_lines(own: Ownership, scope_key: str, indent: str) -> list[str]:
+    def source(attr: str, origin: str) -> str:
+        if origin == "secret":
+            return "set on the secret"
+        if origin == "scope":
+            return f"default of scope {scope_key}"
+        return {
+            "uid": "the mount's user (who runs `secretfs mount`, or its --uid)",
+            "gid": "the mount's group (of who runs `secretfs mount`, or its --gid)",
+            "mode": "the mount's default (0400 unless `secretfs mount --mode`)",
+        }[attr]
+
+    uid = "-" if own.uid is None else str(own.uid)
+    gid = "-" if own.gid is None else str(own.gid)
+    mode = "-" if own.mode is None else f"{own.mode:04o}"
+    return [
+        f"{indent}owner  uid {uid:<8} {source('uid', own.uid_from)}",
+        f"{indent}group  gid {gid:<8} {source('gid', own.gid_from)}",
+        f"{indent}mode   {mode:<12} {source('mode', own.mode_from)}",
+    ]
+
+
+@cli.command()
+@click.argument("target", metavar="REF|SCOPE")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--mount-mode",
+    default="0400",
+    show_default=True,
+    help="The mount's default mode (`secretfs mount --mode`), for secrets that inherit it.",
+)
+@store_option
+@handle_errors
+def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str) -> None:
+    """Who may read a secret (or each secret of a scope), and why.
+
+    Readers come from the mode's read bits (owner, group, everyone) and from grants on
+    the secret or its scope. uid 0 is not special: root reads only as one of these.
+    """
+    parsed = parse_target(target)
+    mode = parse_mode(mount_mode)
+    mount = Layer(None, None, DEFAULT_MOUNT_MODE if mode is None else mode)
+    with open_vault(store) as vault:
+        if isinstance(parsed, Ref):
+            meta = vault.meta(parsed)
+            own, readers = _secret_permissions(vault, meta, mount)
+            if as_json:
+                emit_json(_secret_json(meta, own, readers))
+                return
+            click.echo(f"{parsed}  ({parsed.path})")
+            _print_secret(own, readers, meta.scope, "  ")
+            click.echo("uid 0 (root) is not special: it reads only as one of the above.")
+            return
+        scope_meta = vault.scope_meta(parsed)
+        scope_own = resolve(Layer(), Layer(scope_meta.uid, scope_meta.gid, scope_meta.mode), mount)
+        scope_grants = vault.backend.list_grants(parsed.key, "")
+        secrets = [
+            (m, *_secret_permissions(vault, m, mount)) for m in vault.list_secrets(parsed.key)
+        ]
+    if as_json:
+        emit_json(
+            {
+                "scope": parsed.key,
+                **_ownership_json(scope_own),
+                "grants": [{"who": g.kind, "id": g.principal} for g in scope_grants],
+                "secrets": [_secret_json(m, o, r) for m, o, r in secrets],
+            }
+        )
+        return
+    click.echo(f"scope {parsed.key}: defaults for its secrets")
+    for line in _ownership_lines(scope_own, parsed.key, "  "):
+        click.echo(line.replace("default of scope " + parsed.key, "set on the scope"))
+    shown = ", ".join(f"{g.kind} {g.principal}" for g in scope_grants) or "none"
+    click.echo(f"  grants on the whole scope: {shown}")
+    for meta, own, readers in secrets:
+        click.echo(f"{Ref(parsed, meta.name)}")
+        _print_secret(own, readers, meta.scope, "  ")
+    if not secrets:
+        click.echo("(no secrets in this scope yet)")
+    click.echo("uid 0 (root) is not special: it reads only as one of the above.")
+
+
+def _secret_json(meta: SecretMeta, own: Ownership, readers: list[ReaderEntry]) -> dict[str, Any]:
+    ref = Ref(Scope.from_key(meta.scope), meta.name)
+    return {
+        "ref": str(ref),
+        "path": ref.path,
+        **_ownership_json(own),
+        "readers": [_reader_json(r) for r in readers],
+    }
+
+
+def _print_secret(own: Ownership, readers: list[ReaderEntry], scope_key: str, indent: str) -> None:
+    for line in _ownership_lines(own, scope_key, indent):
+        click.echo(line)
+    assert own.mode is not None
+    click.echo(f"{indent}readers:")
+    for r in readers:
+        click.echo(f"{indent}  {_reader_text(r, own.mode)}")
+    if not readers:
+        click.echo(f"{indent}  nobody (no read bit and no grant)")

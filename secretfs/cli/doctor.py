@@ -1,0 +1,36 @@
+"""`secretfs doctor`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from secretfs import doctor as checks
+from secretfs.cli import cli, handle_errors, store_option, store_path
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--allow-other",
+    is_flag=True,
+    help="Also check that this user may mount with -o allow_other.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@handle_errors
+def doctor(store: Path | None, allow_other: bool, as_json: bool) -> None:
+    """Check this machine and the store, and say what to do about each problem.
+
+    \b
+    machine: /dev/fuse, fusermount3, user_allow_other (with --allow-other)
+    store:   file modes (store, -wal, -shm, key file), the key source, that the key
+             opens it, PRAGMA integrity_check, that every stored version decrypts,
+             no key rotation or re-encryption left half done, expired secrets
+
+    Exits 0 when healthy (warnings allowed), 1 when a check failed.
+    """
+    report = checks.run(store_path(store), allow_other=allow_other)
+    click.echo(checks.dumps(report) if as_json else checks.render(report))
+    sys.exit(0 if report.healthy else 1)

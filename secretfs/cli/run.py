@@ -1,0 +1,138 @@
+"""`secretfs run -- CMD` and `secretfs inject`: references in, values out."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from secretfs import run as runner
+from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.errors import ConflictError, UsageError
+from secretfs.vault import Vault
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"warning: {line}", err=True)
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
+)
+@click.option(
+    "--scrub",
+    is_flag=True,
+    help="Run CMD as a child and replace every resolved value in its stdout and stderr with ***.",
+)
+@store_option
+@click.argument(
+    "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARG]..."
+)
+@handle_errors
+def run(store: Path | None, scrub: bool, command: tuple[str, ...]) -> None:
+    """Run CMD with every secret reference in the environment replaced by its value.
+
+    An environment value that is a reference ($S:db, $S:@api/token/field,
+    $secret://staging/KEY) becomes the secret's value; {{ $S:ref }} inside a longer value
+    is replaced in place. If any reference cannot be resolved, CMD is not run and every
+    failing reference is listed. Arguments are never expanded: values reach CMD only
+    through its environment.
+    """
+    argv = list(command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise UsageError("give the command to run after --, e.g. secretfs run -- env")
+    env = dict(os.environb)
+    # The store is opened only when there is something to read from it.
+    vault = Vault.open(store_path(store), readonly=True) if runner.references_in(env) else None
+    try:
+        resolver = runner.Resolver(vault) if vault is not None else None
+        env, res = runner.resolve_env(env, resolver.resolve if resolver else runner.no_store)
+    finally:
+        if vault is not None:
+            vault.close()
+    _warn(res.warnings)
+    res.fail_if_any(f"not running {argv[0]}")
+    values = res.used
+    if not scrub:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        runner.exec_command(argv, env)
+    status = runner.run_scrubbed(argv, env, values)
+    del values, env
+    sys.exit(runner.exit_like(status))
+
+
+@cli.command()
+@click.option(
+    "-i",
+    "--in-file",
+    "template",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default="-",
+    show_default="standard input",
+    help="The template to render.",
+)
+@click.option(
+    "-o",
+    "--out-file",
+    "out",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    default="-",
+    show_default="standard output",
+    help="Where to write the result: created with mode 0600 (or --mode).",
+)
+@click.option("--force", is_flag=True, help="Replace FILE if it exists.")
+@click.option(
+    "--mode", "mode_text", default="0600", show_default=True, metavar="OCTAL", help="Mode of FILE."
+)
+@store_option
+@handle_errors
+def inject(template: Path, out: Path, force: bool, mode_text: str, store: Path | None) -> None:
+    """Render a template: each {{ $S:ref }} becomes the secret's value.
+
+    {{ $secret://env/KEY }} works too. Nothing is written unless every reference
+    resolves; the failing ones are listed with their line numbers. FILE is written to a
+    new file (O_EXCL, mode 0600) in its directory and renamed into place, so readers
+    never see a partial file; an existing FILE is replaced only with --force.
+    """
+    mode = parse_mode(mode_text)
+    text = _read_template(template)
+    if str(out) != "-" and not force and out.exists():
+        raise ConflictError(f"{out} exists: use --force to replace it")
+    vault = Vault.open(store_path(store), readonly=True)
+    try:
+        res = runner.Resolution()
+        rendered = runner.render(text, runner.Resolver(vault).resolve, res)
+    finally:
+        vault.close()
+    res.fail_if_any(f"not writing {'standard output' if str(out) == '-' else out}")
+    if str(out) == "-":
+        sys.stdout.buffer.write(rendered)
+        sys.stdout.buffer.flush()
+    else:
+        runner.write_private_file(out, rendered, mode=mode, replace=force)
+        click.echo(f"wrote {out} ({res.count} references, mode {mode:04o})", err=True)
+
+
+def parse_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise UsageError(f"--mode takes an octal mode such as 0600, not {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise UsageError("--mode must be between 000 and 777 (octal)")
+    return mode
+
+
+def _read_template(path: Path) -> bytes:
+    if str(path) == "-":
+        return sys.stdin.buffer.read()
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read template {path}: {exc.strerror}") from None

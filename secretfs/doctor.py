@@ -1,0 +1,435 @@
+"""`secretfs doctor`: is this machine ready to mount, and is this store whole?
+
+Each check says ok, warn (works, but act on it), fail (does not work, or is unsafe) or
+skip, and for anything not ok, what to do. The store is healthy when nothing fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from secretfs import crypto, expiry, keys, rotation
+from secretfs.errors import IntegrityError, SecretfsError
+from secretfs.refs import Ref, Scope
+from secretfs.store.sqlite import SqliteBackend
+from secretfs.vault import Vault
+
+Status = Literal["ok", "warn", "fail", "skip"]
+FUSE_CONF = Path("/etc/fuse.conf")
+SHOWN = 10  # problems named one by one before "and N more"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    fix: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    checks: list[Check]
+
+    @property
+    def healthy(self) -> bool:
+        return not any(c.status == "fail" for c in self.checks)
+
+    def to_json(self) -> dict[str, object]:
+        return {"healthy": self.healthy, "checks": [asdict(c) for c in self.checks]}
+
+
+def run(store: Path, *, allow_other: bool = False, fuse_conf: Path = FUSE_CONF) -> Report:
+    checks = [_fuse_device(), _fusermount(), _allow_other(allow_other, fuse_conf)]
+    checks += _store_files(store)
+    if not store.exists():
+        return Report(checks)
+    checks.append(_key_source(store))
+    try:
+        vault = Vault.open(store)
+    except SecretfsError as exc:
+        checks.append(
+            Check(
+                "unlock",
+                "fail",
+                str(exc),
+                "check the key source above; a damaged store needs its backup"
+                " (store and key file together)",
+            )
+        )
+        checks += _backend_checks(store)
+        return Report(checks)
+    try:
+        checks.append(
+            Check("unlock", "ok", f"the key from {vault.kek_source.description} opens it")
+        )
+        checks += _integrity(vault.backend)
+        checks.append(_every_version_decrypts(vault))
+        checks += _key_operations(vault)
+        checks.append(_schedule(vault))
+    finally:
+        vault.close()
+    return Report(checks)
+
+
+# -- the machine ------------------------------------------------------------------------
+
+
+def _fuse_device() -> Check:
+    dev = Path("/dev/fuse")
+    try:
+        st = dev.stat()
+    except OSError:
+        return Check(
+            "/dev/fuse",
+            "fail",
+            "missing",
+            "load the module (`modprobe fuse`); in a container pass `--device /dev/fuse`",
+        )
+    if not stat.S_ISCHR(st.st_mode):
+        return Check(
+            "/dev/fuse",
+            "fail",
+            "not a character device",
+            "recreate it: mknod -m 666 /dev/fuse c 10 229",
+        )
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return Check(
+            "/dev/fuse",
+            "fail",
+            f"not readable and writable by uid {os.geteuid()}",
+            "chmod 666 /dev/fuse (its usual mode), or mount as root",
+        )
+    return Check("/dev/fuse", "ok", "character device, readable and writable")
+
+
+def _fusermount() -> Check:
+    found = shutil.which("fusermount3")
+    if found is None:
+        return Check("fusermount3", "fail", "not on PATH", "install it: apt-get install fuse3")
+    st = Path(found).stat()
+    if os.geteuid() != 0 and not (st.st_mode & stat.S_ISUID and st.st_uid == 0):
+        return Check(
+            "fusermount3",
+            "fail",
+            f"{found} is not setuid root, so users other than root cannot mount",
+            f"chown root {found} && chmod u+s {found} (the fuse3 package does this)",
+        )
+    return Check("fusermount3", "ok", found)
+
+
+def _allow_other(asked: bool, fuse_conf: Path) -> Check:
+    if not asked:
+        return Check(
+            "allow_other",
+            "skip",
+            "not checked: pass --allow-other if you mount with -o allow_other",
+        )
+    if os.geteuid() == 0:
+        return Check("allow_other", "ok", "root may mount with allow_other")
+    try:
+        lines = fuse_conf.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        lines = []
+    except OSError as exc:
+        return Check(
+            "allow_other",
+            "fail",
+            f"cannot read {fuse_conf}: {exc.strerror}",
+            f"chmod 644 {fuse_conf} (fusermount3 reads it as the user)",
+        )
+    if any(line.split("#", 1)[0].strip() == "user_allow_other" for line in lines):
+        return Check("allow_other", "ok", f"user_allow_other is set in {fuse_conf}")
+    return Check(
+        "allow_other",
+        "fail",
+        f"{fuse_conf} does not enable user_allow_other, so only root may use allow_other",
+        f"add a line `user_allow_other` to {fuse_conf} (as root)",
+    )
+
+
+# -- files ------------------------------------------------------------------------------
+
+
+def _mode_check(name: str, path: Path, what: str) -> Check:
+    st = path.stat()
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        return Check(
+            name,
+            "fail",
+            f"{path} is mode {mode:04o}: others may read the {what}",
+            f"chmod 600 {path}",
+        )
+    if st.st_uid != os.geteuid():
+        return Check(
+            name,
+            "warn",
+            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
+            f"chown {os.geteuid()} {path}, or run secretfs as uid {st.st_uid}",
+        )
+    return Check(name, "ok", f"{path} mode {mode:04o}")
+
+
+def _store_files(store: Path) -> list[Check]:
+    if not store.exists():
+        return [
+            Check(
+                "store",
+                "fail",
+                f"no store at {store}",
+                "create one with `secretfs init`, or point --store / $SECRETFS_STORE at it",
+            )
+        ]
+    out = [_mode_check("store", store, "encrypted store")]
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{store}{suffix}")
+        if side.exists():
+            out.append(_mode_check(f"store{suffix}", side, "store's journal"))
+    parent = store.parent.stat()
+    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+        out.append(
+            Check(
+                "store directory",
+                "fail",
+                f"{store.parent} is writable by everyone: anyone may replace the store",
+                f"chmod o-w {store.parent}",
+            )
+        )
+    return out
+
+
+def _key_source(store: Path) -> Check:
+    source = keys.env_source()
+    backend = SqliteBackend.open(store)
+    try:
+        initialized = (backend.meta_get("kek_kind") or b"").decode(errors="replace")
+    finally:
+        backend.close()
+    if source is not None:
+        note = ""
+        if initialized and initialized != source.kind:
+            note = f" (the store was created with a {initialized}; {source.description} wins)"
+        return Check(
+            "key source",
+            "ok",
+            f"{source.kind} from {source.description}{note}",
+            None,
+        )
+    path = keys.key_file_path(store)
+    if not path.exists():
+        return Check(
+            "key source",
+            "fail",
+            f"$SECRETFS_KEY and $SECRETFS_PASSWORD are unset and there is no key file {path}",
+            "set the variable the store was made with, or restore the key file from its"
+            " backup (or point $SECRETFS_KEY_FILE at it)",
+        )
+    check = _mode_check("key source", path, "key")
+    if check.status == "ok":
+        return Check("key source", "ok", f"key file {check.detail}")
+    return check
+
+
+# -- the store --------------------------------------------------------------------------
+
+
+def _backend_checks(store: Path) -> list[Check]:
+    """What can be checked without the key."""
+    try:
+        backend = SqliteBackend.open(store)
+    except SecretfsError as exc:
+        return [Check("integrity", "fail", str(exc), "restore the store from its backup")]
+    try:
+        return _integrity(backend)
+    finally:
+        backend.close()
+
+
+def _integrity(backend: SqliteBackend) -> list[Check]:
+    result = backend.integrity_check()
+    out = [
+        Check("integrity", "ok", "PRAGMA integrity_check: ok")
+        if result == "ok"
+        else Check(
+            "integrity",
+            "fail",
+            f"PRAGMA integrity_check: {result[:200]}",
+            "restore the store from its backup (`sqlite3 STORE .recover` may save the rest)",
+        )
+    ]
+    problems = backend.foreign_key_problems()
+    if problems:
+        out.append(
+            Check(
+                "references",
+                "fail",
+                f"{problems} row(s) point at a missing secret or data key",
+                "restore the store from its backup",
+            )
+        )
+    return out
+
+
+def _every_version_decrypts(vault: Vault) -> Check:
+    bad: list[str] = []
+    count = 0
+    for sealed in vault.backend.all_sealed():
+        count += 1
+        try:
+            vault.read_version(sealed.secret_id, sealed.version)
+        except IntegrityError:
+            bad.append(f"{Ref(Scope.from_key(sealed.scope), sealed.name)} v{sealed.version}")
+    if not bad:
+        return Check("values", "ok", f"all {count} stored version(s) decrypt and verify")
+    shown = ", ".join(bad[:SHOWN]) + (f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+    return Check(
+        "values",
+        "fail",
+        f"{len(bad)} of {count} version(s) do not decrypt (tampered or damaged): {shown}",
+        "restore the store from its backup; or give each a new value (`secretfs secret"
+        " rotate`) and drop the damaged versions (`secretfs secret prune`), or `secret rm` it",
+    )
+
+
+def _key_operations(vault: Vault) -> list[Check]:
+    backend = vault.backend
+    out: list[Check] = []
+    holder = rotation.key_op_holder(backend)
+    if holder is not None and rotation._running(holder):
+        out.append(
+            Check(
+                "key operation", "ok", f"`{holder.get('op')}` is running (pid {holder.get('pid')})"
+            )
+        )
+        return out
+    if backend.meta_get(rotation.KEK_ROTATION) is not None:
+        out.append(
+            Check(
+                "key rotation",
+                "warn",
+                "a key rotation was interrupted; the store opens with the old or the new key",
+                "run `secretfs key rotate` to finish it",
+            )
+        )
+    target = rotation.pending_reencryption(backend)
+    if target is not None:
+        left = backend.versions_not_under(target)
+        out.append(
+            Check(
+                "re-encryption",
+                "warn",
+                f"a re-encryption to data key generation {target} is half done ({left}"
+                " version(s) left under an older key); every value still reads",
+                "run `secretfs key rotate --reencrypt` to finish it",
+            )
+        )
+    elif holder is not None and backend.meta_get(rotation.KEK_ROTATION) is None:
+        out.append(
+            Check(
+                "key operation",
+                "warn",
+                f"`{holder.get('op')}` (pid {holder.get('pid')}) was interrupted",
+                f"run `secretfs {holder.get('op')}` again to finish it",
+            )
+        )
+    unused = [
+        gen
+        for gen, _created, count in backend.data_key_info()
+        if count == 0 and gen != vault.active_gen
+    ]
+    if unused and target is None:
+        out.append(
+            Check(
+                "data keys",
+                "warn",
+                f"data key generation(s) {', '.join(map(str, unused))} seal nothing",
+                "`secretfs key rotate --reencrypt` removes old generations",
+            )
+        )
+    if vault.kek_source.kind == keys.KIND_KEY_FILE:
+        key_path = Path(vault.kek_source.description)
+        stray = keys.leftover_key_files(key_path)
+        next_path = keys.next_key_file_path(key_path)
+        if next_path.exists() and backend.meta_get(rotation.KEK_ROTATION) is None:
+            stray.append(next_path)
+        if stray:
+            out.append(
+                Check(
+                    "key files",
+                    "warn",
+                    "left by an interrupted key rotation and not used: "
+                    + ", ".join(map(str, stray)),
+                    "remove them (`secretfs key rotate` also does)",
+                )
+            )
+    if not out:
+        gens = [g for g, _c, _n in backend.data_key_info()]
+        out.append(
+            Check(
+                "keys",
+                "ok",
+                f"data key generation {vault.active_gen} active"
+                + (f" (of {', '.join(map(str, gens))})" if len(gens) > 1 else "")
+                + "; no key operation half done",
+            )
+        )
+    # A key check record lets errors tell a wrong key from a damaged data key record.
+    check = backend.meta_get("kek_check")
+    if (
+        check is not None
+        and vault._kek is not None
+        and not crypto.kek_matches(vault._kek, vault.store_id, check)
+        and backend.meta_get(rotation.KEK_NEXT_CHECK) is None
+    ):
+        out.append(
+            Check(
+                "key check",
+                "warn",
+                "the store's key check record does not match the key that opens it",
+                "run `secretfs key rotate` to write a new one",
+            )
+        )
+    return out
+
+
+def _schedule(vault: Vault) -> Check:
+    now = time.time_ns()
+    flagged = [m for m in vault.list_secrets() if expiry.status(m, now).flagged]
+    if not flagged:
+        return Check("expiry", "ok", "no secret is expired or due for rotation")
+    names = ", ".join(str(Ref(Scope.from_key(m.scope), m.name)) for m in flagged[:SHOWN])
+    more = f" and {len(flagged) - SHOWN} more" if len(flagged) > SHOWN else ""
+    return Check(
+        "expiry",
+        "warn",
+        f"{len(flagged)} secret(s) expired or due for rotation (still served): {names}{more}",
+        "`secretfs secret ls --due` lists them; `secretfs secret rotate REF` renews one",
+    )
+
+
+def render(report: Report) -> str:
+    lines = []
+    for c in report.checks:
+        label = {"ok": "ok", "warn": "warn", "fail": "FAIL", "skip": "skip"}[c.status]
+        lines.append(f"{label:<5} {c.name:<16} {c.detail}")
+        if c.fix and c.status in ("warn", "fail"):
+            lines.append(f"{'':<5} {'':<16} fix: {c.fix}")
+    failed = sum(c.status == "fail" for c in report.checks)
+    warned = sum(c.status == "warn" for c in report.checks)
+    if report.healthy:
+        lines.append("healthy" + (f" ({warned} warning(s))" if warned else ""))
+    else:
+        lines.append(f"UNHEALTHY: {failed} check(s) failed")
+    return "\n".join(lines)
+
+
+def dumps(report: Report) -> str:
+    return json.dumps(report.to_json(), indent=2)

@@ -1,0 +1,598 @@
+"""Key lifecycle: status, a new KEK (re-wrap), a new data key (re-encrypt), a new password.
+
+Every step below is one SQLite transaction or one atomic rename, ordered so that a kill
+at any point leaves a store that opens and reads every value.
+
+KEK rotation of a key-file store (the key lives outside the store, so two places change):
+
+1. write the new key to `<key file>.next` (0600 from creation, fsynced)
+2. txn: every data key wrapped under the new key as well (`kek_next:<gen>`, with
+   `kek_next_check` and the `kek_rotation` mark)
+3. rename `<key file>.next` over the key file, fsync the directory
+4. txn: the new wrappings replace the old ones; the marks go
+
+Killed after 1 or 2: the old key file is in place and opens the store. Killed after 3:
+the new key file is in place and opens the store through `kek_next:<gen>`. The next
+`key rotate` (or `key rotate --reencrypt`) finishes the rotation, or forgets it when its
+`.next` file is gone, and says which. A `$SECRETFS_KEY` or password store changes in one
+transaction.
+
+Re-encryption under a new data key generation:
+
+1. txn: generation N+1, wrapped under the KEK, becomes the active one (new writes use it)
+   and the `reencrypt` mark names it
+2. txns of at most `batch_size` versions: each opened under its old generation and sealed
+   under N+1 (its fingerprint re-keyed too); each batch is atomic
+3. txn: only once no version is left under another generation, those generations are
+   deleted and the mark goes
+
+Killed anywhere: every version is under its old or its new generation, and both keys are
+in the store. The next `key rotate --reencrypt` resumes at step 2.
+
+Only one key operation runs at a time (`key_op` in the store names its process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from secretfs import crypto, keys
+from secretfs.errors import (
+    ConflictError,
+    IntegrityError,
+    KeySourceError,
+    SecretfsError,
+    UsageError,
+)
+from secretfs.refs import Ref, Scope
+from secretfs.store.sqlite import SqliteBackend
+from secretfs.testhooks import checkpoint
+from secretfs.timeutil import iso_time
+from secretfs.vault import Vault, _resolve_kek, unwrap_data_keys
+
+KEY_OP = "key_op"
+KEK_ROTATION = "kek_rotation"
+KEK_NEXT = "kek_next:"
+KEK_NEXT_CHECK = "kek_next_check"
+REENCRYPT = "reencrypt"
+DEFAULT_BATCH = 500
+
+VALUE_CIPHER = "XChaCha20-Poly1305 (libsodium), 256-bit data key"
+WRAP_CIPHER = "XChaCha20-Poly1305 under the key-encryption key"
+PASSWORD_KDF = "Argon2id"  # noqa: S105 - an algorithm name
+
+Progress = Callable[[int, int], None]  # (versions done, versions in all)
+
+
+@dataclass
+class Outcome:
+    """What a key operation did, as lines for the user (never a key)."""
+
+    notes: list[str] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# -- one key operation at a time ----------------------------------------------------------
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _running(holder: dict[str, Any]) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    return _start_ticks(pid) is not None and _start_ticks(pid) == holder.get("start")
+
+
+def key_op_holder(backend: SqliteBackend) -> dict[str, Any] | None:
+    raw = backend.meta_get(KEY_OP)
+    if not raw:
+        return None
+    try:
+        holder = json.loads(raw)
+    except ValueError:
+        return {"op": "unknown", "pid": None, "since_ns": 0}
+    return holder if isinstance(holder, dict) else None
+
+
+@contextlib.contextmanager
+def key_operation(vault: Vault, what: str, outcome: Outcome) -> Iterator[None]:
+    """Hold the store's key-operation mark; refuse while another live process holds it."""
+    backend = vault.backend
+    me = {"op": what, "pid": os.getpid(), "start": _start_ticks(os.getpid())}
+    with backend.transaction():
+        holder = key_op_holder(backend)
+        if holder is not None and _running(holder):
+            raise ConflictError(
+                f"another key operation (`{holder.get('op')}`, pid {holder.get('pid')}) is"
+                " running on this store: wait for it to finish"
+            )
+        if holder is not None:
+            since = holder.get("since_ns")
+            when = f" started {iso_time(since)}" if isinstance(since, int) and since else ""
+            outcome.notes.append(
+                f"an earlier `{holder.get('op')}`{when} was interrupted; picking up from where"
+                " it stopped"
+            )
+        backend.meta_set(KEY_OP, json.dumps({**me, "since_ns": time.time_ns()}).encode())
+    try:
+        yield
+    finally:
+        with backend.transaction():
+            backend.meta_delete(KEY_OP)
+
+
+def unfinished(backend: SqliteBackend) -> list[str]:
+    """What a killed key operation left to finish (nothing while one is running)."""
+    holder = key_op_holder(backend)
+    if holder is not None and _running(holder):
+        return []
+    notes = []
+    if backend.meta_get(KEK_ROTATION) is not None:
+        notes.append(
+            f"a key rotation of {backend.path} was interrupted (the store opens with the old"
+            " and the new key): `secretfs key rotate` finishes it"
+        )
+    target = pending_reencryption(backend)
+    if target is not None:
+        notes.append(
+            f"a re-encryption of {backend.path} to data key generation {target} was"
+            " interrupted (every value still reads): `secretfs key rotate --reencrypt`"
+            " finishes it"
+        )
+    return notes
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def status(path: Path) -> tuple[dict[str, Any], SecretfsError | None]:
+    """What `key status` shows; the error, if the key does not unlock the store."""
+    backend = SqliteBackend.open(path)
+    try:
+        return _status(backend)
+    finally:
+        backend.close()
+
+
+def _status(backend: SqliteBackend) -> tuple[dict[str, Any], SecretfsError | None]:
+    source = keys.env_source() or keys.KekSource(
+        keys.KIND_KEY_FILE, str(keys.key_file_path(backend.path))
+    )
+    kek_info: dict[str, Any] = {
+        "source": source.kind,
+        "from": source.description,
+        "store_initialized_with": _text(backend.meta_get("kek_kind")),
+    }
+    if source.kind == keys.KIND_KEY_FILE:
+        key_path = Path(source.description)
+        try:
+            kek_info["file_mode"] = f"{stat.S_IMODE(key_path.stat().st_mode):04o}"
+        except OSError:
+            kek_info["file_mode"] = None
+    raw_params = backend.meta_get("kdf_params")
+    if raw_params is not None:
+        kek_info["kdf"] = json.loads(raw_params)
+    active = int(backend.meta_get("active_gen") or b"0")
+    info: dict[str, Any] = {
+        "store": str(backend.path),
+        "kek": kek_info,
+        "algorithms": {
+            "values": VALUE_CIPHER,
+            "key wrap": WRAP_CIPHER,
+            **({"password": PASSWORD_KDF} if raw_params is not None else {}),
+        },
+        "data_keys": [
+            {
+                "generation": gen,
+                "created": iso_time(created),
+                "active": gen == active,
+                "versions": count,
+            }
+            for gen, created, count in backend.data_key_info()
+        ],
+        "reencryption": None,
+        "kek_rotation": None,
+        "operation": None,
+    }
+    mark = backend.meta_get(REENCRYPT)
+    if mark is not None:
+        target = int(mark)
+        info["reencryption"] = {
+            "to_generation": target,
+            "versions_left": backend.versions_not_under(target),
+        }
+    if backend.meta_get(KEK_ROTATION) is not None:
+        info["kek_rotation"] = "interrupted: run `secretfs key rotate` to finish it"
+    holder = key_op_holder(backend)
+    if holder is not None:
+        info["operation"] = {
+            "op": holder.get("op"),
+            "pid": holder.get("pid"),
+            "running": _running(holder),
+        }
+    error: SecretfsError | None = None
+    try:
+        kek, used = _resolve_kek(backend)
+        store_id = backend.meta_get("store_id") or b""
+        _keys, damaged = unwrap_data_keys(backend, store_id, kek, used)
+        for gen, problem in damaged.items():
+            for record in info["data_keys"]:
+                if record["generation"] == gen:
+                    record["problem"] = problem
+        info["unlocks"] = True
+    except SecretfsError as exc:
+        info["unlocks"] = False
+        error = exc
+    return info, error
+
+
+def _text(raw: bytes | None) -> str | None:
+    return None if raw is None else raw.decode(errors="replace")
+
+
+# -- KEK rotation --------------------------------------------------------------------------
+
+
+def rotate_kek(vault: Vault, new_key: bytes | None, outcome: Outcome) -> None:
+    """Give the store a new KEK: generated for a key-file store (or `new_key`), a new salt
+    for a password store, `new_key` for a $SECRETFS_KEY store."""
+    _require_whole(vault)
+    kind = vault.kek_source.kind
+    if kind == keys.KIND_KEY_FILE:
+        _rotate_key_file(vault, new_key or crypto.random_key(), outcome)
+    elif kind == keys.KIND_PASSWORD:
+        if new_key is not None:
+            raise UsageError(
+                "this store's key comes from $SECRETFS_PASSWORD: `key rotate` gives it a new"
+                " salt; change the password with `secretfs key passwd`"
+            )
+        salt, params = crypto.new_salt(), _kdf_params(vault.backend)
+        kek = keys.kek_from_password(salt, params)
+        _rewrap_in_one(vault, kek, outcome, "key-rotate", salt=salt, params=params)
+        outcome.notes.append(
+            "the key-encryption key was derived again from $SECRETFS_PASSWORD with a new salt"
+        )
+    else:
+        if new_key is None:
+            raise UsageError(
+                "this store's key comes from $SECRETFS_KEY: give the new key with"
+                " --new-key-from (env://VAR, file://PATH, cmd://COMMAND or - for stdin);"
+                " generate one with `openssl rand -hex 32`"
+            )
+        _rewrap_in_one(vault, new_key, outcome, "key-rotate")
+        outcome.notes.append(
+            "the store now opens only with the new key: set $SECRETFS_KEY to it wherever the"
+            " store is used (running mounts keep serving, but restart them with the new key"
+            " before a `key rotate --reencrypt`)"
+        )
+
+
+def change_password(vault: Vault, password: bytes, outcome: Outcome) -> None:
+    """A new password and a new salt for a password store, in one transaction."""
+    if vault.kek_source.kind != keys.KIND_PASSWORD:
+        raise UsageError(
+            f"this store's key comes from {vault.kek_source.description}, not a password:"
+            " `key passwd` is for stores opened with $SECRETFS_PASSWORD"
+        )
+    _require_whole(vault)
+    salt, params = crypto.new_salt(), _kdf_params(vault.backend)
+    kek = crypto.derive_kek(password, salt, params)
+    _rewrap_in_one(vault, kek, outcome, "key-passwd", salt=salt, params=params)
+    outcome.notes.append(
+        "password changed: set $SECRETFS_PASSWORD to the new one wherever the store is used"
+        " (running mounts keep serving, but restart them with the new password before a"
+        " `key rotate --reencrypt`)"
+    )
+
+
+def _kdf_params(backend: SqliteBackend) -> crypto.KdfParams:
+    """The store's Argon2id costs: a new salt or password keeps them."""
+    raw = backend.meta_get("kdf_params")
+    return crypto.KdfParams() if raw is None else crypto.KdfParams.from_json(raw.decode())
+
+
+def _require_whole(vault: Vault) -> None:
+    wrapped = vault.backend.data_keys()
+    missing = sorted(set(wrapped) - set(vault._data_keys))
+    if missing:
+        raise IntegrityError(
+            f"data key generation(s) {', '.join(map(str, missing))} cannot be unlocked, so they"
+            " cannot be wrapped under a new key: restore the store from a backup first"
+            " (`secretfs doctor` tells more)"
+        )
+
+
+def _rewrap_in_one(
+    vault: Vault,
+    kek: bytes,
+    outcome: Outcome,
+    action: str,
+    *,
+    salt: bytes | None = None,
+    params: crypto.KdfParams | None = None,
+) -> None:
+    backend = vault.backend
+    with backend.transaction():
+        now = time.time_ns()
+        for gen, data_key in sorted(vault._data_keys.items()):
+            if gen in backend.data_keys():
+                wrapped = crypto.wrap_key(kek, data_key, crypto.data_key_aad(vault.store_id, gen))
+                backend.put_data_key(gen, wrapped, now)
+        backend.meta_set("kek_check", crypto.kek_check(kek, vault.store_id))
+        if salt is not None and params is not None:
+            backend.meta_set("kdf_salt", salt)
+            backend.meta_set("kdf_params", params.to_json().encode())
+            backend.meta_set("kdf_check", crypto.kdf_record_digest(salt, params.to_json().encode()))
+        vault.audit(action, None, detail=f"{len(vault._data_keys)} data key(s) re-wrapped")
+    vault._kek = kek
+    outcome.data["rewrapped"] = len(vault._data_keys)
+
+
+def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
+    backend = vault.backend
+    key_path = Path(vault.kek_source.description)
+    _clean_leftovers(key_path, outcome)
+    next_path = keys.write_next_key_file(key_path, new_kek)
+    checkpoint("kek:next-written")
+    with backend.transaction():
+        for gen, data_key in sorted(vault._data_keys.items()):
+            backend.meta_set(
+                f"{KEK_NEXT}{gen}",
+                crypto.wrap_key(new_kek, data_key, crypto.data_key_aad(vault.store_id, gen)),
+            )
+        backend.meta_set(KEK_NEXT_CHECK, crypto.kek_check(new_kek, vault.store_id))
+        backend.meta_set(
+            KEK_ROTATION,
+            json.dumps({"next": str(next_path), "since_ns": time.time_ns()}).encode(),
+        )
+        vault.audit("key-rotate", None, detail=f"new key prepared in {next_path}")
+    checkpoint("kek:prepared")
+    keys.install_next_key_file(key_path)
+    checkpoint("kek:key-file-replaced")
+    _commit_next(vault, new_kek)
+    outcome.notes.append(
+        f"new key-encryption key in {key_path}; {len(vault._data_keys)} data key(s)"
+        " re-wrapped: back the new key file up (backups of the store from before now need"
+        " the old key file)"
+    )
+    outcome.data["key_file"] = str(key_path)
+    outcome.data["rewrapped"] = len(vault._data_keys)
+
+
+def _commit_next(vault: Vault, new_kek: bytes) -> None:
+    backend = vault.backend
+    with backend.transaction():
+        gens = backend.data_keys()
+        for gen in gens:
+            wrapped = backend.meta_get(f"{KEK_NEXT}{gen}")
+            if wrapped is None:
+                # A generation added since step 2 (cannot happen under the key_op mark).
+                wrapped = crypto.wrap_key(
+                    new_kek, vault._data_keys[gen], crypto.data_key_aad(vault.store_id, gen)
+                )
+            backend.put_data_key(gen, wrapped, 0)
+        check = backend.meta_get(KEK_NEXT_CHECK) or crypto.kek_check(new_kek, vault.store_id)
+        backend.meta_set("kek_check", check)
+        _drop_next(backend)
+        vault.audit("key-rotate", None, detail=f"{len(gens)} data key(s) re-wrapped")
+    vault._kek = new_kek
+
+
+def _drop_next(backend: SqliteBackend) -> None:
+    for gen in backend.data_keys():
+        backend.meta_delete(f"{KEK_NEXT}{gen}")
+    backend.meta_delete(KEK_NEXT_CHECK)
+    backend.meta_delete(KEK_ROTATION)
+
+
+def _clean_leftovers(key_path: Path, outcome: Outcome) -> None:
+    for leftover in keys.leftover_key_files(key_path):
+        leftover.unlink(missing_ok=True)
+        outcome.notes.append(f"removed {leftover}, left by an interrupted key rotation")
+
+
+def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
+    """Finish (or forget) a key-file KEK rotation that was killed; True if there was one."""
+    backend = vault.backend
+    if backend.meta_get(KEK_ROTATION) is None:
+        return False
+    key_path = Path(vault.kek_source.description)
+    next_check = backend.meta_get(KEK_NEXT_CHECK)
+    current = vault._kek
+    if (
+        current is not None
+        and next_check
+        and crypto.kek_matches(current, vault.store_id, next_check)
+    ):
+        # Killed after the new key file was put in place: only the store is behind.
+        _commit_next(vault, current)
+        outcome.notes.append(
+            f"finished an interrupted key rotation: {key_path} holds the new key (back it up)"
+        )
+        return True
+    next_path = keys.next_key_file_path(key_path)
+    candidate: bytes | None = None
+    if vault.kek_source.kind == keys.KIND_KEY_FILE:
+        with contextlib.suppress(SecretfsError):
+            candidate = keys.read_key_file(next_path)
+    if (
+        candidate is not None
+        and next_check
+        and crypto.kek_matches(candidate, vault.store_id, next_check)
+    ):
+        keys.install_next_key_file(key_path)
+        checkpoint("kek:key-file-replaced")
+        _commit_next(vault, candidate)
+        outcome.notes.append(
+            f"finished an interrupted key rotation: {key_path} now holds the new key (back it up)"
+        )
+        return True
+    with backend.transaction():
+        _drop_next(backend)
+        vault.audit("key-rotate", None, detail="an interrupted rotation was undone")
+    outcome.notes.append(
+        f"undid an interrupted key rotation whose new key ({next_path}) was gone or did not"
+        " match: the key is unchanged"
+    )
+    return True
+
+
+# -- re-encryption -------------------------------------------------------------------------
+
+
+def start_reencryption(vault: Vault, outcome: Outcome) -> int:
+    """Add a data key generation, make it the active one, mark the re-encryption."""
+    backend = vault.backend
+    if vault._kek is None:
+        raise KeySourceError("the key-encryption key is not at hand")
+    _require_whole(vault)
+    data_key = crypto.random_key()
+    with backend.transaction():
+        gens = backend.data_keys()
+        gen = max(gens) + 1 if gens else 1
+        wrapped = crypto.wrap_key(vault._kek, data_key, crypto.data_key_aad(vault.store_id, gen))
+        backend.put_data_key(gen, wrapped, time.time_ns())
+        backend.meta_set("active_gen", str(gen).encode())
+        backend.meta_set(REENCRYPT, str(gen).encode())
+        vault.audit("key-reencrypt", None, detail=f"started: data key generation {gen}")
+    vault._data_keys[gen] = data_key
+    vault._sync_active_gen()
+    outcome.notes.append(f"new data key generation {gen}; new writes use it from now on")
+    checkpoint("reencrypt:started")
+    return gen
+
+
+def pending_reencryption(backend: SqliteBackend) -> int | None:
+    mark = backend.meta_get(REENCRYPT)
+    return None if mark is None else int(mark)
+
+
+def reencrypt(
+    vault: Vault,
+    target: int,
+    outcome: Outcome,
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    progress: Progress | None = None,
+) -> None:
+    """Seal every version under generation `target`, `batch_size` per transaction, then
+    delete the generations nothing uses any more."""
+    backend = vault.backend
+    if target not in vault._data_keys:
+        vault.refresh_data_keys()
+    new_key = vault._data_keys.get(target)
+    if new_key is None:
+        raise KeySourceError(
+            f"data key generation {target} (the re-encryption's target) cannot be unlocked"
+        )
+    fp_key = crypto.fingerprint_key(new_key)
+    total = backend.versions_not_under(target)
+    done = 0
+    damaged: list[str] = []
+    for _attempt in range(3):
+        after = (0, 0)
+        while True:
+            with backend.transaction():
+                batch = backend.sealed_batch(target, after, batch_size)
+                if not batch:
+                    break
+                touched: list[int] = []
+                for sealed in batch:
+                    old_key = vault._data_keys.get(sealed.key_gen)
+                    old_aad = crypto.value_aad(
+                        vault.store_id, sealed.scope, sealed.name, sealed.version, sealed.key_gen
+                    )
+                    try:
+                        if old_key is None:
+                            raise IntegrityError("its data key is not available")
+                        value = crypto.open_sealed(old_key, sealed.ciphertext, old_aad)
+                    except IntegrityError:
+                        ref = Ref(Scope.from_key(sealed.scope), sealed.name)
+                        damaged.append(f"{ref} v{sealed.version}")
+                        continue
+                    aad = crypto.value_aad(
+                        vault.store_id, sealed.scope, sealed.name, sealed.version, target
+                    )
+                    backend.reseal_version(
+                        sealed,
+                        target,
+                        crypto.seal(new_key, value, aad),
+                        crypto.fingerprint(fp_key, value),
+                    )
+                    touched.append(sealed.secret_id)
+                if touched:
+                    # Same versions, new fingerprints: a mount picks up the new metadata.
+                    backend.touch_secrets(sorted(set(touched)), backend.next_seq())
+                after = (batch[-1].secret_id, batch[-1].version)
+                done += len(touched)
+            checkpoint("reencrypt:batch")
+            if progress is not None:
+                progress(done, max(total, done))
+        if damaged or _finish_reencryption(vault, target, outcome):
+            break
+    if damaged:
+        shown = ", ".join(damaged[:10]) + (
+            f" and {len(damaged) - 10} more" if len(damaged) > 10 else ""
+        )
+        raise IntegrityError(
+            f"{len(damaged)} version(s) do not decrypt and stay under their old data key:"
+            f" {shown}. Remove them (`secretfs secret prune` or `secretfs secret rm`) or"
+            " restore the store from a backup, then run `secretfs key rotate --reencrypt`"
+            f" again to finish ({done} version(s) were re-encrypted)"
+        )
+    outcome.data["reencrypted"] = done
+    outcome.data["generation"] = target
+
+
+def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
+    """Delete the old generations, but only when no version uses them (else False)."""
+    backend = vault.backend
+    with backend.transaction():
+        if backend.versions_not_under(target):
+            return False  # written concurrently under an old generation: another pass
+        old = sorted(g for g in backend.data_keys() if g != target)
+        for gen in old:
+            backend.delete_data_key(gen)
+        backend.meta_delete(REENCRYPT)
+        vault.audit(
+            "key-reencrypt",
+            None,
+            detail=f"done: generation {target}; removed generation(s)"
+            f" {', '.join(map(str, old)) or 'none'}",
+        )
+    for gen in old:
+        vault._data_keys.pop(gen, None)
+    outcome.notes.append(
+        f"every value is sealed under data key generation {target}"
+        + (f"; removed generation(s) {', '.join(map(str, old))}" if old else "")
+    )
+    return True
+
+
+__all__ = [
+    "DEFAULT_BATCH",
+    "Outcome",
+    "change_password",
+    "finish_kek_rotation",
+    "key_operation",
+    "pending_reencryption",
+    "reencrypt",
+    "rotate_kek",
+    "start_reencryption",
+    "status",
+]

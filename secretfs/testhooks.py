@@ -1,0 +1,51 @@
+"""Crash points for the crash-safety tests: stop or kill this process at a named point.
+
+`SECRETFS_TEST_KILL=POINT[:N]` sends SIGKILL to this process the Nth time (default 1st)
+it reaches `checkpoint(POINT)`; `SECRETFS_TEST_STOP=POINT[:N]` sends it SIGSTOP there,
+so a test can look at the store mid-operation and then kill or continue it.
+
+This only ever stops or kills the process that carries the variable, which whoever sets
+its environment can do anyway: it changes nothing that is written, read or checked. With
+neither variable set (production), `checkpoint` is a dictionary lookup and nothing else.
+
+Points: `before-commit` / `after-commit` (every store write transaction), and the named
+steps of key rotation and re-encryption (see secretfs/rotation.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV_KILL = "SECRETFS_TEST_KILL"
+ENV_STOP = "SECRETFS_TEST_STOP"
+
+
+def _parse(text: str | None) -> tuple[str, int] | None:
+    if not text:
+        return None
+    point, _, count = text.rpartition(":")
+    if not (point and count.isdigit() and int(count) > 0):
+        return text, 1
+    return point, int(count)
+
+
+_ARMED: dict[str, tuple[str, int]] = {
+    action: parsed
+    for action, parsed in (
+        ("kill", _parse(os.environ.get(ENV_KILL))),
+        ("stop", _parse(os.environ.get(ENV_STOP))),
+    )
+    if parsed is not None
+}
+_seen: dict[str, int] = {}
+
+
+def checkpoint(point: str) -> None:
+    """Reached `point`: stop or kill this process if a test asked for it here."""
+    if not _ARMED:
+        return
+    _seen[point] = _seen.get(point, 0) + 1
+    for action, (wanted, nth) in _ARMED.items():
+        if wanted == point and _seen[point] == nth:
+            os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
