@@ -23,7 +23,7 @@ printf 'hunter2' | secretfs secret create db-password --from-stdin
 printf '{"user":"app","password":"s3cr3t","port":5432,"replicas":["db-1","db-2"]}' \
   | secretfs secret create @api/database --from-stdin --mode 0440
 secretfs secret create :staging/api-token --generate 24
-secretfs secret create shop:prod/stripe-key --from env://HOME
+STRIPE_KEY=sk_test_4eC39HqLyjWDarjtT1zdp7dc secretfs secret create shop:prod/stripe-key --from env://STRIPE_KEY
 run secretfs secret ls
 run secretfs mount "$mnt"
 run ls -lR "$mnt"

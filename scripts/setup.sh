@@ -11,6 +11,7 @@ SYSTEM_PACKAGES=(
   runc busybox-static                  # the container test
   openssh-client                       # ssh-keygen: the git SSH key tests
   systemd                              # systemd-analyze verify: the unit file test
+  etcd-server etcd-client              # the etcd backend's tests: a 3-member cluster
 )
 
 sudo_cmd=()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,37 @@ def process_name(pid: int) -> str | None:
     finally:
         os.close(fd)
     return raw.rstrip(b"\n").decode("utf-8", "replace")
+
+
+class ProcessNames:
+    """`process_name` remembered per pid for `ttl` seconds: a burst of opens by one
+    process reads /proc once. Kept short so that a pid the kernel hands out again (its
+    counter wraps at pid_max) or a process that exec()s is named afresh within `ttl`."""
+
+    def __init__(
+        self,
+        ttl: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = 4096,
+        lookup: Callable[[int], str | None] = process_name,
+    ) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._limit = limit
+        self._lookup = lookup
+        self._names: dict[int, tuple[float, str | None]] = {}
+
+    def get(self, pid: int) -> str | None:
+        now = self._clock()
+        known = self._names.get(pid)
+        if known is not None and now < known[0]:
+            return known[1]
+        name = self._lookup(pid)
+        if len(self._names) >= self._limit:
+            fresh = {p: k for p, k in self._names.items() if now < k[0]}
+            self._names = fresh if len(fresh) < self._limit // 2 else {}
+        self._names[pid] = (now + self.ttl, name)
+        return name
 
 
 def cli_record(

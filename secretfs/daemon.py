@@ -25,7 +25,8 @@ import trio
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
-from secretfs.store.sqlite import SqliteBackend
+from secretfs.snapshots import VerifiedVersions
+from secretfs.store.base import Backend
 from secretfs.tree import Invalidation, Owner, Tree
 from secretfs.vault import Vault
 
@@ -106,9 +107,10 @@ class MountOptions:
     mode: int = 0o400
     extra: tuple[str, ...] = ()
 
-    def fuse_options(self, store: Path) -> set[str]:
+    def fuse_options(self, store: str) -> set[str]:
         opts = {
-            f"fsname={FSNAME}:{store}",
+            # A comma would end the option: etcd://a:2379,b:2379/p shows as a:2379+b:2379.
+            f"fsname={FSNAME}:{store.replace(',', '+')}",
             "subtype=secretfs",
             "ro",
             "nosuid",
@@ -184,6 +186,8 @@ class Watcher:
     def __init__(self, vault: Vault, tree: Tree) -> None:
         self.vault = vault
         self.tree = tree
+        # The versions opens are served from, verified: what the store changes is dropped.
+        self.versions = VerifiedVersions(vault.sealed_version)
         self.seq = 0
         self.access_seq = -1
         self._data_version = -1
@@ -222,6 +226,7 @@ class Watcher:
         changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)
+            self.versions.forget(c.secret_id for c in changes)
             out.extend(self.tree.apply(changes, time.time_ns()))
         return out or None
 
@@ -230,33 +235,51 @@ class AuditWriter:
     """Appends the mount's audit records through a connection of its own, so a batch can
     be written from a worker thread while the FUSE loop keeps reading."""
 
-    def __init__(self, path: Path) -> None:
-        self.backend = SqliteBackend.open(path)
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._seen = backend.data_version()
 
     def write(self, batch: list[AuditRecord]) -> None:
         if batch:
             with self.backend.transaction():
                 self.backend.append_audit(batch)
 
+    def others_wrote(self) -> bool:
+        """Whether anyone else changed the store since last asked. On SQLite, data_version
+        leaves out what this connection wrote, so the mount's own audit batches do not
+        count; any other commit does, a damaging one by hand included."""
+        now = self.backend.data_version()
+        changed, self._seen = now != self._seen, now
+        return changed
+
+    def flush(self, batch: list[AuditRecord]) -> bool:
+        """Write `batch`; say whether others wrote to the store since the last flush."""
+        others = self.others_wrote()
+        self.write(batch)
+        return others
+
     def close(self) -> None:
         self.backend.close()
 
 
-async def _flush_audit(queue: AuditQueue, writer: AuditWriter) -> None:
+async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
     while True:
         await trio.sleep(AUDIT_FLUSH_SECONDS)
-        if len(queue) or queue.dropped:
-            await _flush_once(queue, writer)
+        await _flush_once(queue, writer, versions)
 
 
-async def _flush_once(queue: AuditQueue, writer: AuditWriter) -> None:
-    batch = queue.take()
+async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
+    batch = queue.take() if len(queue) or queue.dropped else []
     try:
         # Not cancellable: a batch is written whole even when the mount is shutting down.
-        await trio.to_thread.run_sync(writer.write, batch)
+        others = await trio.to_thread.run_sync(writer.flush, batch)
     except (SecretfsError, sqlite3.Error) as exc:
         log.error("cannot write %d audit records yet: %s", len(batch), exc)
         queue.put_back(batch)
+        return
+    if others:
+        # Verify again what is served: a record changed by hand must not go unnoticed.
+        versions.clear()
 
 
 async def _invalidate(inval: Invalidation) -> None:
@@ -312,14 +335,16 @@ def serve(
     """Mount and serve until unmounted or signalled; always leaves no mount behind."""
     harden()
     clear_stale_mount(mountpoint)
-    tree = Tree(options.owner(), vault.read_version, time.time_ns())
+    # Reads come from memory from here on (etcd: a copy kept current by a watch).
+    vault.backend.follow()
+    tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=vault.backend.status)
     watcher = Watcher(vault, tree)
     watcher.refresh()
     queue = AuditQueue()
-    writer = AuditWriter(vault.path)
-    ops = SecretFS(tree, queue, watcher.catch_up)
+    writer = AuditWriter(vault.backend.open_another())
+    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     try:
-        pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.path))
+        pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
         unmounted = False
         try:
             trio.run(_main, watcher, mountpoint, ready, queue, writer)
@@ -344,7 +369,7 @@ async def _main(
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals)
         nursery.start_soon(_watch, watcher)
-        nursery.start_soon(_flush_audit, queue, writer)
+        nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
         nursery.start_soon(_announce_ready, mountpoint, ready)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()

@@ -18,7 +18,8 @@ from typing import Literal
 from secretfs import crypto, expiry, keys, rotation
 from secretfs.errors import IntegrityError, SecretfsError
 from secretfs.refs import Ref, Scope
-from secretfs.store.sqlite import SqliteBackend
+from secretfs.store.base import Backend
+from secretfs.store.location import StoreLocation, key_file_path, open_backend
 from secretfs.vault import Vault
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -46,11 +47,19 @@ class Report:
         return {"healthy": self.healthy, "checks": [asdict(c) for c in self.checks]}
 
 
-def run(store: Path, *, allow_other: bool = False, fuse_conf: Path = FUSE_CONF) -> Report:
+def run(
+    store: StoreLocation, *, allow_other: bool = False, fuse_conf: Path = FUSE_CONF
+) -> Report:
     checks = [_fuse_device(), _fusermount(), _allow_other(allow_other, fuse_conf)]
-    checks += _store_files(store)
-    if not store.exists():
-        return Report(checks)
+    checks += _mounts(store)
+    if isinstance(store, Path):
+        checks += _store_files(store)
+        if not store.exists():
+            return Report(checks)
+    else:
+        checks.append(_etcd_store(store))
+        if checks[-1].status == "fail":
+            return Report(checks)
     checks.append(_key_source(store))
     try:
         vault = Vault.open(store)
@@ -206,9 +215,9 @@ def _store_files(store: Path) -> list[Check]:
     return out
 
 
-def _key_source(store: Path) -> Check:
+def _key_source(store: StoreLocation) -> Check:
     source = keys.env_source()
-    backend = SqliteBackend.open(store)
+    backend = open_backend(store)
     try:
         initialized = (backend.meta_get("kek_kind") or b"").decode(errors="replace")
     finally:
@@ -223,7 +232,7 @@ def _key_source(store: Path) -> Check:
             f"{source.kind} from {source.description}{note}",
             None,
         )
-    path = keys.key_file_path(store)
+    path = key_file_path(store)
     if not path.exists():
         return Check(
             "key source",
@@ -241,10 +250,92 @@ def _key_source(store: Path) -> Check:
 # -- the store --------------------------------------------------------------------------
 
 
-def _backend_checks(store: Path) -> list[Check]:
+def _etcd_store(store: StoreLocation) -> Check:
+    """An etcd store: does the cluster answer, and is there a store at the prefix."""
+    from secretfs.store.etcd import EtcdBackend
+
+    assert not isinstance(store, Path)
+    try:
+        found = EtcdBackend.exists(store)
+    except SecretfsError as exc:
+        return Check(
+            "store",
+            "fail",
+            str(exc),
+            "start the etcd members, or check the endpoints in --store / $SECRETFS_STORE",
+        )
+    if not found:
+        return Check(
+            "store",
+            "fail",
+            f"the etcd cluster answers but holds no store at {store}",
+            f"create one with `secretfs init --store {store}`, or check the prefix",
+        )
+    return Check("store", "ok", f"etcd cluster answers; store at {store}")
+
+
+def _mounts(store: StoreLocation) -> list[Check]:
+    """Each mount of this store on this machine: is it serving current data, or stale?"""
+    from secretfs.tree import STATUS_FILE
+
+    out = []
+    for mountpoint in secretfs_mounts(str(store)):
+        name = f"mount {mountpoint}"
+        try:
+            status = json.loads((Path(mountpoint) / STATUS_FILE).read_bytes())
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not JSON"
+            out.append(
+                Check(
+                    name,
+                    "warn",
+                    f"cannot read its status: {reason}",
+                    "a mount of an older secretfs, or a dead one: `secretfs umount -z` it",
+                )
+            )
+            continue
+        if status.get("connected", True):
+            detail = f"{status.get('backend')} {status.get('store')}: current"
+            if status.get("last_revision") is not None:
+                detail += f" (revision {status['last_revision']})"
+            out.append(Check(name, "ok", detail))
+            continue
+        since = status.get("stale_since") or "its start"
+        out.append(
+            Check(
+                name,
+                "warn",
+                f"stale since {since}: serving the last state seen (revision"
+                f" {status.get('last_revision')}) of {status.get('store')}; the backend does"
+                f" not answer: {status.get('problem') or 'not connected'}",
+                "bring the etcd cluster back (quorum); the mount catches up by itself",
+            )
+        )
+    return out
+
+
+def secretfs_mounts(store: str) -> list[str]:
+    """Mount points of the secretfs mounts of `store` (by their fsname) in this namespace."""
+    from secretfs.daemon import FSNAME
+
+    source = f"{FSNAME}:{store.replace(',', '+')}"
+    out = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            for line in fh:
+                before, _, after = line.partition(" - ")
+                fields = before.split()
+                if after.split()[:2] == ["fuse.secretfs", source] and len(fields) > 4:
+                    out.append(fields[4].encode().decode("unicode_escape"))
+    except OSError:
+        return []
+    return out
+
+
+def _backend_checks(store: StoreLocation) -> list[Check]:
     """What can be checked without the key."""
     try:
-        backend = SqliteBackend.open(store)
+        backend = open_backend(store)
     except SecretfsError as exc:
         return [Check("integrity", "fail", str(exc), "restore the store from its backup")]
     try:
@@ -253,7 +344,7 @@ def _backend_checks(store: Path) -> list[Check]:
         backend.close()
 
 
-def _integrity(backend: SqliteBackend) -> list[Check]:
+def _integrity(backend: Backend) -> list[Check]:
     result = backend.integrity_check()
     out = [
         Check("integrity", "ok", "PRAGMA integrity_check: ok")

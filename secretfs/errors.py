@@ -63,3 +63,8 @@ class StoreError(SecretfsError):
 
 class TooLargeError(UsageError):
     """A value is over the configured size limit."""
+
+
+class WriteConflictError(ConflictError):
+    """Another writer committed while this write was being made (a replicated store):
+    nothing was written, and the whole write may be tried again."""

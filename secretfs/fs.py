@@ -1,7 +1,10 @@
 """pyfuse3 Operations: a thin adapter that turns requests into Tree calls and errnos.
 
-Each open decrypts into a buffer that belongs to that handle alone (the snapshot), and
-the buffer is wiped on release. Every write operation answers EROFS.
+Each open takes a snapshot: the version's ciphertext, held by that handle alone (kept
+verified in memory by secretfs/snapshots.py, so a warm open runs no SQL and decrypts
+nothing). The first read on the handle decrypts into a buffer of its own, wiped on
+release; with the page cache warm the kernel sends no read at all. Every write
+operation answers EROFS.
 
 Access is checked here on every lookup, opendir, open and access() from the request's
 uid, gid and groups (mode bits plus grants, see access.py); every open of a secret or
@@ -25,8 +28,10 @@ from secretfs import crypto, expiry
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
 from secretfs.refs import Ref, Scope
+from secretfs.snapshots import VerifiedVersions
 from secretfs.timeutil import iso_time
 from secretfs.tree import Attr, Node, Tree
+from secretfs.vault import SealedValue
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,17 @@ def _caller(ctx: Any) -> Caller:
     return Caller(ctx.uid, ctx.gid, pid, groups)
 
 
+class _Handle:
+    """An open file: its node, its version sealed, and the plaintext once it is read."""
+
+    __slots__ = ("data", "node", "sealed")
+
+    def __init__(self, node: Node, sealed: SealedValue | None, data: bytearray | None) -> None:
+        self.node = node
+        self.sealed = sealed
+        self.data = data
+
+
 class SecretFS(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -63,18 +79,33 @@ class SecretFS(pyfuse3.Operations):
         tree: Tree,
         audit: _audit.AuditQueue | None = None,
         catch_up: Callable[[], bool] = lambda: False,
+        versions: VerifiedVersions | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
+        # Without it, each open reads and decrypts its version from the store.
+        self._versions = versions
+        self._names = _audit.ProcessNames()
+        self._callers: dict[tuple[int, int, int], Caller] = {}
         # Before answering "no such name" or "denied", take in store changes not yet
         # polled, so a name just created or a grant just given counts at once.
         self._catch_up = catch_up
         self.audit = audit if audit is not None else _audit.AuditQueue()
-        self._handles: dict[int, bytearray] = {}
+        self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _caller(self, ctx: Any) -> Caller:
+        # The same caller asks again and again: build it once (its groups are read live).
+        key = (ctx.uid, ctx.gid, ctx.pid)
+        caller = self._callers.get(key)
+        if caller is None:
+            if len(self._callers) >= 4096:
+                self._callers.clear()
+            caller = self._callers[key] = _caller(ctx)
+        return caller
 
     def _get(self, inode: int) -> Node:
         node = self.tree.get(inode)
@@ -83,10 +114,13 @@ class SecretFS(pyfuse3.Operations):
         return node
 
     def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
-        return _entry_attributes(self.tree.attr(node))
+        entry = _entry_attributes(self.tree.attr(node))
+        if node.kind == "status":
+            entry.attr_timeout = 0  # its size changes with what it says
+        return entry
 
     def _check(self, node: Node, ctx: Any, want: int) -> None:
-        if not self.tree.may(node, _caller(ctx), want):
+        if not self.tree.may(node, self._caller(ctx), want):
             _fail(errno.EACCES)
 
     def _record(self, action: str, node: Node, ctx: Any, outcome: str, detail: str | None) -> None:
@@ -101,7 +135,7 @@ class SecretFS(pyfuse3.Operations):
                 uid=ctx.uid,
                 gid=ctx.gid,
                 pid=ctx.pid,
-                process=_audit.process_name(ctx.pid),
+                process=self._names.get(ctx.pid),
                 outcome=outcome,
                 detail=detail,
             )
@@ -116,7 +150,7 @@ class SecretFS(pyfuse3.Operations):
 
     async def lookup(self, parent_inode: int, name: bytes, ctx: Any) -> pyfuse3.EntryAttributes:
         parent = self._get(parent_inode)
-        if not self.tree.may(parent, _caller(ctx), EXEC):
+        if not self.tree.may(parent, self._caller(ctx), EXEC):
             if parent.kind == "fielddir":
                 # The way to a field file goes through here: a refused attempt is audited.
                 child = self._call(self.tree.lookup, parent, os.fsdecode(name))
@@ -142,7 +176,7 @@ class SecretFS(pyfuse3.Operations):
         if mode & os.W_OK:
             _fail(errno.EROFS)
         want = (READ if mode & os.R_OK else 0) | (EXEC if mode & os.X_OK else 0)
-        return self.tree.may(self._get(inode), _caller(ctx), want)
+        return self.tree.may(self._get(inode), self._caller(ctx), want)
 
     async def opendir(self, inode: int, ctx: Any) -> int:
         node = self._get(inode)
@@ -152,7 +186,7 @@ class SecretFS(pyfuse3.Operations):
         entries: list[Node] = self._call(self.tree.listdir, node)
         if node.kind == "dir":
             # Each caller sees only what it may read (a field directory is all one secret).
-            caller = _caller(ctx)
+            caller = self._caller(ctx)
             entries = [n for n in entries if self.tree.visible(n, caller)]
         fh = self._fh()
         self._dirs[fh] = entries
@@ -178,40 +212,62 @@ class SecretFS(pyfuse3.Operations):
             _fail(errno.EROFS)
         if node.is_dir:
             _fail(errno.EISDIR)
-        caller = _caller(ctx)
+        if node.kind == "status":
+            # Not a secret: not audited; direct_io, as its size changes with its content.
+            fh = self._fh()
+            self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        caller = self._caller(ctx)
         if not self.tree.may(node, caller, READ) and not (
             self._catch_up() and self.tree.may(node, caller, READ)
         ):
             self._record("open", node, ctx, _audit.DENIED, "EACCES")
             _fail(errno.EACCES)
         try:
-            data = self._call(self.tree.read, node)
+            handle = self._call(self._snapshot, node)
         except pyfuse3.FUSEError as exc:
             code = errno.errorcode.get(exc.errno, str(exc.errno))
             self._record("open", node, ctx, _audit.ERROR, code)
             raise
-        expired = expiry.status(self.tree.current(node), time.time_ns()).expired
+        meta = self.tree.current(node)
         # An expired secret is still served, but its opens say so in the audit log.
+        expired = meta.expires_ns is not None and expiry.status(meta, time.time_ns()).expired
         self._record("open", node, ctx, _audit.ALLOWED, "expired" if expired else None)
         fh = self._fh()
-        self._handles[fh] = bytearray(data)
+        self._handles[fh] = handle
         # The inode is one version's, so the page cache stays right across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
+    def _snapshot(self, node: Node) -> _Handle:
+        """The handle of an open: this version sealed (verified), or else its content."""
+        assert node.secret is not None
+        if self._versions is None:
+            return _Handle(node, None, bytearray(self.tree.read(node)))
+        sealed, value = self._versions.get(node.secret.secret_id, node.secret.version)
+        # Just decrypted to verify it: keep the content, a read is likely to follow.
+        data = None if value is None else bytearray(self.tree.content(node, value))
+        return _Handle(node, sealed, data)
+
+    def _content(self, sealed: SealedValue, node: Node) -> bytes:
+        return self.tree.content(node, sealed.open())
+
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        buf = self._handles.get(fh)
-        if buf is None:
+        handle = self._handles.get(fh)
+        if handle is None:
             _fail(errno.EBADF)
-        return bytes(buf[off : off + size])
+        if handle.data is None:
+            assert handle.sealed is not None
+            handle.data = bytearray(self._call(self._content, handle.sealed, handle.node))
+        return bytes(handle.data[off : off + size])
 
     async def flush(self, fh: int) -> None:
         # Nothing to flush on a read-only file; ENOSYS makes the kernel stop asking.
         _fail(errno.ENOSYS)
 
     async def release(self, fh: int) -> None:
-        buf = self._handles.pop(fh, None)
-        if buf is not None:
-            crypto.wipe(buf)
+        handle = self._handles.pop(fh, None)
+        if handle is not None and handle.data is not None:
+            crypto.wipe(handle.data)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         node = self._get(inode)
@@ -228,6 +284,10 @@ class SecretFS(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self._get(inode)
         key = os.fsdecode(name)
+        if not key.startswith("user."):
+            # security.*, system.posix_acl_*, trusted.*: a namespace we do not have. Not
+            # ENOATTR: `ls -l` asks for two of them per file unless told "not supported".
+            _fail(errno.EOPNOTSUPP)
         if node.secret is None or not key.startswith(XATTR_PREFIX):
             _fail(pyfuse3.ENOATTR)
         return xattr_value(self.tree, node, key[len(XATTR_PREFIX) :])

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from secretfs import crypto
-from secretfs.errors import KeySourceError, SecretfsError
+from secretfs.errors import ConflictError, KeySourceError, SecretfsError
+from secretfs.files import fsync_dir, write_file_atomically
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +83,14 @@ def read_key_file(path: Path) -> bytes:
 def write_key_file(path: Path, key: bytes) -> None:
     """Create the key file 0600 from the start, atomically, never replacing one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        os.write(fd, (crypto.format_key_text(key) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
+        write_file_atomically(path, _key_file_text(key), replace=False)
+    except ConflictError:
         raise KeySourceError(f"key file {path} exists already; not replacing it") from None
-    finally:
-        tmp.unlink()
+
+
+def _key_file_text(key: bytes) -> bytes:
+    return (crypto.format_key_text(key) + "\n").encode()
 
 
 # -- key file rotation (see secretfs/rotation.py for the order of steps) ------------------
@@ -109,25 +105,15 @@ def write_next_key_file(path: Path, key: bytes) -> Path:
     """Write the key that is to replace `path` beside it: 0600 from creation, the old
     file's owner when we are root, fsynced; replaces a stale `.next` of an earlier try."""
     target = next_key_file_path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
     try:
         old = path.stat()
     except OSError:
         old = None
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        if old is not None and os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
-            # A service user that could read the old key file can read the new one.
-            os.fchown(fd, old.st_uid, old.st_gid)
-        os.write(fd, (crypto.format_key_text(key) + "\n").encode())
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, target)
-    fsync_dir(path.parent)
+    owner = None
+    if old is not None and os.geteuid() == 0 and (old.st_uid, old.st_gid) != (0, 0):
+        # A service user that could read the old key file can read the new one.
+        owner = (old.st_uid, old.st_gid)
+    write_file_atomically(target, _key_file_text(key), replace=True, owner=owner)
     return target
 
 
@@ -155,11 +141,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -53,7 +53,8 @@ from secretfs.errors import (
     UsageError,
 )
 from secretfs.refs import Ref, Scope
-from secretfs.store.sqlite import SqliteBackend
+from secretfs.store.base import Backend
+from secretfs.store.location import StoreLocation, open_backend
 from secretfs.testhooks import checkpoint
 from secretfs.timeutil import iso_time
 from secretfs.vault import Vault, _resolve_kek, unwrap_data_keys
@@ -98,7 +99,7 @@ def _running(holder: dict[str, Any]) -> bool:
     return _start_ticks(pid) is not None and _start_ticks(pid) == holder.get("start")
 
 
-def key_op_holder(backend: SqliteBackend) -> dict[str, Any] | None:
+def key_op_holder(backend: Backend) -> dict[str, Any] | None:
     raw = backend.meta_get(KEY_OP)
     if not raw:
         return None
@@ -136,7 +137,7 @@ def key_operation(vault: Vault, what: str, outcome: Outcome) -> Iterator[None]:
             backend.meta_delete(KEY_OP)
 
 
-def unfinished(backend: SqliteBackend) -> list[str]:
+def unfinished(backend: Backend) -> list[str]:
     """What a killed key operation left to finish (nothing while one is running)."""
     holder = key_op_holder(backend)
     if holder is not None and _running(holder):
@@ -144,13 +145,13 @@ def unfinished(backend: SqliteBackend) -> list[str]:
     notes = []
     if backend.meta_get(KEK_ROTATION) is not None:
         notes.append(
-            f"a key rotation of {backend.path} was interrupted (the store opens with the old"
+            f"a key rotation of {backend.name} was interrupted (the store opens with the old"
             " and the new key): `secretfs key rotate` finishes it"
         )
     target = pending_reencryption(backend)
     if target is not None:
         notes.append(
-            f"a re-encryption of {backend.path} to data key generation {target} was"
+            f"a re-encryption of {backend.name} to data key generation {target} was"
             " interrupted (every value still reads): `secretfs key rotate --reencrypt`"
             " finishes it"
         )
@@ -160,19 +161,17 @@ def unfinished(backend: SqliteBackend) -> list[str]:
 # -- status ----------------------------------------------------------------------------
 
 
-def status(path: Path) -> tuple[dict[str, Any], SecretfsError | None]:
+def status(path: StoreLocation) -> tuple[dict[str, Any], SecretfsError | None]:
     """What `key status` shows; the error, if the key does not unlock the store."""
-    backend = SqliteBackend.open(path)
+    backend = open_backend(path)
     try:
         return _status(backend)
     finally:
         backend.close()
 
 
-def _status(backend: SqliteBackend) -> tuple[dict[str, Any], SecretfsError | None]:
-    source = keys.env_source() or keys.KekSource(
-        keys.KIND_KEY_FILE, str(keys.key_file_path(backend.path))
-    )
+def _status(backend: Backend) -> tuple[dict[str, Any], SecretfsError | None]:
+    source = keys.env_source() or keys.KekSource(keys.KIND_KEY_FILE, str(backend.key_file()))
     kek_info: dict[str, Any] = {
         "source": source.kind,
         "from": source.description,
@@ -189,7 +188,7 @@ def _status(backend: SqliteBackend) -> tuple[dict[str, Any], SecretfsError | Non
         kek_info["kdf"] = json.loads(raw_params)
     active = int(backend.meta_get("active_gen") or b"0")
     info: dict[str, Any] = {
-        "store": str(backend.path),
+        "store": backend.name,
         "kek": kek_info,
         "algorithms": {
             "values": VALUE_CIPHER,
@@ -300,7 +299,7 @@ def change_password(vault: Vault, password: bytes, outcome: Outcome) -> None:
     )
 
 
-def _kdf_params(backend: SqliteBackend) -> crypto.KdfParams:
+def _kdf_params(backend: Backend) -> crypto.KdfParams:
     """The store's Argon2id costs: a new salt or password keeps them."""
     raw = backend.meta_get("kdf_params")
     return crypto.KdfParams() if raw is None else crypto.KdfParams.from_json(raw.decode())
@@ -345,9 +344,16 @@ def _rewrap_in_one(
 
 def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
     backend = vault.backend
-    key_path = Path(vault.kek_source.description)
+    key_path = _key_file(vault)
     _clean_leftovers(key_path, outcome)
-    next_path = keys.write_next_key_file(key_path, new_kek)
+    try:
+        next_path = keys.write_next_key_file(key_path, new_kek)
+    except (OSError, UsageError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise KeySourceError(
+            f"cannot write a new key file beside {key_path}: {reason}; nothing was"
+            " changed (a key file on a read-only volume is rotated where it is made)"
+        ) from None
     checkpoint("kek:next-written")
     with backend.transaction():
         for gen, data_key in sorted(vault._data_keys.items()):
@@ -362,7 +368,7 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
         )
         vault.audit("key-rotate", None, detail=f"new key prepared in {next_path}")
     checkpoint("kek:prepared")
-    keys.install_next_key_file(key_path)
+    _install(key_path)
     checkpoint("kek:key-file-replaced")
     _commit_next(vault, new_kek)
     outcome.notes.append(
@@ -372,6 +378,11 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
     )
     outcome.data["key_file"] = str(key_path)
     outcome.data["rewrapped"] = len(vault._data_keys)
+
+
+def _key_file(vault: Vault) -> Path:
+    """The key file itself: a symlink to it (a secrets volume) stays a symlink."""
+    return Path(vault.kek_source.description).resolve()
 
 
 def _commit_next(vault: Vault, new_kek: bytes) -> None:
@@ -393,7 +404,18 @@ def _commit_next(vault: Vault, new_kek: bytes) -> None:
     vault._kek = new_kek
 
 
-def _drop_next(backend: SqliteBackend) -> None:
+def _install(key_path: Path) -> None:
+    try:
+        keys.install_next_key_file(key_path)
+    except OSError as exc:
+        raise KeySourceError(
+            f"cannot put the new key in place of {key_path}: {exc.strerror}. The store opens"
+            " with the old key file still; fix that and run `secretfs key rotate` again to"
+            " finish"
+        ) from None
+
+
+def _drop_next(backend: Backend) -> None:
     for gen in backend.data_keys():
         backend.meta_delete(f"{KEK_NEXT}{gen}")
     backend.meta_delete(KEK_NEXT_CHECK)
@@ -411,7 +433,7 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
     backend = vault.backend
     if backend.meta_get(KEK_ROTATION) is None:
         return False
-    key_path = Path(vault.kek_source.description)
+    key_path = _key_file(vault)
     next_check = backend.meta_get(KEK_NEXT_CHECK)
     current = vault._kek
     if (
@@ -435,7 +457,7 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
         and next_check
         and crypto.kek_matches(candidate, vault.store_id, next_check)
     ):
-        keys.install_next_key_file(key_path)
+        _install(key_path)
         checkpoint("kek:key-file-replaced")
         _commit_next(vault, candidate)
         outcome.notes.append(
@@ -477,7 +499,7 @@ def start_reencryption(vault: Vault, outcome: Outcome) -> int:
     return gen
 
 
-def pending_reencryption(backend: SqliteBackend) -> int | None:
+def pending_reencryption(backend: Backend) -> int | None:
     mark = backend.meta_get(REENCRYPT)
     return None if mark is None else int(mark)
 

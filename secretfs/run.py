@@ -14,22 +14,19 @@ Reference forms:
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import resource
-import secrets
 import selectors
 import signal
 import subprocess
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 from secretfs import fields
-from secretfs.errors import ConflictError, NotFoundError, SecretfsError, UsageError
+from secretfs.errors import NotFoundError, SecretfsError, UsageError
 from secretfs.refs import PREFIX, SECRET_URL_PREFIX, Ref, parse_ref
 from secretfs.scrub import Scrubber, scrub_forms
 from secretfs.vault import Vault
@@ -151,70 +148,6 @@ def no_store(ref: Ref) -> bytes:
 
 def references_in(env: Mapping[bytes, bytes]) -> bool:
     return any(is_whole_ref(v) or TEMPLATE_RE.search(v) for v in env.values())
-
-
-def write_private_file(path: Path, data: bytes, *, mode: int = 0o600, replace: bool) -> None:
-    """Write `data` to `path` all at once: a new O_EXCL file in the same directory, mode
-    set before the first byte, fsynced, then renamed into place (or, without `replace`,
-    linked so that an existing `path` is never overwritten)."""
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(tmp, flags, 0o600)
-    except OSError as exc:
-        raise UsageError(f"cannot create a file in {path.parent}: {exc.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, mode)  # the umask may have taken bits the user asked for
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        _move_into_place(tmp, path, replace)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _move_into_place(tmp: Path, path: Path, replace: bool) -> None:
-    try:
-        if replace:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise ConflictError(f"{path} exists: use --force to replace it") from None
-        except OSError as exc:
-            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-            # No hard links here (e.g. vfat): check, then rename.
-            if os.path.lexists(path):
-                raise ConflictError(f"{path} exists: use --force to replace it") from None
-            os.rename(tmp, path)
-            return
-        tmp.unlink()
-    except SecretfsError:
-        raise
-    except OSError as exc:
-        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 # --------------------------------------------------------------------------- running
 

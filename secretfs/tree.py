@@ -11,7 +11,9 @@ see the new inode once the old directory entry is invalidated.
 
 from __future__ import annotations
 
+import json
 import stat
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -25,8 +27,11 @@ from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
 ROOT_INODE = 1
 DIR_MODE = 0o555  # structural directories; listings are filtered per caller instead
 TOP_DIRS = ("deployment", "env", "project")
+# The mount's own state (backend, connected, last revision, stale since) as JSON: a
+# read-only file at the root that anyone may read, found by name but never listed.
+STATUS_FILE = ".secretfs-status"
 
-NodeKind = Literal["dir", "secret", "fielddir", "field"]
+NodeKind = Literal["dir", "secret", "fielddir", "field", "status"]
 Shape = dict[str, "Shape | int"]  # a JSON container: name -> sub-container or leaf size
 
 
@@ -87,12 +92,20 @@ class Invalidation:
 
 
 ValueLoader = Callable[[int, int], bytes]  # (secret_id, version) -> plaintext
+StatusSource = Callable[[], dict[str, Any]]  # the backend's status, for STATUS_FILE
 
 
 class Tree:
-    def __init__(self, owner: Owner, load_value: ValueLoader, now_ns: int) -> None:
+    def __init__(
+        self,
+        owner: Owner,
+        load_value: ValueLoader,
+        now_ns: int,
+        status: StatusSource | None = None,
+    ) -> None:
         self.owner = owner
         self._load_value = load_value
+        self._status = status
         self._started_ns = now_ns
         self._scopes: dict[str, dict[str, SecretMeta]] = {}
         self._by_id: dict[int, SecretMeta] = {}
@@ -238,6 +251,8 @@ class Tree:
             return self._field_child(parent, name)
         if parent.kind != "dir":
             return None
+        if parent.path == "" and name == STATUS_FILE and self._status is not None:
+            return self._node(("status",), "status", STATUS_FILE)
         path = _join(parent.path, name)
         if _is_dir_path(path, self._scopes):
             return self._node(("dir", path), "dir", path)
@@ -272,6 +287,10 @@ class Tree:
         return out
 
     def attr(self, node: Node) -> Attr:
+        if node.kind == "status":
+            size = len(self.status_text())
+            now = time.time_ns()
+            return Attr(node.inode, stat.S_IFREG | 0o444, 0, 0, size, now, now, 1)
         if node.kind == "dir":
             mtime = self._dir_mtime.get(node.path, self._started_ns)
             owner = self.owner
@@ -365,10 +384,20 @@ class Tree:
             for meta in names.values()
         )
 
+    def status_text(self) -> bytes:
+        """STATUS_FILE's content: the backend's status as one JSON object."""
+        status = self._status() if self._status is not None else {}
+        return (json.dumps(status, sort_keys=True) + "\n").encode()
+
     def read(self, node: Node) -> bytes:
         """Decrypt the node's content (a whole secret or one field) for an open handle."""
+        if node.kind == "status":
+            return self.status_text()
         assert node.secret is not None
-        value = self._load_value(node.secret.secret_id, node.secret.version)
+        return self.content(node, self._load_value(node.secret.secret_id, node.secret.version))
+
+    def content(self, node: Node, value: bytes) -> bytes:
+        """What the node's file holds, given its secret's whole value (this version's)."""
         if node.kind == "field":
             return fields.extract(value, node.field)
         return value
@@ -433,6 +462,8 @@ def _shape_of(node: Any) -> Shape:
 def _keys_of(node: Node) -> list[tuple[Any, ...]]:
     if node.kind == "dir":
         return [("dir", node.path)]
+    if node.kind == "status":
+        return [("status",)]
     assert node.secret is not None
     sid, ver = node.secret.secret_id, node.secret.version
     if node.kind == "secret":

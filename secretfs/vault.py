@@ -6,14 +6,16 @@ This is what the CLI and the daemon use; backends only ever see ciphertext.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 from secretfs import audit as audit_log
 from secretfs import crypto, fields, keys
@@ -26,11 +28,19 @@ from secretfs.errors import (
     StoreError,
     TooLargeError,
     UsageError,
+    WriteConflictError,
 )
 from secretfs.expiry import Schedule
 from secretfs.refs import Ref, Scope
 from secretfs.store import GrantRecord, ScopeMeta, SecretMeta, VersionMeta
-from secretfs.store.sqlite import SqliteBackend
+from secretfs.store.base import Backend
+from secretfs.store.location import (
+    StoreLocation,
+    create_backend,
+    key_file_path,
+    open_backend,
+    store_exists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +51,28 @@ KEY_RETRY_SECONDS = 5.0  # how often a mount retries a data key it could not unl
 OWNER_KEYS = ("uid", "gid", "mode")
 
 Target = Ref | Scope  # what ownership and grants apply to: one secret or a whole scope
+WRITE_ATTEMPTS = 5  # a write that met another writer (etcd) is tried this often in all
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _retried(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a whole write again when another writer committed first (WriteConflictError:
+    nothing was written), a few times, with a short random pause between tries."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return fn(*args, **kwargs)
+            except WriteConflictError:
+                if attempt == WRITE_ATTEMPTS:
+                    raise
+                time.sleep(random.uniform(0.01, 0.05) * attempt)  # noqa: S311 - jitter only
+        raise AssertionError("unreachable")
+
+    return wrapper
 
 
 def value_kind(value: bytes) -> str:
@@ -51,6 +83,28 @@ def value_kind(value: bytes) -> str:
 
 
 ExistingPolicy = Literal["fail", "overwrite", "skip"]
+
+
+@dataclass(frozen=True, slots=True, repr=False, eq=False)
+class SealedValue:
+    """One version's ciphertext with its data key and associated data: no plaintext.
+
+    `open()` decrypts (and so verifies) it each time. The mount keeps these for the
+    versions it serves (secretfs/snapshots.py), so an open needs no SQL.
+    """
+
+    key: bytes
+    blob: bytes
+    aad: bytes
+
+    def open(self) -> bytes:
+        """The plaintext; IntegrityError if the ciphertext does not verify."""
+        return crypto.open_sealed(self.key, self.blob, self.aad)
+
+    @property
+    def cost(self) -> int:
+        """Bytes of memory this holds, about (the key is shared with the vault)."""
+        return len(self.blob) + len(self.aad) + 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +131,7 @@ class Vault:
 
     def __init__(
         self,
-        backend: SqliteBackend,
+        backend: Backend,
         store_id: bytes,
         data_keys: dict[int, bytes],
         active_gen: int,
@@ -101,27 +155,36 @@ class Vault:
         self.max_value_bytes = int(raw_limit) if raw_limit else DEFAULT_MAX_VALUE_BYTES
 
     @property
+    def name(self) -> str:
+        """The store's path or URL, for messages."""
+        return self.backend.name
+
+    @property
     def path(self) -> Path:
-        return self.backend.path
+        """The store file of a SQLite store (StoreError for another backend)."""
+        path = getattr(self.backend, "path", None)
+        if not isinstance(path, Path):
+            raise StoreError(f"{self.name} is not a store file")
+        return path
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
     def init(
         cls,
-        path: Path,
+        path: StoreLocation,
         *,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         max_versions: int = DEFAULT_MAX_VERSIONS,
     ) -> keys.KekSource:
         """Create a store; its KEK from the environment, else a new key file beside it."""
-        if path.exists():
+        if store_exists(path):
             raise StoreError(f"a store already exists at {path}")
         source = keys.env_source()
         new_key_file: bytes | None = None
         salt = params = None
         if source is None:
-            key_path = keys.key_file_path(path)
+            key_path = key_file_path(path)
             if key_path.exists():
                 raise KeySourceError(
                     f"key file {key_path} exists but there is no store at {path}:"
@@ -140,7 +203,7 @@ class Vault:
         data_key = crypto.random_key()
         now = time.time_ns()
 
-        def setup(backend: SqliteBackend) -> None:
+        def setup(backend: Backend) -> None:
             backend.meta_set("store_id", store_id)
             backend.meta_set("kek_kind", source.kind.encode())
             backend.meta_set("active_gen", b"1")
@@ -158,19 +221,19 @@ class Vault:
             backend.put_data_key(1, wrapped, now)
 
         if new_key_file is not None:
-            keys.write_key_file(keys.key_file_path(path), new_key_file)
+            keys.write_key_file(key_file_path(path), new_key_file)
         try:
-            SqliteBackend.create(path, setup)
+            create_backend(path, setup)
         except StoreError:
             # Raised only before the store was linked into place: drop our new key file.
             if new_key_file is not None:
-                keys.key_file_path(path).unlink(missing_ok=True)
+                key_file_path(path).unlink(missing_ok=True)
             raise
         return source
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> Vault:
-        backend = SqliteBackend.open(path, readonly=readonly)
+    def open(cls, path: StoreLocation, *, readonly: bool = False) -> Vault:
+        backend = open_backend(path, readonly=readonly)
         try:
             return cls._unlock(backend)
         except BaseException:
@@ -178,18 +241,18 @@ class Vault:
             raise
 
     @classmethod
-    def _unlock(cls, backend: SqliteBackend) -> Vault:
+    def _unlock(cls, backend: Backend) -> Vault:
         store_id = backend.meta_get("store_id")
         active = backend.meta_get("active_gen")
         if store_id is None or active is None:
-            raise StoreError(f"{backend.path} is not an initialized secretfs store")
+            raise StoreError(f"{backend.name} is not an initialized secretfs store")
         kek, source = _resolve_kek(backend)
         data_keys, damaged = unwrap_data_keys(backend, store_id, kek, source)
         active_gen = int(active)
         if active_gen in damaged:
             raise IntegrityError(damaged[active_gen])
         if active_gen not in data_keys:
-            raise StoreError(f"{backend.path}: the active data key is missing")
+            raise StoreError(f"{backend.name}: the active data key is missing")
         for problem in damaged.values():
             log.warning("%s", problem)
         from secretfs.rotation import unfinished  # rotation builds on this module
@@ -225,6 +288,11 @@ class Vault:
 
     def read_version(self, secret_id: int, version: int) -> bytes:
         """Decrypt one version; IntegrityError if its record was tampered with or moved."""
+        return self.sealed_version(secret_id, version).open()
+
+    def sealed_version(self, secret_id: int, version: int) -> SealedValue:
+        """One version's ciphertext and what opens it, not opened yet (NotFoundError if
+        there is no such version; IntegrityError if its data key is not available)."""
         sealed = self.backend.sealed(secret_id, version)
         if sealed is None:
             raise NotFoundError(f"no version {version} of secret #{secret_id}")
@@ -240,7 +308,7 @@ class Vault:
                 f" is not available: {problem}"
             )
         aad = crypto.value_aad(self.store_id, sealed.scope, sealed.name, version, sealed.key_gen)
-        return crypto.open_sealed(key, sealed.ciphertext, aad)
+        return SealedValue(key, sealed.ciphertext, aad)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -277,6 +345,7 @@ class Vault:
             schedule=schedule,
         )
 
+    @_retried
     def rollback(self, ref: Ref, to_version: int) -> WriteResult:
         """Make the value of an older version current again, as a new version."""
         with self.refusal_audited("rollback", ref), self.backend.transaction():
@@ -299,6 +368,7 @@ class Vault:
                 detail=f"to the value of version {to_version}",
             )
 
+    @_retried
     def prune(self, ref: Ref, keep: int) -> list[int]:
         """Remove all but the newest `keep` versions of a secret; returns those removed."""
         if keep < 1:
@@ -307,6 +377,7 @@ class Vault:
             meta = self.meta(ref)
             return self._prune_locked(ref, meta, keep, why="asked")
 
+    @_retried
     def prune_all(self, keep: int | None = None) -> list[tuple[Ref, list[int]]]:
         """Prune every secret to `keep` versions (default: the store's bound)."""
         keep = self.max_versions if keep is None else keep
@@ -329,6 +400,7 @@ class Vault:
             self.audit("prune", ref, meta.version, detail=f"removed {_span(gone)} ({reason})")
         return gone
 
+    @_retried
     def set_schedule(
         self,
         ref: Ref,
@@ -351,6 +423,7 @@ class Vault:
         assert after is not None
         return after
 
+    @_retried
     def set_limits(
         self, *, max_versions: int | None = None, max_value_bytes: int | None = None
     ) -> None:
@@ -439,6 +512,7 @@ class Vault:
             self._fp_key = crypto.fingerprint_key(self._data_keys[gen])
         return gen
 
+    @_retried
     def update(
         self, ref: Ref, change: Callable[[bytes | None], bytes], **owner: int | None
     ) -> WriteResult:
@@ -459,6 +533,7 @@ class Vault:
                 action="set",
             )
 
+    @_retried
     def _write(
         self,
         ref: Ref,
@@ -578,6 +653,7 @@ class Vault:
         cleared = old_expiry if old_expiry is not None and new_expiry is None else None
         return WriteResult(previous, after, tuple(pruned), cleared)
 
+    @_retried
     def write_many(
         self,
         items: Sequence[tuple[Ref, bytes]],
@@ -643,6 +719,7 @@ class Vault:
                 )
         return outcomes
 
+    @_retried
     def remove(self, ref: Ref, *, force: bool = False) -> SecretMeta:
         """Remove a secret; refused (409) while grants name it, unless `force` (which
         removes those grants with it)."""
@@ -686,6 +763,8 @@ class Vault:
         write's own transaction, and its record, rolled back)."""
         try:
             yield
+        except WriteConflictError:
+            raise  # not refused: another writer came first, and the write is tried again
         except SecretfsError as exc:
             try:
                 with self.backend.transaction():
@@ -711,6 +790,7 @@ class Vault:
         found = self.backend.get_scope_meta(scope.key)
         return found if found is not None else ScopeMeta(scope.key, None, None, None, 0)
 
+    @_retried
     def set_owner(
         self, target: Target, changes: Mapping[str, int | None], *, action: str
     ) -> tuple[dict[str, int | None], dict[str, int | None]]:
@@ -759,6 +839,7 @@ class Vault:
             meta.scope, ""
         )
 
+    @_retried
     def grant(self, target: Target, kind: str, principal: int) -> bool:
         """Let one more uid or gid read a secret or a whole scope; False if it could."""
         if kind not in ("uid", "gid"):
@@ -777,6 +858,7 @@ class Vault:
             )
         return added
 
+    @_retried
     def revoke(
         self, target: Target, principals: Sequence[tuple[str, int]] | None
     ) -> list[GrantRecord]:
@@ -831,7 +913,7 @@ def _schedule_detail(expires_ns: int | None, every: int | None) -> str:
 
 
 def unwrap_data_keys(
-    backend: SqliteBackend, store_id: bytes, kek: bytes, source: keys.KekSource
+    backend: Backend, store_id: bytes, kek: bytes, source: keys.KekSource
 ) -> tuple[dict[int, bytes], dict[int, str]]:
     """Every data key generation the KEK opens, and a problem for each it does not.
 
@@ -864,12 +946,12 @@ def unwrap_data_keys(
     if not key_is_right:
         damaged_hint = "" if checks[0] is not None else ", or a damaged key record"
         raise KeySourceError(
-            f"the key from {source.description} does not unlock {backend.path}"
+            f"the key from {source.description} does not unlock {backend.name}"
             f" (wrong key or password{damaged_hint})"
         )
     damaged = {
         gen: (
-            f"{backend.path}: the wrapped data key of generation {gen} is damaged (the key"
+            f"{backend.name}: the wrapped data key of generation {gen} is damaged (the key"
             f" from {source.description} is right): restore the store from a backup"
         )
         for gen in failed
@@ -892,7 +974,7 @@ def _target_text(target: Target) -> str:
     return target.key if isinstance(target, Scope) else str(target)
 
 
-def _resolve_kek(backend: SqliteBackend) -> tuple[bytes, keys.KekSource]:
+def _resolve_kek(backend: Backend) -> tuple[bytes, keys.KekSource]:
     source = keys.env_source()
     if source is not None and source.kind == keys.KIND_KEY:
         return keys.kek_from_env_key(), source
@@ -900,17 +982,17 @@ def _resolve_kek(backend: SqliteBackend) -> tuple[bytes, keys.KekSource]:
         salt, params = backend.meta_get("kdf_salt"), backend.meta_get("kdf_params")
         if salt is None or params is None:
             raise KeySourceError(
-                f"${keys.ENV_PASSWORD} is set but {backend.path} was not initialized with a"
+                f"${keys.ENV_PASSWORD} is set but {backend.name} was not initialized with a"
                 " password (unset it to use the store's key file or $SECRETFS_KEY)"
             )
         kdf_params = crypto.KdfParams.from_json(params.decode())
         check = backend.meta_get("kdf_check")
         if check is not None and check != crypto.kdf_record_digest(salt, params):
             raise KeySourceError(
-                f"{backend.path}: the stored KDF salt or parameters that turn"
+                f"{backend.name}: the stored KDF salt or parameters that turn"
                 f" ${keys.ENV_PASSWORD} into the key are damaged (they do not match their"
                 " checksum): restore the store from a backup"
             )
         return keys.kek_from_password(salt, kdf_params), source
-    path = keys.key_file_path(backend.path)
+    path = backend.key_file()
     return keys.read_key_file(path), keys.KekSource(keys.KIND_KEY_FILE, str(path))

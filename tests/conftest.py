@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# etcd_cluster / own_etcd_cluster: a real 3-member etcd cluster (tests/etcd_cluster.py).
+pytest_plugins = ["tests.etcd_cluster"]
+
 CliRunner = Callable[..., "subprocess.CompletedProcess[bytes]"]
 
 

@@ -23,7 +23,7 @@ from secretfs.access import (
     resolve,
 )
 from secretfs.audit import AuditQueue, AuditRecord, cli_record
-from secretfs.cli.access import parse_mode, parse_owner, parse_target
+from secretfs.cli.access import parse_mode_or_inherit, parse_owner, parse_target
 from secretfs.cli.audit import RefFilter, parse_since
 from secretfs.daemon import Watcher
 from secretfs.errors import ConflictError, NotFoundError, UsageError
@@ -438,12 +438,12 @@ def test_owner_and_mode_arguments() -> None:
     for bad in ("1000:", "", "nosuchuser-xyz", "4294967295", "-1"):
         with pytest.raises(UsageError):
             parse_owner(bad)
-    assert parse_mode("440") == 0o440
-    assert parse_mode("0400") == 0o400
-    assert parse_mode("inherit") is None
+    assert parse_mode_or_inherit("440") == 0o440
+    assert parse_mode_or_inherit("0400") == 0o400
+    assert parse_mode_or_inherit("inherit") is None
     for bad in ("8", "1000", "rw", "-1", ""):
         with pytest.raises(UsageError):
-            parse_mode(bad)
+            parse_mode_or_inherit(bad)
 
 
 def test_since_takes_durations_and_iso_times() -> None:

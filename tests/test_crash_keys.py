@@ -101,7 +101,9 @@ def assert_finished(store: Path) -> None:
     assert info["reencryption"] is None and info["kek_rotation"] is None
     assert info["operation"] is None
     report = doctor.run(store)
-    assert report.healthy and not [c for c in report.checks if c.status == "warn"], report
+    # Other mounts on this machine (other tests') have checks of their own: not this store's.
+    warned = [c for c in report.checks if c.status == "warn" and not c.name.startswith("mount ")]
+    assert report.healthy and not warned, report
     assert not store.with_name(store.name + ".key.next").exists()
 
 

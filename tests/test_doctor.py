@@ -28,7 +28,7 @@ def store(initialized_store: Path) -> Path:
 def test_a_healthy_store(cli: CliRunner, store: Path) -> None:
     proc = cli("doctor")
     text = proc.stdout.decode()
-    assert proc.returncode == 0 and text.rstrip().endswith("healthy")
+    assert proc.returncode == 0 and text.splitlines()[-1].startswith("healthy")
     for line in (
         "ok    /dev/fuse",
         "ok    fusermount3",
@@ -42,7 +42,9 @@ def test_a_healthy_store(cli: CliRunner, store: Path) -> None:
         assert line in text
     report = json.loads(cli("doctor", "--json").stdout)
     assert report["healthy"] is True
-    assert {c["status"] for c in report["checks"]} <= {"ok", "skip"}
+    # Other mounts on this machine (other tests') get checks of their own: not this store's.
+    mine = [c for c in report["checks"] if not c["name"].startswith("mount ")]
+    assert {c["status"] for c in mine} <= {"ok", "skip"}
 
 
 def test_modes_that_let_others_read_fail_with_the_fix(cli: CliRunner, store: Path) -> None:

@@ -15,29 +15,47 @@ import click
 
 from secretfs import __version__
 from secretfs.errors import SecretfsError, StoreError
-from secretfs.store import default_store_path
+from secretfs.store.location import EtcdLocation, StoreLocation, default_location
+from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StoreParam(click.ParamType):  # type: ignore[type-arg]
+    """A store file path, `sqlite:///path`, or `etcd://host:2379,host:2379/prefix`."""
+
+    name = "store"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> StoreLocation:
+        if isinstance(value, (Path, EtcdLocation)):
+            return value
+        try:
+            return parse_location(str(value))
+        except SecretfsError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 def store_option(fn: F) -> F:
     return click.option(
         "--store",
         "store",
-        type=click.Path(dir_okay=False, path_type=Path),
+        type=StoreParam(),
         default=None,
-        help="The store file (default: $SECRETFS_STORE, else /var/lib/secretfs/store.db"
-        " for root, else ~/.local/share/secretfs/store.db).",
+        metavar="PATH|URL",
+        help="The store: a file path or sqlite:///path, or etcd://host:2379,host:2379/prefix"
+        " (default: $SECRETFS_STORE, else /var/lib/secretfs/store.db for root, else"
+        " ~/.local/share/secretfs/store.db).",
     )(fn)
 
 
-def store_path(store: Path | None) -> Path:
-    return store if store is not None else default_store_path()
+def store_path(store: StoreLocation | None) -> StoreLocation:
+    """The store given, else $SECRETFS_STORE (a path or URL), else the default file."""
+    return store if store is not None else default_location()
 
 
 @contextmanager
-def open_vault(store: Path | None) -> Iterator[Vault]:
+def open_vault(store: StoreLocation | None) -> Iterator[Vault]:
     vault = Vault.open(store_path(store))
     try:
         yield vault

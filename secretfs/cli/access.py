@@ -18,6 +18,7 @@ import click
 from secretfs.access import Layer, Ownership, ReaderEntry, readers_of, resolve
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.secret import secret as secret_group
+from secretfs.cli.values import parse_mode
 from secretfs.errors import RefError, UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import GrantRecord, SecretMeta
@@ -85,18 +86,8 @@ def parse_owner(text: str) -> dict[str, int | None]:
     return out
 
 
-def parse_mode(text: str) -> int | None:
-    if text == INHERIT:
-        return None
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise UsageError(
-            f"a mode is octal, such as 0400 or 440, or 'inherit'; not {text!r}"
-        ) from None
-    if not 0 <= mode <= 0o777:
-        raise UsageError(f"mode {text} is out of range: 000 to 777 (octal)")
-    return mode
+def parse_mode_or_inherit(text: str) -> int | None:
+    return None if text == INHERIT else parse_mode(text, "MODE (or 'inherit')")
 
 
 def _show(key: str, value: int | None) -> str:
@@ -130,7 +121,7 @@ def chmod(store: Path | None, target: str, mode: str) -> None:
     MODE is octal (0400, 440) or `inherit` (from the scope, then the mount). Seen by the
     mount within a second. Only read bits give access; the mount stays read-only.
     """
-    _set_owner(store, target, {"mode": parse_mode(mode)}, "chmod")
+    _set_owner(store, target, {"mode": parse_mode_or_inherit(mode)}, "chmod")
 
 
 @secret_group.command()

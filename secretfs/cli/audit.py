@@ -16,7 +16,8 @@ from secretfs.cli import cli, emit_json, handle_errors, store_option, store_path
 from secretfs.cli.access import parse_target
 from secretfs.errors import UsageError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_ref
-from secretfs.store.sqlite import SqliteBackend
+from secretfs.store.base import Backend
+from secretfs.store.location import open_backend
 
 FOLLOW_POLL_SECONDS = 0.5
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -112,7 +113,7 @@ def audit(
     """
     since_ns = parse_since(since) if since else None
     wanted = RefFilter(ref) if ref else None
-    backend = SqliteBackend.open(store_path(store), readonly=True)
+    backend = open_backend(store_path(store), readonly=True)
     try:
         records = _query(backend, wanted, since_ns, 0)
         if last is not None:
@@ -141,7 +142,7 @@ def audit(
 
 
 def _query(
-    backend: SqliteBackend, wanted: RefFilter | None, since_ns: int | None, after: int
+    backend: Backend, wanted: RefFilter | None, since_ns: int | None, after: int
 ) -> list[AuditRecord]:
     if wanted is None:
         return backend.read_audit(after_id=after, since_ns=since_ns)

@@ -12,7 +12,7 @@ import click
 
 from secretfs import credentials as creds
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.cli.run import parse_mode
+from secretfs.cli.values import parse_optional_mode
 from secretfs.errors import NotFoundError, UsageError
 from secretfs.refs import Ref, parse_ref, validate_name
 
@@ -41,7 +41,7 @@ def _owner_options(default_mode: str | None) -> Callable[[F], F]:
 
 
 def _owner(uid: int | None, gid: int | None, mode_text: str | None) -> dict[str, int | None]:
-    return {"uid": uid, "gid": gid, "mode": None if mode_text is None else parse_mode(mode_text)}
+    return {"uid": uid, "gid": gid, "mode": parse_optional_mode(mode_text)}
 
 
 def _whole_secret(text: str) -> Ref:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
 from secretfs import doctor as checks
 from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.store.location import StoreLocation
 
 
 @cli.command()
@@ -20,7 +20,7 @@ from secretfs.cli import cli, handle_errors, store_option, store_path
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @handle_errors
-def doctor(store: Path | None, allow_other: bool, as_json: bool) -> None:
+def doctor(store: StoreLocation | None, allow_other: bool, as_json: bool) -> None:
     """Check this machine and the store, and say what to do about each problem.
 
     \b
@@ -28,6 +28,8 @@ def doctor(store: Path | None, allow_other: bool, as_json: bool) -> None:
     store:   file modes (store, -wal, -shm, key file), the key source, that the key
              opens it, PRAGMA integrity_check, that every stored version decrypts,
              no key rotation or re-encryption left half done, expired secrets
+             (an etcd store: that the cluster answers, instead of file modes)
+    mounts:  each secretfs mount on this machine serves current data (not stale)
 
     Exits 0 when healthy (warnings allowed), 1 when a check failed.
     """

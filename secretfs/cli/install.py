@@ -7,7 +7,6 @@ in the source tree holds the same texts rendered for `/usr/local/bin/secretfs`
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import sys
@@ -16,7 +15,8 @@ from pathlib import Path
 import click
 
 from secretfs.cli import cli, handle_errors
-from secretfs.errors import StoreError, UsageError
+from secretfs.errors import UsageError
+from secretfs.files import write_file_atomically
 
 PLACEHOLDER = "@SECRETFS@"
 PACKAGED_COMMAND = "/usr/local/bin/secretfs"  # what packaging/ is rendered with
@@ -165,16 +165,7 @@ def _write(path: Path, text: str, mode: int) -> None:
     """Replace `path` atomically: a half-written helper must never be run by mount(8)."""
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent} is not a directory")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, mode)  # no secret in it: the umask must not narrow a public file
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StoreError(f"cannot write {path}: {exc.strerror}") from None
+    write_file_atomically(path, text.encode(), mode=mode, replace=True)
 
 
 def _command_option(fn: click.decorators.FC) -> click.decorators.FC:

@@ -12,6 +12,8 @@ import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.errors import SecretfsError, StoreError, UsageError
+from secretfs.store.location import StoreLocation
+from secretfs.store.location import parse as parse_location
 
 READY = b"ready\n"
 KNOWN_OPTIONS = {"allow_other"}
@@ -53,8 +55,12 @@ def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
 
 
 def _option_values(
-    opts: tuple[str, ...], store: Path | None, uid: int | None, gid: int | None, mode: str
-) -> tuple[Path | None, int | None, int | None, str]:
+    opts: tuple[str, ...],
+    store: StoreLocation | None,
+    uid: int | None,
+    gid: int | None,
+    mode: str,
+) -> tuple[StoreLocation | None, int | None, int | None, str]:
     """Apply -o store=, uid=, gid=, mode= (an fstab line can pass nothing else)."""
     ctx = click.get_current_context()
     given: dict[str, str] = {}
@@ -70,7 +76,7 @@ def _option_values(
             if not value:
                 raise UsageError(f"mount option {key}= needs a value")
     if "store" in given:
-        store = Path(given["store"])
+        store = parse_location(given["store"])
     for key in ("uid", "gid"):
         if key in given:
             text = given[key]
@@ -96,7 +102,7 @@ def _option_values(
 @handle_errors
 def mount(
     mountpoint: Path,
-    store: Path | None,
+    store: StoreLocation | None,
     foreground: bool,
     options: tuple[str, ...],
     uid: int | None,
@@ -110,13 +116,12 @@ def mount(
     Returns once the mount answers (the daemon goes on in the background), or with
     --foreground serves until unmounted or sent SIGTERM/SIGINT.
     """
-    from secretfs.cli.secret import _mode
+    from secretfs.cli.values import parse_mode
     from secretfs.daemon import clear_stale_mount
 
     allow_other, extra = _parse_options(options)
     store, uid, gid, mode = _option_values(options, store, uid, gid, mode)
-    file_mode = _mode(mode)
-    assert file_mode is not None
+    file_mode = parse_mode(mode)
     clear_stale_mount(mountpoint)
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
@@ -134,7 +139,7 @@ def mount(
 
 def _serve(
     mountpoint: Path,
-    path: Path,
+    path: StoreLocation,
     allow_other: bool,
     extra: tuple[str, ...],
     uid: int | None,
@@ -182,7 +187,9 @@ def _serve(
         raise
 
 
-def _spawn_daemon(args: list[str], mountpoint: Path, path: Path, log_file: Path | None) -> None:
+def _spawn_daemon(
+    args: list[str], mountpoint: Path, path: StoreLocation, log_file: Path | None
+) -> None:
     """Run `mount --foreground` detached and wait until it says the mount answers."""
     read_end, write_end = os.pipe()
     cmd = [sys.executable, "-m", "secretfs", "mount", *args, "--foreground"]

@@ -10,7 +10,9 @@ import click
 
 from secretfs import run as runner
 from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.values import parse_mode
 from secretfs.errors import ConflictError, UsageError
+from secretfs.files import write_file_atomically
 from secretfs.vault import Vault
 
 
@@ -115,18 +117,8 @@ def inject(template: Path, out: Path, force: bool, mode_text: str, store: Path |
         sys.stdout.buffer.write(rendered)
         sys.stdout.buffer.flush()
     else:
-        runner.write_private_file(out, rendered, mode=mode, replace=force)
+        write_file_atomically(out, rendered, mode=mode, replace=force)
         click.echo(f"wrote {out} ({res.count} references, mode {mode:04o})", err=True)
-
-
-def parse_mode(text: str) -> int:
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        raise UsageError(f"--mode takes an octal mode such as 0600, not {text!r}") from None
-    if not 0 <= mode <= 0o777:
-        raise UsageError("--mode must be between 000 and 777 (octal)")
-    return mode
 
 
 def _read_template(path: Path) -> bytes:

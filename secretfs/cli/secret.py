@@ -19,7 +19,7 @@ from secretfs.cli.schedule import (
     schedule_options,
     schedule_record,
 )
-from secretfs.cli.values import read_value, value_options
+from secretfs.cli.values import parse_optional_mode, read_value, value_options
 from secretfs.errors import UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
@@ -28,18 +28,6 @@ from secretfs.timeutil import iso_time
 
 def _ref(text: str) -> Ref:
     return parse_ref(text)
-
-
-def _mode(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        mode = int(value, 8)
-    except ValueError:
-        raise UsageError(f"--mode takes an octal mode such as 0400 or 440, not {value!r}") from None
-    if not 0 <= mode <= 0o777:
-        raise UsageError("--mode must be between 000 and 777 (octal)")
-    return mode
 
 
 def owner_options(fn: Any) -> Any:
@@ -91,7 +79,8 @@ def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
         kw.pop("from_uri"),
         kw.pop("generate"),
     )
-    owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": _mode(kw.pop("mode"))}
+    mode = parse_optional_mode(kw.pop("mode"))
+    owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": mode}
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
         result = vault.write(

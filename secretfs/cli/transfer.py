@@ -7,7 +7,6 @@ writes the files and the store. An import is one transaction: all of it, or (wit
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,8 @@ import click
 
 from secretfs import formats
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.errors import ConflictError, SecretfsError, TooLargeError, UsageError
+from secretfs.errors import ConflictError, TooLargeError, UsageError
+from secretfs.files import write_file_atomically
 from secretfs.formats import Format, FormatError, Problem
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_scope
 from secretfs.vault import BulkOutcome, ExistingPolicy
@@ -210,7 +210,7 @@ def export(
         with vault.backend.transaction():
             vault.audit("export", target, detail=f"{len(values)} secret(s) as {chosen}")
     if to_file and path is not None:
-        _write_new_file(path.expanduser(), data, replace=force)
+        write_file_atomically(path.expanduser(), data, replace=force)
         where = str(path)
     else:
         sys.stdout.buffer.write(data)
@@ -219,26 +219,3 @@ def export(
     click.echo(f"exported {len(values)} secret(s) from {target} to {where}", err=True)
 
 
-def _write_new_file(path: Path, data: bytes, *, replace: bool) -> None:
-    """Create `path` with mode 0600 (never chmod after) and write `data`; no partial file."""
-    if replace:
-        with contextlib.suppress(FileNotFoundError):
-            if path.is_dir():
-                raise UsageError(f"{path} is a directory")
-            path.unlink()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-    try:
-        fd = os.open(path, flags, 0o600)
-    except FileExistsError:
-        raise ConflictError(f"{path} exists: give --force to replace it") from None
-    except OSError as exc:
-        raise UsageError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise SecretfsError(f"cannot write {path}: {exc.strerror}") from None

@@ -50,6 +50,21 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
     return fn
 
 
+def parse_mode(text: str, what: str = "--mode") -> int:
+    """An octal file mode for the mount, such as 0400 or 440."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise UsageError(f"{what} takes an octal mode such as 0400 or 440, not {text!r}") from None
+    if not 0 <= mode <= 0o777:
+        raise UsageError(f"{what} {text} is out of range: 000 to 777 (octal)")
+    return mode
+
+
+def parse_optional_mode(text: str | None, what: str = "--mode") -> int | None:
+    return None if text is None else parse_mode(text, what)
+
+
 def read_value(
     value: str | None,
     from_stdin: bool,

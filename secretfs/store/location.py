@@ -4,7 +4,8 @@
 
 - a plain path, or `sqlite:///abs/path` (`sqlite://rel/path` is relative): SQLite;
 - `etcd://host:2379,host:2379/prefix`: an etcd v3 cluster, every key under `/prefix/`
-  (default prefix `secretfs`). `etcd+https://` talks TLS (see docs/cluster.md).
+  (default prefix `secretfs`; `+` may separate endpoints instead of `,`, as in an
+  fstab line). `etcd+https://` talks TLS (see docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def _parse_etcd(text: str, rest: str, tls: bool) -> EtcdLocation:
     hosts, _, prefix = rest.partition("/")
     prefix = prefix.strip("/") or DEFAULT_ETCD_PREFIX
     endpoints = []
-    for host in filter(None, hosts.split(",")):
+    # "+" separates endpoints too: a comma would end a mount option (-o store=, fstab).
+    for host in filter(None, re.split(r"[,+]", hosts)):
         m = _HOST.match(host)
         if m is None:
             raise UsageError(f"store URL {text!r}: {host!r} is not host or host:port")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from secretfs.audit import AuditRecord
 from secretfs.errors import StoreError
+from secretfs.files import fsync_dir
 from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta, VersionMeta
 from secretfs.testhooks import checkpoint
 
@@ -197,7 +198,7 @@ class SqliteBackend:
                 os.link(tmp, path)
             except FileExistsError:
                 raise StoreError(f"a store already exists at {path}") from None
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         finally:
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
                 with contextlib.suppress(FileNotFoundError):
@@ -238,6 +239,32 @@ class SqliteBackend:
 
     def close(self) -> None:
         self._conn.close()
+
+    # -- the backend protocol (secretfs/store/base.py) beyond rows --------------------------
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def key_file(self) -> Path:
+        from secretfs.keys import key_file_path
+
+        return key_file_path(self.path)
+
+    def open_another(self) -> SqliteBackend:
+        return SqliteBackend.open(self.path)
+
+    def follow(self) -> None:
+        """Reads are local already; `data_version` tells a mount of every commit."""
+
+    def status(self) -> dict[str, object]:
+        return {
+            "backend": "sqlite",
+            "store": self.name,
+            "connected": True,
+            "last_revision": self.current_seq(),
+            "stale_since": None,
+        }
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -644,11 +671,3 @@ class SqliteBackend:
 
     def integrity_check(self) -> str:
         return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
