@@ -1,8 +1,9 @@
 """Run the benchmark: tmpfs, the floor (bench/floorfs.py) and secretfs, in one run.
 
-Every per-operation figure is measured in rounds that interleave the three systems (the
-order rotates each round), so the ratios hold while a noisy machine drifts; the table
-shows each round's median. Client and daemons are pinned to one CPU (`--cpus`, as
+Every per-operation figure is measured in rounds in which the three systems take turns
+every CHUNK_OPS operations (the order rotates each round), so that ratios hold while a
+noisy machine drifts; the table shows medians over the rounds, and each ratio is the
+median of the rounds' ratios. Client and daemons are pinned to one CPU (`--cpus`, as
 `taskset -c 0` would), as docs/performance.md explains.
 """
 
@@ -42,7 +43,7 @@ class Config:
     ops: int = 3_000  # timed operations per system per round
     stat_ops: int = 20_000
     readers: int = 8
-    reader_seconds: float = 2.0
+    reader_seconds: float = 1.0
     reader_rounds: int = 3
     big: int = 100_000  # secrets for mount time, RSS and key rotation
     imports: int = 10_000
@@ -56,7 +57,7 @@ QUICK = Config(
     rounds=3,
     ops=1_000,
     stat_ops=5_000,
-    reader_seconds=1.0,
+    reader_seconds=0.5,
     reader_rounds=2,
     big=10_000,
     imports=2_000,
@@ -131,41 +132,39 @@ def _write_tree(root: Path, files: dict[str, bytes]) -> None:
 # -- what one measurement does, through any mount -------------------------------------------
 
 
-def open_read_close(paths: list[str], ops: int) -> float:
-    """ops/s over `ops` opens, cycling through `paths` (after one untimed pass)."""
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        os.read(fd, 65536)
-        os.close(fd)
-    cycle = (paths * (ops // len(paths) + 1))[:ops]
+def open_read_close(paths: list[str]) -> float:
+    """Seconds to open, read and close each of `paths` once."""
     start = time.perf_counter()
-    for p in cycle:
-        fd = os.open(p, os.O_RDONLY)
-        os.read(fd, 65536)
-        os.close(fd)
-    return ops / (time.perf_counter() - start)
-
-
-def first_opens(paths: list[str]) -> float:
-    """ops/s of opening each path once (each its first open since it changed)."""
-    spent = 0.0
     for p in paths:
-        start = time.perf_counter()
         fd = os.open(p, os.O_RDONLY)
         os.read(fd, 65536)
         os.close(fd)
-        spent += time.perf_counter() - start
-    return len(paths) / spent
+    return time.perf_counter() - start
 
 
-def stats(paths: list[str], ops: int) -> float:
+def stats(paths: list[str]) -> float:
+    """Seconds to stat each of `paths` once."""
+    start = time.perf_counter()
     for p in paths:
         os.stat(p)
-    cycle = (paths * (ops // len(paths) + 1))[:ops]
-    start = time.perf_counter()
-    for p in cycle:
-        os.stat(p)
-    return ops / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+CHUNK_OPS = 200  # systems take turns this often, so that each sees the same machine
+
+
+def interleaved(
+    systems: list[System], rels: list[str], ops: int, op: Callable[[list[str]], float]
+) -> dict[str, float]:
+    """ops/s of `op` on each system, over `ops` operations cycling through `rels`, the
+    systems taking turns every CHUNK_OPS operations."""
+    cycle = (rels * (ops // len(rels) + 1))[:ops]
+    chunks = [cycle[i : i + CHUNK_OPS] for i in range(0, ops, CHUNK_OPS)]
+    spent = dict.fromkeys((s.name for s in systems), 0.0)
+    for chunk in chunks:
+        for s in systems:
+            spent[s.name] += op([s.path(r) for r in chunk])
+    return {name: ops / seconds for name, seconds in spent.items()}
 
 
 def ls_l(directory: Path) -> float:
@@ -436,32 +435,28 @@ class Bench:
         def paths(s: System, rels: list[str]) -> list[str]:
             return [s.path(r) for r in rels]
 
+        cold_small = [f"{dataset.SCOPE}/{n}" for n in cold[0::2]]
+        cold_large = [f"{dataset.SCOPE}/{n}" for n in cold[1::2]]
         for r in range(cfg.rounds):
             self.log(f"round {r + 1}/{cfg.rounds}")
             order = systems[r % 3 :] + systems[: r % 3]
-            for s in order:
-                self.add("open_warm_100", s.name, open_read_close(paths(s, small), cfg.ops))
-            for s in order:
-                self.add("open_warm_4k", s.name, open_read_close(paths(s, large), cfg.ops))
-            for s in order:
-                self.add("field_warm", s.name, open_read_close(paths(s, field), cfg.ops))
-            for s in order:
-                self.add("stat", s.name, stats(paths(s, small), cfg.stat_ops))
+            for s in order:  # warm: each file opened once before (the mount verified it)
+                open_read_close(paths(s, small + large + field))
+            for key, rels in (("open_warm_100", small), ("open_warm_4k", large)):
+                for name, value in interleaved(order, rels, cfg.ops, open_read_close).items():
+                    self.add(key, name, value)
+            for name, value in interleaved(order, field, cfg.ops, open_read_close).items():
+                self.add("field_warm", name, value)
+            for name, value in interleaved(order, small, cfg.stat_ops, stats).items():
+                self.add("stat", name, value)
             for s in order:
                 self.add("ls_l", s.name, ls_l(s.root / dataset.SCOPE))
             for s in order:
                 s.rotate(cold)
-            for s in order:
-                self.add(
-                    "open_cold_100",
-                    s.name,
-                    first_opens(paths(s, [f"{dataset.SCOPE}/{n}" for n in cold[0::2]])),
-                )
-                self.add(
-                    "open_cold_4k",
-                    s.name,
-                    first_opens(paths(s, [f"{dataset.SCOPE}/{n}" for n in cold[1::2]])),
-                )
+            for key, rels in (("open_cold_100", cold_small), ("open_cold_4k", cold_large)):
+                # Each file once: its first open since the rotation.
+                for name, value in interleaved(order, rels, len(rels), open_read_close).items():
+                    self.add(key, name, value)
         # Concurrency needs more than one CPU: daemons and readers go unpinned for this.
         everywhere = set(range(os.cpu_count() or 1))
         os.sched_setaffinity(0, everywhere)
@@ -470,14 +465,12 @@ class Bench:
         for r in range(cfg.reader_rounds):
             self.log(f"concurrent readers, round {r + 1}/{cfg.reader_rounds}")
             for s in systems[r % 3 :] + systems[: r % 3]:
-                self.add(
-                    "readers_1", s.name, concurrent_readers(paths(s, small), 1, cfg.reader_seconds)
-                )
-                self.add(
-                    "readers_8",
-                    s.name,
-                    concurrent_readers(paths(s, small), cfg.readers, cfg.reader_seconds),
-                )
+                # 1, then N, then 1 again: N is compared with the 1s on either side of it.
+                one = concurrent_readers(paths(s, small), 1, cfg.reader_seconds)
+                many = concurrent_readers(paths(s, small), cfg.readers, cfg.reader_seconds)
+                one += concurrent_readers(paths(s, small), 1, cfg.reader_seconds)
+                self.add("readers_1", s.name, one / 2)
+                self.add("readers_8", s.name, many)
         os.sched_setaffinity(0, self.cpus)
         return store
 

@@ -162,13 +162,18 @@ def cli_record(
     )
 
 
+# time_ns, action, ref, version, uid, gid, pid, process, outcome, detail (AuditRecord's
+# fields, source "mount" and no id)
+MountEvent = tuple[int, str, str | None, int | None, int, int, int, str | None, str, str | None]
+
+
 class AuditQueue:
     """Records waiting to be written; bounded, so a store that stays locked cannot eat
     the daemon's memory (what is dropped is counted and recorded once writing works)."""
 
     def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
-        self._pending: list[AuditRecord] = []
+        self._pending: list[AuditRecord | MountEvent] = []
         self.dropped = 0
 
     def add(self, record: AuditRecord) -> None:
@@ -177,12 +182,38 @@ class AuditQueue:
             return
         self._pending.append(record)
 
+    def add_mount(
+        self,
+        time_ns: int,
+        action: str,
+        ref: str | None,
+        version: int | None,
+        uid: int,
+        gid: int,
+        pid: int,
+        process: str | None,
+        outcome: str,
+        detail: str | None,
+    ) -> None:
+        """A mount's record, kept as a plain tuple until `take()`: building the record (a
+        frozen dataclass, slow to make) is left to the batch, off the read path."""
+        if len(self._pending) >= self.limit:
+            self.dropped += 1
+            return
+        self._pending.append(
+            (time_ns, action, ref, version, uid, gid, pid, process, outcome, detail)
+        )
+
     def __len__(self) -> int:
         return len(self._pending)
 
     def take(self) -> list[AuditRecord]:
         """Everything pending (plus a note of what was dropped); the queue is then empty."""
-        batch, self._pending = self._pending, []
+        pending, self._pending = self._pending, []
+        batch = [
+            r if isinstance(r, AuditRecord) else AuditRecord(r[0], SOURCE_MOUNT, *r[1:])
+            for r in pending
+        ]
         if self.dropped:
             batch.append(
                 AuditRecord(
@@ -204,7 +235,7 @@ class AuditQueue:
 
     def put_back(self, batch: list[AuditRecord]) -> None:
         """A batch that could not be written goes back in front of newer records."""
-        merged = batch + self._pending
+        merged: list[AuditRecord | MountEvent] = [*batch, *self._pending]
         overflow = max(0, len(merged) - self.limit)
         self.dropped += overflow
         self._pending = merged[overflow:]

@@ -125,20 +125,17 @@ class SecretFS(pyfuse3.Operations):
 
     def _record(self, action: str, node: Node, ctx: Any, outcome: str, detail: str | None) -> None:
         assert node.secret is not None
-        self.audit.add(
-            _audit.AuditRecord(
-                time_ns=time.time_ns(),
-                source=_audit.SOURCE_MOUNT,
-                action=action,
-                ref=_ref_text(node.secret.scope, node.secret.name, node.field),
-                version=node.secret.version,
-                uid=ctx.uid,
-                gid=ctx.gid,
-                pid=ctx.pid,
-                process=self._names.get(ctx.pid),
-                outcome=outcome,
-                detail=detail,
-            )
+        self.audit.add_mount(
+            time.time_ns(),
+            action,
+            _ref_text(node.secret.scope, node.secret.name, node.field),
+            node.secret.version,
+            ctx.uid,
+            ctx.gid,
+            ctx.pid,
+            self._names.get(ctx.pid),
+            outcome,
+            detail,
         )
 
     def _fh(self) -> int:

@@ -103,8 +103,9 @@ class SealedValue:
 
     @property
     def cost(self) -> int:
-        """Bytes of memory this holds, about (the key is shared with the vault)."""
-        return len(self.blob) + len(self.aad) + 200
+        """Bytes of memory this and its place in a cache take, about (the key is the
+        vault's own, shared)."""
+        return len(self.blob) + len(self.aad) + 400
 
 
 @dataclass(frozen=True, slots=True)

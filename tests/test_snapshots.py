@@ -191,3 +191,21 @@ def test_process_names_stay_bounded() -> None:
     for pid in range(1, 100):
         names.get(1_000_000 + pid)  # no such processes: None, remembered
     assert len(names._names) <= 8
+
+
+def test_mount_events_wait_as_tuples_and_come_out_as_records() -> None:
+    queue = audit.AuditQueue(limit=3)
+    queue.add_mount(5, "open", "$S:a", 2, 1000, 1001, 42, "cat", audit.ALLOWED, None)
+    queue.add(audit.cli_record("set", "$S:b", 3))
+    queue.add_mount(6, "open", "$S:a/f", 2, 1000, 1001, 43, None, audit.DENIED, "EACCES")
+    queue.add_mount(7, "open", "$S:a", 2, 0, 0, 44, "x", audit.ALLOWED, None)  # over the limit
+    batch = queue.take()
+    assert [type(r) for r in batch] == [audit.AuditRecord] * 4
+    first, cli, denied, dropped = batch
+    assert first == audit.AuditRecord(
+        5, audit.SOURCE_MOUNT, "open", "$S:a", 2, 1000, 1001, 42, "cat", audit.ALLOWED, None
+    )
+    assert cli.source == audit.SOURCE_CLI and denied.detail == "EACCES" and denied.pid == 43
+    assert dropped.action == "audit" and "1 records dropped" in (dropped.detail or "")
+    queue.put_back(batch[:2])
+    assert [r.time_ns for r in queue.take()] == [5, cli.time_ns]

@@ -299,3 +299,236 @@ def test_a_follower_resyncs_after_compaction(
     finally:
         reader.close()
         writer.close()
+
+
+# -- every CLI operation on both backends ---------------------------------------------
+
+
+def _err(proc: subprocess.CompletedProcess[bytes]) -> str:
+    return proc.stderr.decode()
+
+
+def _history(store: Store, ref: str) -> list[int]:
+    return [h["version"] for h in json.loads(store.cli("secret", "history", ref, "--json").stdout)]
+
+
+def test_rotate_rollback_prune(store: Store) -> None:
+    store.cli("secret", "create", "db", "--from-stdin", input=b"v1")
+    store.cli("secret", "rotate", "db", "--from-stdin", input=b"v2")
+    generated = json.loads(store.cli("secret", "rotate", "db", "--generate", "--json").stdout)
+    assert (generated["previous_version"], generated["new_version"]) == (2, 3)
+    out = store.cli("secret", "rollback", "db", "--to", "1")
+    assert out.stdout == b"rolled back $S:db: version 3 -> 4 (the value of version 1)\n"
+    assert store.cli("secret", "get", "db").stdout == b"v1"
+    same = store.cli("secret", "rollback", "db", "--to", "4", check=False)
+    assert same.returncode == 2 and "already the current one" in _err(same)
+    pruned = store.cli("secret", "prune", "db", "--keep", "2")
+    assert pruned.stdout == b"pruned $S:db: 2 version(s) (1, 2)\n"
+    assert _history(store, "db") == [3, 4]
+    store.cli("secret", "set", "other", "--from-stdin", input=b"o1")
+    store.cli("secret", "set", "other", "--from-stdin", input=b"o2")
+    all_out = json.loads(store.cli("secret", "prune", "--all", "--keep", "1", "--json").stdout)
+    assert all_out == [{"ref": "$S:db", "pruned": [3]}, {"ref": "$S:other", "pruned": [1]}]
+    # The store-wide bound prunes on write.
+    store.cli("config", "set", "max-versions", "2")
+    for value in (b"o3", b"o4"):
+        store.cli("secret", "set", "other", "--from-stdin", input=value)
+    assert _history(store, "other") == [3, 4]
+    actions = [r["action"] for r in json.loads(store.cli("audit", "--json").stdout)]
+    assert {"rotate", "rollback", "prune"} <= set(actions)
+
+
+def test_expiry_and_due(store: Store) -> None:
+    store.cli("secret", "create", "old", "--from-stdin", "--expires-at", "2001-02-03", input=b"o")
+    store.cli("secret", "create", "fresh", "--from-stdin", "--expires-at", "+30d", input=b"f")
+    store.cli(
+        "secret", "create", "tok", "--from-stdin", "--rotate-every", "1d", input=b"t"
+    )  # fmt: skip
+    records = {r["ref"]: r for r in json.loads(store.cli("secret", "ls", "--json").stdout)}
+    assert records["$S:old"]["expired"] is True
+    assert records["$S:fresh"]["expired"] is False and records["$S:fresh"]["expires"]
+    assert records["$S:tok"]["rotate_every"] == "1d"
+    due = json.loads(store.cli("secret", "ls", "--due", "--json").stdout)
+    assert [r["ref"] for r in due] == ["$S:old"]
+    soon = json.loads(store.cli("secret", "ls", "--due", "--within", "31d", "--json").stdout)
+    assert [r["ref"] for r in soon] == ["$S:fresh", "$S:old", "$S:tok"]
+    got = store.cli("secret", "get", "old")
+    assert got.stdout == b"o" and "warning: $S:old expired" in _err(got)
+    store.cli("secret", "expiry", "old", "--expires-at", "none")
+    assert json.loads(store.cli("secret", "ls", "--due", "--json").stdout) == []
+    state = json.loads(store.cli("secret", "expiry", "old", "--json").stdout)
+    assert state["expires"] is None and state["version"] == 1
+
+
+def test_key_status_rotate_and_reencrypt(store: Store) -> None:
+    values = {f"s{i}": f"value-{i}".encode() for i in range(5)}
+    lines = b"".join(b"%s=%s\n" % (name.encode(), value) for name, value in values.items())
+    store.cli("import", "--format", "dotenv", input=lines)
+    status = json.loads(store.cli("key", "status", "--json").stdout)
+    assert [g["generation"] for g in status["data_keys"]] == [1]
+    key_file = Path(store.env["SECRETFS_KEY_FILE"])
+    old_key = key_file.read_bytes()
+    out = store.cli("key", "rotate")
+    assert out.returncode == 0 and key_file.read_bytes() != old_key
+    old_env = dict(store.env, SECRETFS_KEY=old_key.decode().strip())
+    wrong = store.cli("secret", "get", "s0", env=old_env, check=False)
+    assert wrong.returncode == 5 and "$SECRETFS_KEY does not unlock" in _err(wrong)
+    before = store.raw_bytes()
+    out = store.cli("key", "rotate", "--reencrypt", "--batch-size", "2")
+    assert "every value is sealed under data key generation 2" in out.stdout.decode()
+    status = json.loads(store.cli("key", "status", "--json").stdout)
+    assert [g["generation"] for g in status["data_keys"]] == [2]
+    assert store.raw_bytes() != before
+    from secretfs import formats
+
+    out = store.cli("export", "--format", "json").stdout
+    assert {e.name: e.value for e in formats.parse("json", out).entries} == values
+    history = json.loads(store.cli("secret", "history", "s0", "--json").stdout)
+    assert [h["key_generation"] for h in history] == [2]
+
+
+def test_key_passwd(store: Store, tmp_path: Path) -> None:
+    env = dict(store.env, SECRETFS_PASSWORD="old password 123")
+    del env["SECRETFS_KEY_FILE"]
+    if store.cluster is None:
+        env["SECRETFS_STORE"] = str(tmp_path / "pw.db")
+    else:
+        env["SECRETFS_STORE"] = store.cluster.url(f"t{uuid.uuid4().hex[:12]}")
+    store.cli("init", env=env)
+    store.cli("secret", "set", "db", "--from-stdin", input=b"x", env=env)
+    out = store.cli("key", "passwd", input=b"new password 456\n", env=env)
+    assert "password changed" in out.stdout.decode()
+    assert store.cli("secret", "get", "db", env=env, check=False).returncode == 5
+    new_env = dict(env, SECRETFS_PASSWORD="new password 456")
+    assert store.cli("secret", "get", "db", env=new_env).stdout == b"x"
+    rotated = store.cli("key", "rotate", env=new_env)
+    assert "new salt" in rotated.stdout.decode()
+    assert store.cli("secret", "get", "db", env=new_env).stdout == b"x"
+
+
+def test_import_export_every_format(store: Store, tmp_path: Path) -> None:
+    from secretfs import formats
+
+    values = {"A": b"one", "B": b"two\nlines", "C": b'it\'s "q" $HOME'}
+    for fmt in ("dotenv", "json", "k8s"):
+        source = tmp_path / f"in.{fmt}"
+        source.write_bytes(formats.render(fmt, values))  # type: ignore[arg-type]
+        store.cli("import", f":{fmt}", "--format", fmt, "--file", str(source))
+        target = tmp_path / f"out.{fmt}"
+        store.cli("export", f":{fmt}", "--format", fmt, "--file", str(target))
+        parsed = formats.parse(fmt, target.read_bytes())  # type: ignore[arg-type]
+        assert {e.name: e.value for e in parsed.entries} == values
+    again = store.cli("import", ":json", "--file", str(tmp_path / "in.dotenv"), check=False)
+    assert again.returncode != 0 and store.cli("secret", "get", ":json/A").stdout == b"one"
+    changed = tmp_path / "changed.yaml"
+    changed.write_bytes(formats.render("k8s", dict(values, B=b"new")))
+    store.cli("import", ":json", "--format", "k8s", "--file", str(changed), "--overwrite")
+    assert store.cli("secret", "get", ":json/B").stdout == b"new"
+    listing = json.loads(store.cli("secret", "ls", "--json").stdout)
+    assert len(listing) == 9 and {r["version"] for r in listing} == {1, 2}
+
+
+def test_chmod_chown_permissions(store: Store) -> None:
+    store.cli("secret", "set", "@api/token", "--from-stdin", input=b"t")
+    store.cli("secret", "chmod", "@api/token", "0440")
+    store.cli("secret", "chown", "@api", "1000:50")
+    shown = json.loads(store.cli("permissions", "@api/token", "--json").stdout)
+    text = json.dumps(shown)
+    assert "1000" in text and "50" in text and "440" in text
+    store.cli("secret", "chmod", "@api/token", "inherit")
+    assert "440" not in json.dumps(
+        json.loads(store.cli("permissions", "@api/token", "--json").stdout)
+    )
+    bad = store.cli("secret", "chmod", "@api/token", "0999", check=False)
+    assert bad.returncode == 2
+
+
+def test_run_and_inject(store: Store, tmp_path: Path) -> None:
+    store.cli("secret", "set", "db", "--from-stdin", input=b"hunter2")
+    store.cli("secret", "set", "@api/config", "--from-stdin", input=b'{"pw":"p9"}')
+    env = dict(store.env, DB="$S:db", PW="$S:@api/config/pw")
+    proc = store.cli(
+        "run", "--", sys.executable, "-c",
+        "import os,sys; sys.stdout.write(os.environ['DB'] + '|' + os.environ['PW'])",
+        env=env,
+    )  # fmt: skip
+    assert proc.stdout == b"hunter2|p9"
+    out = tmp_path / "app.conf"
+    store.cli("inject", "-o", str(out), input=b"x={{ $S:db }} y={{ $S:@api/config/pw }}")
+    assert out.read_bytes() == b"x=hunter2 y=p9"
+    missing = store.cli("inject", "-o", str(tmp_path / "n"), input=b"{{ $S:nope }}", check=False)
+    assert missing.returncode != 0 and not (tmp_path / "n").exists()
+
+
+def test_doctor(store: Store) -> None:
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v2")
+    proc = store.cli("doctor", "--json", check=False)
+    report = json.loads(proc.stdout)
+    mine = {c["name"]: c for c in report["checks"] if not c["name"].startswith("mount ")}
+    assert proc.returncode == 0 and report["healthy"], mine
+    assert mine["values"]["status"] == "ok" and "2 stored version(s)" in mine["values"]["detail"]
+    assert mine["unlock"]["status"] == "ok"
+    integrity = "PRAGMA integrity_check" if store.kind == "sqlite" else "every record parses"
+    assert mine["integrity"]["detail"] == f"{integrity}: ok"
+    if store.kind == "etcd":
+        assert mine["store"]["detail"].startswith("etcd cluster answers")
+    wrong = store.cli("doctor", "--json", env=dict(store.env, SECRETFS_KEY="ab" * 32), check=False)
+    checks = {c["name"]: c for c in json.loads(wrong.stdout)["checks"]}
+    assert wrong.returncode == 1 and checks["unlock"]["status"] == "fail"
+
+
+def test_doctor_finds_a_damaged_etcd_record(etcd_store: Store) -> None:
+    """On etcd the integrity and values checks look at the records themselves."""
+    import httpx
+
+    store = etcd_store
+    assert store.cluster is not None
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
+    store.cli("secret", "set", "ok", "--from-stdin", input=b"fine")
+    prefix = store.url.rsplit("/", 1)[1]
+    records = dict(store.cluster.dump(prefix))
+    versions = sorted(k for k in records if b"/d/v/" in k)
+    gateway = f"http://{store.cluster.endpoints[0]}/v3/kv/put"
+
+    def put(key: bytes, value: bytes) -> None:
+        httpx.post(
+            gateway,
+            json={"key": base64.b64encode(key).decode(), "value": base64.b64encode(value).decode()},
+            timeout=5,
+        ).raise_for_status()
+
+    row = json.loads(records[versions[0]])
+    blob = bytearray(base64.b64decode(row["ciphertext"]))
+    blob[-3] ^= 0x40
+    row["ciphertext"] = base64.b64encode(bytes(blob)).decode()
+    put(versions[0], json.dumps(row).encode())
+    proc = store.cli("doctor", "--json", check=False)
+    failed = {c["name"]: c for c in json.loads(proc.stdout)["checks"] if c["status"] == "fail"}
+    assert proc.returncode == 1 and "$S:db v1" in failed["values"]["detail"]
+    assert store.cli("secret", "get", "db", check=False).returncode == 6
+    assert store.cli("secret", "get", "ok").stdout == b"fine"
+
+    put(versions[1], b"{not json")
+    proc = store.cli("doctor", "--json", check=False)
+    failed = {c["name"]: c for c in json.loads(proc.stdout)["checks"] if c["status"] == "fail"}
+    assert proc.returncode == 1
+    assert failed["integrity"]["detail"].startswith("every record parses: record /")
+    assert "not valid JSON" in failed["integrity"]["detail"]
+    assert "Traceback" not in proc.stderr.decode()
+    assert "is damaged (not valid JSON)" in failed["records"]["detail"]
+    broken = store.cli("secret", "get", "ok", check=False)
+    assert broken.returncode == 6 and "is damaged (not valid JSON)" in _err(broken)
+    assert "Traceback" not in _err(broken)
+
+
+def test_registry_and_git_credentials(store: Store) -> None:
+    store.cli("registry", "add", "ghcr.io", "-u", "bot", "--password-stdin", input=b"pw-1\n")
+    store.cli("registry", "add", "quay.io", "-u", "ci", "--token-stdin", input=b"tok-2")
+    assert "ghcr.io" in store.cli("registry", "ls").stdout.decode()
+    config = json.loads(store.cli("secret", "get", "@registry/config.json").stdout)
+    assert base64.b64decode(config["auths"]["quay.io"]["auth"]) == b"ci:tok-2"
+    store.cli("registry", "rm", "ghcr.io")
+    assert "ghcr.io" not in store.cli("registry", "ls").stdout.decode()
+    store.cli("git", "add", "github", "--pat-stdin", input=b"ghp_x\n")
+    assert store.cli("secret", "get", "@git/github").stdout.strip() == b"ghp_x"

@@ -19,7 +19,7 @@ from secretfs.cli.schedule import (
     schedule_options,
     schedule_record,
 )
-from secretfs.cli.values import parse_optional_mode, read_value, value_options
+from secretfs.cli.values import parse_optional_mode, take_value, value_options
 from secretfs.errors import UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
@@ -72,13 +72,7 @@ def secret() -> None:
 
 def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
     ref = _ref(ref_text)
-    value = read_value(
-        kw.pop("value"),
-        kw.pop("from_stdin"),
-        kw.pop("from_file"),
-        kw.pop("from_uri"),
-        kw.pop("generate"),
-    )
+    value = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
     owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": mode}
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))

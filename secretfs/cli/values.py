@@ -8,6 +8,7 @@ import string
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,6 +64,17 @@ def parse_mode(text: str, what: str = "--mode") -> int:
 
 def parse_optional_mode(text: str | None, what: str = "--mode") -> int | None:
     return None if text is None else parse_mode(text, what)
+
+
+def take_value(options: dict[str, Any]) -> bytes:
+    """Read the value that `value_options` describes, taking those options out of `options`."""
+    return read_value(
+        options.pop("value"),
+        options.pop("from_stdin"),
+        options.pop("from_file"),
+        options.pop("from_uri"),
+        options.pop("generate"),
+    )
 
 
 def read_value(

@@ -12,7 +12,7 @@ from secretfs import expiry
 from secretfs.cli import emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_options
 from secretfs.cli.secret import _ref, meta_record, secret
-from secretfs.cli.values import read_value, value_options
+from secretfs.cli.values import take_value, value_options
 from secretfs.errors import UsageError
 from secretfs.vault import WriteResult
 
@@ -45,13 +45,7 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
     REF does not exist: use `secret create` or `secret set` for that.
     """
     parsed = _ref(ref)
-    value = read_value(
-        kw.pop("value"),
-        kw.pop("from_stdin"),
-        kw.pop("from_file"),
-        kw.pop("from_uri"),
-        kw.pop("generate"),
-    )
+    value = take_value(kw)
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
         result = vault.write(parsed, value, how="rotate", schedule=schedule)

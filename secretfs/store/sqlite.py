@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -109,12 +110,13 @@ def _meta(row: tuple[object, ...]) -> SecretMeta:
     expires, rotate_every = row[14:16]
     return SecretMeta(
         secret_id=int(sid),  # type: ignore[call-overload]
-        scope=str(scope),
+        # A mount holds one of these per secret: share the few distinct strings.
+        scope=sys.intern(str(scope)),
         name=str(name),
         version=int(version),  # type: ignore[call-overload]
         deleted=bool(deleted),
         size=int(size),  # type: ignore[call-overload]
-        kind=str(kind),
+        kind=sys.intern(str(kind)),
         created_ns=int(created),  # type: ignore[call-overload]
         updated_ns=int(updated),  # type: ignore[call-overload]
         uid=None if uid is None else int(uid),  # type: ignore[call-overload]
@@ -364,7 +366,8 @@ class SqliteBackend:
         rows = self._conn.execute(
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} WHERE s.seq > ? ORDER BY s.seq",  # noqa: S608
             (seq,),
-        ).fetchall()
+        )
+        # Row by row, not fetchall(): a mount starting on 100k secrets peaks lower.
         return [_meta(r) for r in rows]
 
     def list_scopes(self) -> list[str]:
