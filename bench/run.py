@@ -63,6 +63,20 @@ QUICK = Config(
     imports=2_000,
     reps=2,
 )
+# Only that everything runs (tests/mount/test_bench.py): its figures mean nothing.
+SMOKE = Config(
+    count=300,
+    cold=40,
+    warm=50,
+    rounds=1,
+    ops=200,
+    stat_ops=400,
+    reader_seconds=0.2,
+    reader_rounds=1,
+    big=1_000,
+    imports=200,
+    reps=1,
+)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -609,6 +623,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cpus", default="0", help="CPUs to pin the client and daemons to (default 0; 'all': none)"
     )
+    parser.add_argument("--smoke", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="result file (default bench/results/<time>.json)")
     parser.add_argument(
         "--only",
@@ -635,7 +650,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in list(os.environ):
         if name.startswith("SECRETFS_"):
             del os.environ[name]  # the stores here use their own key files
-    cfg = QUICK if args.quick else Config()
+    cfg = SMOKE if args.smoke else QUICK if args.quick else Config()
     cpus = (
         set(range(os.cpu_count() or 1))
         if args.cpus == "all"
@@ -665,6 +680,8 @@ def main(argv: list[str] | None = None) -> None:
     print()
     print(report.table(rows))
     print()
+    if cfg != Config():
+        print("(a smaller run than the targets name: its verdicts are only indicative)")
     print(report.verdicts(found))
     out = args.out or RESULTS / f"{started.replace(':', '').replace('-', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -252,9 +252,9 @@ class AuditWriter:
         changed, self._seen = now != self._seen, now
         return changed
 
-    def flush(self, batch: list[AuditRecord]) -> bool:
-        """Write `batch`; say whether others wrote to the store since the last flush."""
-        others = self.others_wrote()
+    def flush(self, batch: list[AuditRecord], ask: bool = True) -> bool:
+        """Write `batch`; with `ask`, say whether others wrote to the store since asked."""
+        others = ask and self.others_wrote()
         self.write(batch)
         return others
 
@@ -270,9 +270,12 @@ async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: Verifie
 
 async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
     batch = queue.take() if len(queue) or queue.dropped else []
+    kept = len(versions) > 0
+    if not batch and not kept:
+        return  # nothing to write, nothing kept to verify again
     try:
         # Not cancellable: a batch is written whole even when the mount is shutting down.
-        others = await trio.to_thread.run_sync(writer.flush, batch)
+        others = await trio.to_thread.run_sync(writer.flush, batch, kept)
     except (SecretfsError, sqlite3.Error) as exc:
         log.error("cannot write %d audit records yet: %s", len(batch), exc)
         queue.put_back(batch)
