@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +17,13 @@ from secretfs.refs import parse_ref
 from secretfs.vault import Vault
 from tests import lifecycle_helpers as helpers
 from tests.conftest import CliRunner
+from tests.lifecycle_helpers import raw_db
 
 FAST_KDF = {"t": 1, "m": 64, "p": 1}
 
 
 def err(proc: subprocess.CompletedProcess[bytes]) -> str:
     return proc.stderr.decode()
-
-
-@contextlib.contextmanager
-def raw_db(store: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(store, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def ciphertexts(store: Path) -> dict[tuple[int, int], tuple[int, bytes, str]]:

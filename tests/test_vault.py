@@ -28,6 +28,7 @@ from secretfs.errors import (
 )
 from secretfs.refs import Ref, parse_ref
 from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, Vault
+from tests.lifecycle_helpers import raw_db
 
 MIB = 1024 * 1024
 
@@ -47,16 +48,6 @@ def key_path(store: Path) -> Path:
 def snapshot(directory: Path) -> dict[str, bytes]:
     """Every file in the store's directory with its exact bytes."""
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
-
-
-@contextlib.contextmanager
-def raw_db(store: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the store, as an attacker with write access has."""
-    conn = sqlite3.connect(store, isolation_level=None)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def flip_byte(blob: bytes, index: int = -1) -> bytes:
