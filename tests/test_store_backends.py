@@ -521,6 +521,14 @@ def test_doctor_finds_a_damaged_etcd_record(etcd_store: Store) -> None:
     assert broken.returncode == 6 and "is damaged (not valid JSON)" in _err(broken)
     assert "Traceback" not in _err(broken)
 
+    # A scope's owner/mode record, damaged in shape rather than syntax.
+    store.cli("secret", "chmod", "@api", "0440")
+    (scope_key,) = [k for k, _ in store.cluster.dump(prefix) if b"/d/sc/" in k]
+    put(scope_key, b'{"scope": "@api"}')
+    listed = store.cli("permissions", "@api", check=False)
+    assert listed.returncode == 6 and "is damaged (fields are missing" in _err(listed)
+    assert "Traceback" not in _err(listed)
+
 
 def test_registry_and_git_credentials(store: Store) -> None:
     store.cli("registry", "add", "ghcr.io", "-u", "bot", "--password-stdin", input=b"pw-1\n")

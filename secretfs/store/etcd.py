@@ -75,11 +75,14 @@ def _record(key: bytes, raw: bytes) -> Any:
     try:
         return json.loads(raw)
     except ValueError:
-        name = key.decode(errors="replace")
-        raise IntegrityError(
-            f"etcd record {name} is damaged (not valid JSON); `secretfs doctor` checks"
-            " every record; restore the store from its backup (docs/cluster.md)"
-        ) from None
+        raise _damaged(key, "not valid JSON") from None
+
+
+def _damaged(key: bytes, why: str) -> IntegrityError:
+    return IntegrityError(
+        f"etcd record {key.decode(errors='replace')} is damaged ({why}); `secretfs doctor`"
+        " checks every record; restore the store from its backup (docs/cluster.md)"
+    )
 
 
 class CompactedError(StoreError):
@@ -851,18 +854,22 @@ class EtcdBackend:
     # -- scope defaults and grants --------------------------------------------------------
 
     @staticmethod
-    def _scope_meta(raw: bytes) -> ScopeMeta:
-        d = json.loads(raw)
-        return ScopeMeta(
-            str(d["scope"]), _opt(d["uid"]), _opt(d["gid"]), _opt(d["mode"]), int(d["seq"])
-        )
+    def _scope_meta(key: bytes, raw: bytes) -> ScopeMeta:
+        d = _record(key, raw)
+        try:
+            return ScopeMeta(
+                str(d["scope"]), _opt(d["uid"]), _opt(d["gid"]), _opt(d["mode"]), int(d["seq"])
+            )
+        except (KeyError, TypeError, ValueError):
+            raise _damaged(key, "fields are missing or of the wrong type") from None
 
     def get_scope_meta(self, scope: str) -> ScopeMeta | None:
-        raw = self._get(self._key("d/sc/") + scope.encode())
-        return None if raw is None else self._scope_meta(raw)
+        key = self._key("d/sc/") + scope.encode()
+        raw = self._get(key)
+        return None if raw is None else self._scope_meta(key, raw)
 
     def list_scope_meta(self) -> list[ScopeMeta]:
-        metas = [self._scope_meta(raw) for _, raw in self._scan(self._key("d/sc/"))]
+        metas = [self._scope_meta(key, raw) for key, raw in self._scan(self._key("d/sc/"))]
         return sorted(metas, key=lambda m: m.scope)
 
     def set_scope_owner(
