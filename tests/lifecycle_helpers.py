@@ -46,6 +46,13 @@ def password_store(store: Path, password: str, values: dict[str, bytes] | None =
         write(store, values or {})
 
 
+def key_file_store(store: Path, values: dict[str, bytes]) -> None:
+    """A store with a new key file beside it, holding `values`."""
+    with clean_env():
+        Vault.init(store)
+        write(store, values)
+
+
 def write(store: Path, values: dict[str, bytes]) -> None:
     """Set each value in-process (the environment must give the store's key)."""
     vault = Vault.open(store)

@@ -9,7 +9,6 @@ again must finish the job, leaving one data key generation and nothing half done
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -25,6 +24,7 @@ from secretfs import doctor, rotation
 from secretfs.errors import KeySourceError
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
+from tests.lifecycle_helpers import key_file_store
 
 N_SECRETS = 3000
 BATCH = 250  # 12 batches of re-encryption
@@ -36,16 +36,7 @@ def golden(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     rng = random.Random(4)
     values = {f"S{i:04d}": f"value-{i}-{rng.getrandbits(64):x}".encode() for i in range(N_SECRETS)}
     store = tmp_path_factory.mktemp("golden") / "store.db"
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("SECRETFS_"):
-                mp.delenv(name)
-        Vault.init(store)
-        vault = Vault.open(store)
-        try:
-            vault.write_many([(parse_ref(n), v) for n, v in values.items()])
-        finally:
-            vault.close()
+    key_file_store(store, values)
     yield store, values
 
 
@@ -192,16 +183,7 @@ KEK_POINTS = [
 def test_kek_rotation_killed_at_each_step(tmp_path: Path, cli_env: dict[str, str]) -> None:
     store = tmp_path / "k" / "store.db"
     values = {f"k{i}": f"kv{i}".encode() for i in range(20)}
-    with pytest.MonkeyPatch.context() as mp:
-        for name in list(os.environ):
-            if name.startswith("SECRETFS_"):
-                mp.delenv(name)
-        Vault.init(store)
-        vault = Vault.open(store)
-        try:
-            vault.write_many([(parse_ref(n), v) for n, v in values.items()])
-        finally:
-            vault.close()
+    key_file_store(store, values)
     env = env_for(cli_env, store)
     for point in KEK_POINTS:
         before = key_text(store)
