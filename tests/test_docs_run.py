@@ -34,7 +34,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RUN_LANGS = {"sh", "bash", "shell", "console"}
 SKIP = re.compile(r"<!--\s*docs-run:\s*skip:\s*(\S.*?)\s*-->")
-FENCE = re.compile(r"^(`{3,}|~{3,})\s*\{?([\w-]*)\}?.*$")
+FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})\s*\{?([\w-]*)\}?.*$")  # also in list items
 EXPECT_EXIT = re.compile(r"^(?P<cmd>.*\S)\s+# exit (?P<code>\d+): .+$")
 DOC_ROOT = "/run/secretfs"  # the documented layout: the daemon mounts at /run/secretfs/mnt
 
@@ -70,12 +70,12 @@ def blocks(page: str) -> list[Block]:
         if not m:
             i += 1
             continue
-        fence, lang = m.group(1), m.group(2)
-        end = next(j for j in range(i + 1, len(lines)) if lines[j].startswith(fence))
+        indent, fence, lang = m.group(1), m.group(2), m.group(3)
+        end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith(fence))
         before = next((lines[k] for k in range(i - 1, -1, -1) if lines[k].strip()), "")
         skip = SKIP.search(before)
         if lang in RUN_LANGS:
-            body = "\n".join(lines[i + 1 : end]) + "\n"
+            body = "\n".join(ln.removeprefix(indent) for ln in lines[i + 1 : end]) + "\n"
             found.append(Block(page, i + 1, lang, body, skip.group(1) if skip else None))
         elif skip:
             raise AssertionError(f"{page}:{i + 1}: a skip marker on a {lang!r} block")
@@ -207,14 +207,17 @@ def test_extractor_rules(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
         "```sh\necho /run/secretfs/mnt\n```\n\n<!-- docs-run: skip: needs docker -->\n"
-        "```sh\ndocker run x\n```\n\n```console\n$ echo hi\nhi\n```\n```yaml\na: 1\n```\n"
+        "```sh\ndocker run x\n```\n- a list item:\n\n  ```bash\n  echo indented\n  ```\n"
+        "```console\n$ echo hi\nhi\n```\n```yaml\na: 1\n```\n"
     )
     found = blocks(str(page))  # ROOT / an absolute path is that path
     assert [(b.lang, b.skip) for b in found] == [
         ("sh", None),
         ("sh", "needs docker"),
+        ("bash", None),
         ("console", None),
     ]
+    assert found[2].text == "echo indented\n"
 
 
 def test_a_drifted_page_fails(tmp_path: Path) -> None:
