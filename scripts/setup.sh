@@ -12,6 +12,8 @@ SYSTEM_PACKAGES=(
   openssh-client                       # ssh-keygen: the git SSH key tests
   systemd                              # systemd-analyze verify: the unit file test
   etcd-server etcd-client              # the etcd backend's tests: a 3-member cluster
+  openssl git                          # the docs' commands (tests/test_docs_run.py)
+  zsh fish                             # the completion scripts' syntax test
 )
 
 sudo_cmd=()

@@ -101,7 +101,7 @@ def test_installed_unit_passes_systemd_analyze_verify(cli: CliRunner, tmp_path: 
     cli("install", "systemd", "--dir", str(tmp_path))
     unit = tmp_path / "secretfs@.service"
     assert f"ExecStart={sys.executable} -m secretfs mount %f --foreground" in unit.read_text()
-    instance = systemd_escape_path(Path("/run/secretfs"))
+    instance = systemd_escape_path(Path("/run/secretfs/mnt"))
     for name in ("secretfs@.service", f"secretfs@{instance}.service"):
         proc = subprocess.run(
             ["systemd-analyze", "verify", "--man=no", str(tmp_path / name)],

@@ -17,6 +17,7 @@ import click
 
 from secretfs.access import Layer, Ownership, ReaderEntry, readers_of, resolve
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.cli.secret import secret as secret_group
 from secretfs.cli.values import parse_mode
 from secretfs.errors import RefError, UsageError
@@ -111,7 +112,7 @@ def _set_owner(
 
 
 @secret_group.command()
-@click.argument("target", metavar="REF|SCOPE")
+@click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.argument("mode", metavar="MODE")
 @store_option
 @handle_errors
@@ -125,7 +126,7 @@ def chmod(store: Path | None, target: str, mode: str) -> None:
 
 
 @secret_group.command()
-@click.argument("target", metavar="REF|SCOPE")
+@click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.argument("owner", metavar="UID[:GID]")
 @store_option
 @handle_errors
@@ -148,7 +149,7 @@ def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str,
 
 
 @cli.command()
-@click.argument("target", metavar="REF|SCOPE")
+@click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
 @click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
 @store_option
@@ -171,7 +172,7 @@ def grant(store: Path | None, target: str, uids: tuple[str, ...], gids: tuple[st
 
 
 @cli.command()
-@click.argument("target", metavar="REF|SCOPE")
+@click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
 @click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
 @click.option("--all", "everyone", is_flag=True, help="Every grant on the target.")
@@ -282,7 +283,7 @@ def _ownership_lines(own: Ownership, scope_key: str, indent: str) -> list[str]:
 
 
 @cli.command()
-@click.argument("target", metavar="REF|SCOPE")
+@click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--mount-mode",

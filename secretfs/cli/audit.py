@@ -14,6 +14,7 @@ import click
 from secretfs.audit import AuditRecord
 from secretfs.cli import cli, emit_json, handle_errors, store_option, store_path
 from secretfs.cli.access import parse_target
+from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.errors import UsageError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_ref
 from secretfs.store.base import Backend
@@ -89,7 +90,11 @@ def _print(records: list[AuditRecord], as_json: bool, lines: bool) -> None:
 
 @cli.command()
 @click.option(
-    "--ref", "ref", metavar="REF|SCOPE", help="Only this secret (and its fields) or scope."
+    "--ref",
+    "ref",
+    metavar="REF|SCOPE",
+    type=REF_OR_SCOPE,
+    help="Only this secret (and its fields) or scope.",
 )
 @click.option("--since", metavar="TIME", help="Only from TIME on: 15m, 2h, 7d or ISO 8601.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array; with --follow, JSON lines.")

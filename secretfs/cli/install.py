@@ -26,8 +26,8 @@ UNIT_NAME = "secretfs@.service"
 MOUNT_HELPER = r"""#!/bin/sh
 # mount(8) helper for secretfs, installed as /sbin/mount.fuse.secretfs by
 # `secretfs install mount-helper`. It makes these work:
-#   mount -t fuse.secretfs /var/lib/secretfs/store.db /run/secretfs -o allow_other
-#   /etc/fstab: /var/lib/secretfs/store.db /run/secretfs fuse.secretfs allow_other,nofail 0 0
+#   mount -t fuse.secretfs /var/lib/secretfs/store.db /run/secretfs/mnt -o allow_other
+#   /etc/fstab: /var/lib/secretfs/store.db /run/secretfs/mnt fuse.secretfs allow_other,nofail 0 0
 # mount(8) runs it as: mount.fuse.secretfs STORE MOUNTPOINT [-sfnv] [-o OPTIONS]
 # STORE `secretfs` means the default store, or the one named by -o store=PATH.
 # It returns once the mount answers; the daemon goes on in the background.
@@ -84,7 +84,7 @@ exec @SECRETFS@ "$@" >/dev/null
 SYSTEMD_UNIT = """\
 # secretfs@.service: a secretfs store mounted read-only at the path the instance names.
 #
-#   systemctl enable --now secretfs@run-secretfs.service    # mounts at /run/secretfs
+#   systemctl enable --now secretfs@run-secretfs-mnt.service    # mounts at /run/secretfs/mnt
 #   systemctl enable --now "secretfs@$(systemd-escape --path /srv/app/secrets).service"
 #
 # Per mount settings go in /etc/secretfs/INSTANCE.env, for example
@@ -135,7 +135,7 @@ SystemCallErrorNumber=EPERM
 
 [Install]
 WantedBy=multi-user.target
-DefaultInstance=run-secretfs
+DefaultInstance=run-secretfs-mnt
 """
 
 # A systemd command line word, or a shell word, that needs no quoting either way.
@@ -226,4 +226,4 @@ def install_systemd(directory: Path, command: str | None) -> None:
     path = directory / UNIT_NAME
     _write(path, render_systemd_unit(_command(command)), 0o644)
     click.echo(f"installed {path}")
-    click.echo("then: systemctl daemon-reload && systemctl enable --now secretfs@run-secretfs")
+    click.echo("then: systemctl daemon-reload && systemctl enable --now secretfs@run-secretfs-mnt")

@@ -12,6 +12,7 @@ import click
 
 from secretfs import expiry, fields
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.completion import REF, SCOPE, complete_versions
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -88,7 +89,7 @@ def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
 
 
 @secret.command()
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @value_options
 @owner_options
 @schedule_options
@@ -100,7 +101,7 @@ def create(store: Path | None, ref: str, **kw: Any) -> None:
 
 
 @secret.command(name="set")
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @value_options
 @owner_options
 @schedule_options
@@ -112,9 +113,15 @@ def set_(store: Path | None, ref: str, **kw: Any) -> None:
 
 
 @secret.command()
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.option("--field", "field_path", metavar="A/B", help="One field of a JSON secret.")
-@click.option("--version", "version", type=click.IntRange(1), help="An older version.")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(1),
+    help="An older version.",
+    shell_complete=complete_versions,
+)
 @store_option
 @handle_errors
 def get(store: Path | None, ref: str, field_path: str | None, version: int | None) -> None:
@@ -139,7 +146,7 @@ def get(store: Path | None, ref: str, field_path: str | None, version: int | Non
 
 
 @secret.command(name="ls")
-@click.argument("scope", required=False)
+@click.argument("scope", type=SCOPE, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--due", is_flag=True, help="Only secrets that are expired or due for rotation.")
 @click.option(
@@ -183,7 +190,7 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
 
 
 @secret.command()
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
 @store_option
 @handle_errors
@@ -196,7 +203,7 @@ def rm(store: Path | None, ref: str, force: bool) -> None:
 
 
 @secret.command()
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors

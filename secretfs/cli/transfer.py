@@ -16,6 +16,7 @@ import click
 
 from secretfs import formats
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.completion import SCOPE
 from secretfs.errors import ConflictError, TooLargeError, UsageError
 from secretfs.files import write_file_atomically
 from secretfs.formats import Format, FormatError, Problem
@@ -59,7 +60,7 @@ class ImportFailed(UsageError):
 
 
 @cli.command(name="import")
-@click.argument("scope", required=False)
+@click.argument("scope", type=SCOPE, required=False)
 @click.option(
     "--format",
     "fmt",
@@ -160,7 +161,7 @@ def _report(target: Scope, outcomes: list[BulkOutcome], failed: list[Problem]) -
 
 
 @cli.command(name="export")
-@click.argument("scope", required=False)
+@click.argument("scope", type=SCOPE, required=False)
 @click.option(
     "--format",
     "fmt",

@@ -10,6 +10,7 @@ import click
 
 from secretfs import expiry
 from secretfs.cli import emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.completion import REF, complete_versions
 from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_options
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
@@ -31,7 +32,7 @@ def _summary(result: WriteResult, extra: dict[str, Any]) -> dict[str, Any]:
 
 
 @secret.command()
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @value_options
 @schedule_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -58,9 +59,14 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
 
 
 @secret.command()
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @click.option(
-    "--to", "to_version", type=click.IntRange(1), required=True, help="The version to restore."
+    "--to",
+    "to_version",
+    type=click.IntRange(1),
+    required=True,
+    help="The version to restore.",
+    shell_complete=complete_versions,
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
@@ -89,7 +95,7 @@ def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> No
 
 
 @secret.command()
-@click.argument("ref", required=False)
+@click.argument("ref", type=REF, required=False)
 @click.option(
     "--keep",
     type=click.IntRange(1),
@@ -126,7 +132,7 @@ def prune(
 
 
 @secret.command(name="expiry")
-@click.argument("ref")
+@click.argument("ref", type=REF)
 @schedule_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
