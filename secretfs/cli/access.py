@@ -151,13 +151,26 @@ def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str,
 @click.argument("target", metavar="REF|SCOPE")
 @click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
 @click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
+@click.option(
+    "--sealed-only",
+    is_flag=True,
+    help="Only the sealed form (.sealed/… in the mount), never the value: a relay.",
+)
 @store_option
 @handle_errors
-def grant(store: Path | None, target: str, uids: tuple[str, ...], gids: tuple[str, ...]) -> None:
+def grant(
+    store: Path | None,
+    target: str,
+    uids: tuple[str, ...],
+    gids: tuple[str, ...],
+    sealed_only: bool,
+) -> None:
     """Let more uids or gids read a secret, or every secret of a scope.
 
     A grant adds read access on top of the mode bits (supplementary groups count); it
-    never gives more than read. Seen by the mount within a second.
+    never gives more than read. With --sealed-only it lets them open only the sealed
+    files of the mount (docs/sealed.md), never the value. Seen by the mount within a
+    second.
     """
     principals = _principals(uids, gids)
     if not principals:
@@ -165,9 +178,14 @@ def grant(store: Path | None, target: str, uids: tuple[str, ...], gids: tuple[st
     parsed = parse_target(target)
     with open_vault(store) as vault:
         for kind, principal in principals:
-            added = vault.grant(parsed, kind, principal)
+            added = vault.grant(
+                parsed, kind, principal, form="sealed" if sealed_only else "plain"
+            )
             state = "granted" if added else "already granted"
-            click.echo(f"{state}: {kind} {principal} may read {target_label(parsed)}", err=True)
+            what = "the sealed form of " if sealed_only else ""
+            click.echo(
+                f"{state}: {kind} {principal} may read {what}{target_label(parsed)}", err=True
+            )
 
 
 @cli.command()
@@ -244,7 +262,8 @@ def _secret_permissions(
         Layer(meta.uid, meta.gid, meta.mode), Layer(scope.uid, scope.gid, scope.mode), mount
     )
     ref = Ref(Scope.from_key(meta.scope), meta.name)
-    grants = [(g.kind, g.principal, _grant_on(g)) for g in vault.grants(ref)]
+    # A sealed-only grant reads no plaintext: not a reader here.
+    grants = [(g.kind, g.principal, _grant_on(g)) for g in vault.grants(ref) if g.form == "plain"]
     return own, readers_of(own, grants)
 
 

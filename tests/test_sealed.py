@@ -1,0 +1,207 @@
+"""Sealed reads from the CLI, opened by real clients: PyNaCl and libsodium's C API."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from nacl.exceptions import CryptoError
+from nacl.public import PrivateKey, SealedBox
+
+from secretfs import sealing
+from tests.conftest import CliRunner
+
+# crypto_box_seal_open from Debian's libsodium-dev: an implementation that is not PyNaCl.
+OPEN_C = r"""
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+int main(int argc, char **argv) {
+    unsigned char pk[32], sk[32], box[65536], out[65536];
+    FILE *f = fopen(argv[1], "rb");
+    if (sodium_init() < 0 || !f || fread(pk, 1, 32, f) != 32 || fread(sk, 1, 32, f) != 32)
+        return 2;
+    fclose(f);
+    size_t n = fread(box, 1, sizeof box, stdin);
+    if (n < crypto_box_SEALBYTES) return 3;
+    if (crypto_box_seal_open(out, box, n, pk, sk) != 0) { fputs("cannot open\n", stderr); return 1; }
+    fwrite(out, 1, n - crypto_box_SEALBYTES, stdout);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def sodium_open(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The C opener, compiled once; missing gcc or libsodium-dev is a failure, not a skip."""
+    gcc = shutil.which("gcc")
+    assert gcc, "gcc is needed (scripts/setup.sh installs it)"
+    d = tmp_path_factory.mktemp("sodium")
+    (d / "open.c").write_text(OPEN_C)
+    subprocess.run(
+        [gcc, "-O1", "-o", str(d / "open"), str(d / "open.c"), "-lsodium"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return d / "open"
+
+
+def c_open(
+    opener: Path, key: PrivateKey, box: bytes, tmp_path: Path
+) -> subprocess.CompletedProcess[bytes]:
+    keyfile = tmp_path / "client.key"
+    keyfile.write_bytes(bytes(key.public_key) + bytes(key))
+    keyfile.chmod(0o600)
+    return subprocess.run([str(opener), str(keyfile)], input=box, capture_output=True, timeout=10)
+
+
+def pub_b64(key: PrivateKey) -> str:
+    return base64.b64encode(bytes(key.public_key)).decode()
+
+
+@pytest.fixture
+def keyed(cli: CliRunner, initialized_store: Path) -> tuple[PrivateKey, str]:
+    """A store with @api/token and one registered client key: (private key, key id)."""
+    cli("secret", "set", "@api/token", "--from-stdin", input=b"s3cret-value")
+    key = PrivateKey.generate()
+    out = cli("client-key", "add", pub_b64(key), "--label", "laptop", "--owner", "1000")
+    key_id = out.stdout.decode().strip()
+    assert sealing.is_key_id(key_id)
+    return key, key_id
+
+
+def test_sealed_get_opens_with_pynacl_and_libsodium(
+    cli: CliRunner, keyed: tuple[PrivateKey, str], sodium_open: Path, tmp_path: Path
+) -> None:
+    key, key_id = keyed
+    doc = json.loads(cli("secret", "get", "@api/token", "--sealed-to", key_id).stdout)
+    assert doc["name"] == "$S:@api/token" and doc["version"] == 1 and doc["key_id"] == key_id
+    box = base64.b64decode(doc["ciphertext_b64"], validate=True)
+    assert len(box) == len(b"s3cret-value") + 48
+    assert SealedBox(key).decrypt(box) == b"s3cret-value"
+    raw = cli("secret", "get", "@api/token", "--sealed-to", key_id, "--raw").stdout
+    assert raw != box  # each seal uses a fresh ephemeral key
+    opened = c_open(sodium_open, key, raw, tmp_path)
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout == b"s3cret-value"
+    # Sealing to the public key itself names the same registered key.
+    by_pub = json.loads(cli("secret", "get", "@api/token", "--sealed-to", pub_b64(key)).stdout)
+    assert by_pub["key_id"] == key_id
+
+
+def test_flipped_byte_fails_to_open(
+    cli: CliRunner, keyed: tuple[PrivateKey, str], sodium_open: Path, tmp_path: Path
+) -> None:
+    key, key_id = keyed
+    box = bytearray(cli("secret", "get", "@api/token", "--sealed-to", key_id, "--raw").stdout)
+    for where in (0, 40, len(box) - 1):  # ephemeral key, tag, message
+        bad = bytearray(box)
+        bad[where] ^= 0x01
+        with pytest.raises(CryptoError):
+            SealedBox(key).decrypt(bytes(bad))
+        assert c_open(sodium_open, key, bytes(bad), tmp_path).returncode == 1
+
+
+def test_revoked_and_unknown_keys_are_refused(
+    cli: CliRunner, keyed: tuple[PrivateKey, str], store_path: Path
+) -> None:
+    key, key_id = keyed
+    cli("client-key", "rm", key_id)
+    for spec in (key_id, pub_b64(key)):
+        proc = cli("secret", "get", "@api/token", "--sealed-to", spec, check=False)
+        assert proc.returncode == 5 and proc.stdout == b""
+        assert b"revoked" in proc.stderr
+    unknown = cli("secret", "get", "@api/token", "--sealed-to", "ck_" + "0" * 32, check=False)
+    assert unknown.returncode == 3 and b"no client key" in unknown.stderr
+    again = cli("client-key", "rm", key_id, check=False)
+    assert again.returncode == 4
+    # Soft: the record stays (with its revocation time) for the audit trail.
+    listed = json.loads(cli("client-key", "ls", "--all", "--json").stdout)
+    assert [k["key_id"] for k in listed] == [key_id] and listed[0]["revoked_at"]
+    assert json.loads(cli("client-key", "ls", "--json").stdout) == []
+    audit = cli("audit", "--json").stdout.decode()
+    assert "client-key-rm" in audit
+
+
+def test_client_key_add_inputs_and_ls(
+    cli: CliRunner, initialized_store: Path, tmp_path: Path
+) -> None:
+    a, b = PrivateKey.generate(), PrivateKey.generate()
+    f = tmp_path / "b.pub"
+    f.write_text(pub_b64(b) + "\n")
+    one = json.loads(
+        cli("client-key", "add", "--from-stdin", "--json", input=pub_b64(a).encode()).stdout
+    )
+    two = json.loads(cli("client-key", "add", "--from-file", str(f), "--json").stdout)
+    assert one["fingerprint"] == sealing.fingerprint(bytes(a.public_key))
+    assert one["fingerprint"].startswith("sha256:") and len(one["fingerprint"]) == 7 + 16
+    assert two["public_key"] == pub_b64(b) and two["last_used_at"] is None
+    dup = cli("client-key", "add", pub_b64(a), check=False)
+    assert dup.returncode == 4 and one["key_id"].encode() in dup.stderr
+    for bad in ("AAAA", "not base64!", base64.b64encode(bytes(32)).decode()):
+        proc = cli("client-key", "add", bad, check=False)
+        assert proc.returncode == 2, proc.stderr
+    # last_used_at: set by a sealed read.
+    cli("secret", "set", "db", "--from-stdin", input=b"v")
+    cli("secret", "get", "db", "--sealed-to", two["key_id"])
+    listed = {k["key_id"]: k for k in json.loads(cli("client-key", "ls", "--json").stdout)}
+    assert listed[two["key_id"]]["last_used_at"] and listed[one["key_id"]]["last_used_at"] is None
+
+
+def test_bound_form_carries_ref_and_version(cli: CliRunner, keyed: tuple[PrivateKey, str]) -> None:
+    key, key_id = keyed
+    cli("secret", "set", "@api/token", "--from-stdin", input=b"second")
+    doc = json.loads(
+        cli(
+            "secret", "get", "@api/token", "--sealed-to", key_id, "--bound", "--version", "1"
+        ).stdout
+    )
+    message = SealedBox(key).decrypt(base64.b64decode(doc["ciphertext_b64"]))
+    assert sealing.parse_bound(message) == ("$S:@api/token", 1, b"s3cret-value")
+    # The documented layout, byte by byte.
+    tag = b"secretfs.sealed.v1"
+    ref = b"$S:@api/token"
+    assert message == (
+        len(tag).to_bytes(2, "big")
+        + tag
+        + len(ref).to_bytes(2, "big")
+        + ref
+        + (1).to_bytes(8, "big")
+        + (12).to_bytes(4, "big")
+        + b"s3cret-value"
+    )
+
+
+def test_sealed_only_grant_is_stored_and_migrated(
+    cli: CliRunner, initialized_store: Path, store_path: Path
+) -> None:
+    cli("secret", "set", "@api/token", "--from-stdin", input=b"x")
+    cli("grant", "@api/token", "--uid", "1000", "--sealed-only")
+    with sqlite3.connect(store_path) as db:
+        rows = db.execute("SELECT kind, principal, form FROM grants").fetchall()
+    assert rows == [("uid", 1000, "sealed")]
+    # A sealed-only grantee is not a reader of the value.
+    perms = json.loads(cli("permissions", "@api/token", "--json").stdout)
+    assert all(r.get("via") != "grant" for r in perms["readers"])
+
+
+def test_older_store_gets_the_sealing_schema(
+    cli: CliRunner, initialized_store: Path, store_path: Path
+) -> None:
+    cli("secret", "set", "@api/token", "--from-stdin", input=b"x")
+    cli("grant", "@api/token", "--uid", "7")
+    with sqlite3.connect(store_path) as db:  # a store from before sealed reads
+        db.execute("DROP TABLE client_keys")
+        db.execute("ALTER TABLE grants DROP COLUMN form")
+    listed = cli("permissions", "@api/token", "--json").stdout
+    assert b"7" in listed
+    key = PrivateKey.generate()
+    cli("client-key", "add", pub_b64(key))
+    with sqlite3.connect(store_path) as db:
+        assert db.execute("SELECT form FROM grants").fetchall() == [("plain",)]
