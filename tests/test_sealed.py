@@ -29,7 +29,10 @@ int main(int argc, char **argv) {
     fclose(f);
     size_t n = fread(box, 1, sizeof box, stdin);
     if (n < crypto_box_SEALBYTES) return 3;
-    if (crypto_box_seal_open(out, box, n, pk, sk) != 0) { fputs("cannot open\n", stderr); return 1; }
+    if (crypto_box_seal_open(out, box, n, pk, sk) != 0) {
+        fputs("cannot open\n", stderr);
+        return 1;
+    }
     fwrite(out, 1, n - crypto_box_SEALBYTES, stdout);
     return 0;
 }
