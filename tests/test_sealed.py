@@ -14,7 +14,10 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
 from secretfs import sealing
+from secretfs.store.location import parse as parse_location
+from secretfs.vault import Vault
 from tests.conftest import CliRunner
+from tests.test_store_backends import Store, store  # noqa: F401 - the fixture
 
 # crypto_box_seal_open from Debian's libsodium-dev: an implementation that is not PyNaCl.
 OPEN_C = r"""
@@ -208,3 +211,28 @@ def test_older_store_gets_the_sealing_schema(
     cli("client-key", "add", pub_b64(key))
     with sqlite3.connect(store_path) as db:
         assert db.execute("SELECT form FROM grants").fetchall() == [("plain",)]
+
+
+def test_client_keys_and_sealed_grants_on_both_backends(
+    store: Store,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The etcd backend keeps client keys and grant forms as SQLite does."""
+    monkeypatch.setenv("SECRETFS_KEY_FILE", store.env["SECRETFS_KEY_FILE"])
+    key = PrivateKey.generate()
+    store.cli("secret", "set", "@api/token", "--from-stdin", input=b"t0k3n")
+    key_id = store.cli("client-key", "add", pub_b64(key)).stdout.decode().strip()
+    box = store.cli("secret", "get", "@api/token", "--sealed-to", key_id, "--raw").stdout
+    assert SealedBox(key).decrypt(box) == b"t0k3n"
+    store.cli("grant", "@api/token", "--uid", "1234", "--sealed-only")
+    vault = Vault.open(parse_location(store.url))
+    try:
+        grants = vault.backend.list_grants()
+        (listed,) = vault.backend.list_client_keys()
+    finally:
+        vault.close()
+    assert [(g.principal, g.form) for g in grants] == [(1234, "sealed")]
+    assert listed.key_id == key_id and listed.last_used_ns is not None
+    store.cli("client-key", "rm", key_id)
+    proc = store.cli("secret", "get", "@api/token", "--sealed-to", key_id, check=False)
+    assert proc.returncode == 5
