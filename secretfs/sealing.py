@@ -23,7 +23,7 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from nacl.public import PublicKey, SealedBox
@@ -248,3 +248,32 @@ def record_sealed_get(
     with vault.backend.transaction():
         vault.audit("get", ref, version, audit_log.OK, sealed_detail(key.key_id, bound))
         vault.backend.touch_client_keys({key.key_id: time.time_ns()})
+
+
+# -- the resolver socket (secretfs/resolver/) -------------------------------------------
+
+
+def sealed_request(
+    headers: Mapping[str, str], keys: Iterable[ClientKeyRecord]
+) -> tuple[ClientKeyRecord, bool] | None:
+    """The key (and whether the bound form) a resolver request asks its envelopes to be
+    sealed to, from its `Secretfs-Sealed-To` / `Secretfs-Sealed-Bound` headers (names
+    case-insensitive); None if it asks for plaintext. Raises as `find_key` does, and
+    UsageError for a bad header (`invalid_argument`)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    spec = lower.get(SEALED_TO_HEADER.lower())
+    if spec is None:
+        return None
+    bound_text = lower.get(SEALED_BOUND_HEADER.lower(), "0").strip()
+    if bound_text not in ("0", "1"):
+        raise UsageError(f"{SEALED_BOUND_HEADER} is 0 or 1")
+    return find_key(keys, spec), bound_text == "1"
+
+
+def envelope_metadata(key: ClientKeyRecord, bound: bool) -> dict[str, str]:
+    """What a sealed envelope's `metadata` adds: to whom and in which form it is sealed."""
+    return {
+        "secretfs.sealed-to": key.key_id,
+        "secretfs.sealed-form": "bound" if bound else "box",
+        "secretfs.sealed-fingerprint": fingerprint(key.public_key),
+    }

@@ -14,6 +14,8 @@ from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 
 from secretfs import sealing
+from secretfs.errors import NotFoundError, UsageError
+from secretfs.store import ClientKeyRecord
 from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
 from tests.conftest import CliRunner
@@ -236,3 +238,36 @@ def test_client_keys_and_sealed_grants_on_both_backends(
     store.cli("client-key", "rm", key_id)
     proc = store.cli("secret", "get", "@api/token", "--sealed-to", key_id, check=False)
     assert proc.returncode == 5
+
+
+def test_resolver_request_convention() -> None:
+    """The pure part the resolver calls: headers -> key and form -> a box PyNaCl opens."""
+    key = PrivateKey.generate()
+    live = ClientKeyRecord(sealing.new_key_id(), bytes(key.public_key), "", None, 1)
+    gone = ClientKeyRecord(
+        sealing.new_key_id(), bytes(PrivateKey.generate().public_key), "", None, 1, 2
+    )
+    keys = [live, gone]
+    assert sealing.sealed_request({"Content-Type": "application/json"}, keys) is None
+    found = sealing.sealed_request(
+        {"secretfs-sealed-to": live.key_id, "Secretfs-Sealed-Bound": "1"}, keys
+    )
+    assert found == (live, True)
+    box = sealing.seal_envelope_value(b"v", live, bound=True, ref="$S:db", version=2)
+    assert sealing.parse_bound(SealedBox(key).decrypt(box)) == ("$S:db", 2, b"v")
+    assert sealing.envelope_metadata(live, True)["secretfs.sealed-to"] == live.key_id
+    with pytest.raises(sealing.ClientKeyRevokedError):
+        sealing.sealed_request({"Secretfs-Sealed-To": gone.key_id}, keys)
+    with pytest.raises(sealing.ClientKeyRevokedError):
+        sealing.seal_envelope_value(b"v", gone, bound=False, ref="$S:db", version=1)
+    with pytest.raises(NotFoundError):
+        sealing.sealed_request({"Secretfs-Sealed-To": sealing.new_key_id()}, keys)
+    with pytest.raises(UsageError):
+        sealing.sealed_request(
+            {"Secretfs-Sealed-To": live.key_id, "Secretfs-Sealed-Bound": "yes"}, keys
+        )
+    # A bound message is exact: a byte more or a wrong tag is not one.
+    message = sealing.bound_message("$S:db", 1, b"v")
+    for bad in (message + b"x", message[:-1], b"\x00\x01x" + message[3:]):
+        with pytest.raises(UsageError):
+            sealing.parse_bound(bad)
