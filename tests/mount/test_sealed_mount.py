@@ -82,3 +82,11 @@ def test_sealed_only_grantee_reads_sealed_never_plain(shared: Mount) -> None:  #
     wait_for(lambda: probe(1001, 1001, "read", m.path / "@web/key")[0] == "ok")
     status, box = probe(1001, 1001, "read", m.path / ".sealed" / key_id / "@web/key")
     assert status == "ok" and SealedBox(key).decrypt(box) == b"web-key"
+
+
+def test_sealed_bench_runs() -> None:
+    """bench/sealed.py end to end at a tiny size: only that it runs (figures mean nothing)."""
+    from bench.sealed import measure
+
+    out = measure(count=20, ops=200, rounds=1)
+    assert out["sealed_vs_plain"] > 0 and out["sealed_ops_per_s"] > 0
