@@ -78,6 +78,7 @@ CREATE TABLE grants (
     principal INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,
     seq INTEGER NOT NULL,
+    form TEXT NOT NULL DEFAULT 'plain' CHECK (form IN ('plain', 'sealed')),
     UNIQUE (scope, name, kind, principal)
 ) STRICT;
 -- Append-only: who did or tried what, never a value.
@@ -103,7 +104,7 @@ CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
 """
 
 # Sealed reads (secretfs/sealing.py): added to format 1 in place, so a store made before
-# them gets them when first opened for writing (`_add_sealing`).
+# them gets the table and the grants' form column when first opened for writing.
 _SEALING_SCHEMA = """
 CREATE TABLE IF NOT EXISTS client_keys (
     key_id TEXT PRIMARY KEY,
@@ -217,7 +218,7 @@ class SqliteBackend:
             backend = cls(cls._connect(tmp), path)
             try:
                 backend._conn.executescript(_SCHEMA)
-                backend._add_sealing()
+                backend._conn.execute(_SEALING_SCHEMA)
                 backend._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 with backend.transaction():
                     init(backend)
