@@ -271,3 +271,50 @@ def test_resolver_request_convention() -> None:
     for bad in (message + b"x", message[:-1], b"\x00\x01x" + message[3:]):
         with pytest.raises(UsageError):
             sealing.parse_bound(bad)
+
+
+def test_sealed_tree_logic() -> None:
+    """The pure tree: access forms, the key's directory going away, and forget of the
+    sealed nodes never dropping the root's own entries."""
+    from secretfs.access import READ, Caller
+    from secretfs.store import GrantRecord, SecretMeta
+    from secretfs.tree import ROOT_INODE, Owner, Tree
+
+    key = PrivateKey.generate()
+    meta = SecretMeta(1, "@api", "token", 1, False, 3, "raw", 1, 1, 0, 0, 0o400, "fp", 1)
+    tree = Tree(Owner(0, 0), lambda sid, ver: b"tok", 1)
+    tree.apply([meta], 1)
+    record = ClientKeyRecord(sealing.new_key_id(), bytes(key.public_key), "", None, 1)
+    tree.set_client_keys([record])
+    tree.set_access([], [GrantRecord("@api", "token", "uid", 1000, 1, "sealed")])
+    root = tree.get(ROOT_INODE)
+    assert root is not None
+    sealed_root = tree.lookup(root, ".sealed")
+    assert sealed_root is not None and sealed_root.name == ".sealed"
+    key_dir = tree.lookup(sealed_root, record.key_id)
+    assert key_dir is not None and key_dir.name == record.key_id
+    api = tree.lookup(key_dir, "@api")
+    assert api is not None
+    sealed_file = tree.lookup(api, "token")
+    plain_dir = tree.lookup(root, "@api")
+    assert sealed_file is not None and plain_dir is not None
+    plain_file = tree.lookup(plain_dir, "token")
+    assert plain_file is not None
+    relay = Caller(1000, 1000, 1)
+    assert tree.may(sealed_file, relay, READ) and not tree.may(plain_file, relay, READ)
+    assert not tree.may(sealed_file, Caller(1001, 1001, 1), READ)
+    assert tree.attr(sealed_file).size == 3 + 48
+    assert SealedBox(key).decrypt(tree.read(sealed_file)) == b"tok"
+    # forget() of the sealed directories leaves the plain tree's inodes alone.
+    for node in (sealed_file, api, key_dir, sealed_root):
+        tree.forget(node.inode, 1)
+    assert tree.lookup(root, "@api") == plain_dir
+    # Revoked: gone from lookups, and a node looked up before no longer reads.
+    sealed_root = tree.lookup(root, ".sealed")
+    assert sealed_root is not None
+    sealed_file = tree.lookup(tree.lookup(tree.lookup(sealed_root, record.key_id), "@api"), "token")  # type: ignore[arg-type]
+    assert sealed_file is not None
+    tree.set_client_keys([ClientKeyRecord(record.key_id, record.public_key, "", None, 1, 2)])
+    assert tree.lookup(root, ".sealed") is None
+    with pytest.raises(NotFoundError):
+        tree.read(sealed_file)
