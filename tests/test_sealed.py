@@ -196,7 +196,10 @@ def test_sealed_only_grant_is_stored_and_migrated(
     assert rows == [("uid", 1000, "sealed")]
     # A sealed-only grantee is not a reader of the value.
     perms = json.loads(cli("permissions", "@api/token", "--json").stdout)
-    assert all(r.get("via") != "grant" for r in perms["readers"])
+    assert [r for r in perms["readers"] if r["id"] == 1000] == [
+        {"who": "uid", "id": 1000, "via": "sealed-grant", "on": "$S:@api/token"}
+    ]
+    assert "sealed form only" in cli("permissions", "@api/token").stdout.decode()
 
 
 def test_older_store_gets_the_sealing_schema(

@@ -246,6 +246,8 @@ def _reader_text(r: ReaderEntry, mode: int) -> str:
     )
     if r.via == "grant":
         return f"{ident:<20} grant on {r.on}"
+    if r.via == "sealed-grant":
+        return f"{ident:<20} sealed form only (.sealed/…), grant on {r.on}"
     bits = {"owner": (mode >> 6) & 7, "group": (mode >> 3) & 7, "other": mode & 7}[r.via]
     return f"{ident:<20} {r.via}, mode {_rwx(bits)}"
 
@@ -262,9 +264,15 @@ def _secret_permissions(
         Layer(meta.uid, meta.gid, meta.mode), Layer(scope.uid, scope.gid, scope.mode), mount
     )
     ref = Ref(Scope.from_key(meta.scope), meta.name)
-    # A sealed-only grant reads no plaintext: not a reader here.
-    grants = [(g.kind, g.principal, _grant_on(g)) for g in vault.grants(ref) if g.form == "plain"]
-    return own, readers_of(own, grants)
+    granted = vault.grants(ref)
+    grants = [(g.kind, g.principal, _grant_on(g)) for g in granted if g.form == "plain"]
+    # A sealed-only grant reads no plaintext: listed last, apart from the readers.
+    sealed = [
+        ReaderEntry(g.kind, g.principal, "sealed-grant", _grant_on(g))
+        for g in granted
+        if g.form == "sealed"
+    ]
+    return own, readers_of(own, grants) + sealed
 
 
 def _ownership_json(own: Ownership) -> dict[str, Any]:
@@ -342,7 +350,9 @@ def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str)
             {
                 "scope": parsed.key,
                 **_ownership_json(scope_own),
-                "grants": [{"who": g.kind, "id": g.principal} for g in scope_grants],
+                "grants": [
+                    {"who": g.kind, "id": g.principal, "form": g.form} for g in scope_grants
+                ],
                 "secrets": [_secret_json(m, o, r) for m, o, r in secrets],
             }
         )
@@ -350,7 +360,13 @@ def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str)
     click.echo(f"scope {parsed.key}: defaults for its secrets")
     for line in _ownership_lines(scope_own, parsed.key, "  "):
         click.echo(line.replace("default of scope " + parsed.key, "set on the scope"))
-    shown = ", ".join(f"{g.kind} {g.principal}" for g in scope_grants) or "none"
+    shown = (
+        ", ".join(
+            f"{g.kind} {g.principal}" + (" (sealed only)" if g.form == "sealed" else "")
+            for g in scope_grants
+        )
+        or "none"
+    )
     click.echo(f"  grants on the whole scope: {shown}")
     for meta, own, readers in secrets:
         click.echo(f"{Ref(parsed, meta.name)}")
