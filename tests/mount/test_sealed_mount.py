@@ -14,6 +14,7 @@ import pytest
 from nacl.public import PrivateKey, SealedBox
 
 from tests.mount.conftest import Mount, wait_for
+from tests.mount.test_etcd_mount import EtcdMount, etcd_mounted  # noqa: F401 - fixture
 from tests.mount.test_permissions import open_dir, probe, shared  # noqa: F401 - fixtures
 from tests.test_sealed import c_open, sodium_open  # noqa: F401 - fixture, F811 below
 
@@ -90,3 +91,20 @@ def test_sealed_bench_runs() -> None:
 
     out = measure(count=20, ops=200, rounds=1)
     assert out["sealed_vs_plain"] > 0 and out["sealed_ops_per_s"] > 0
+
+
+def test_sealed_files_on_an_etcd_mount(etcd_mounted: EtcdMount) -> None:  # noqa: F811
+    """The etcd backend feeds the sealed tree too: a key appears, is used, is revoked."""
+    m = etcd_mounted
+    key = PrivateKey.generate()
+    key_id = m.cli("client-key", "add", base64.b64encode(bytes(key.public_key)).decode())
+    sealed_db = m.path / ".sealed" / key_id.stdout.decode().strip() / "deployment/db"
+    wait_for(sealed_db.exists, timeout=3)
+    assert SealedBox(key).decrypt(sealed_db.read_bytes()) == b"hunter2"
+
+    def last_used() -> str | None:
+        return json.loads(m.cli("client-key", "ls", "--json").stdout)[0]["last_used_at"]  # type: ignore[no-any-return]
+
+    wait_for(lambda: last_used() is not None, timeout=3)
+    m.cli("client-key", "rm", key_id.stdout.decode().strip())
+    wait_for(lambda: not sealed_db.parent.parent.exists(), timeout=3)
