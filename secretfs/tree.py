@@ -137,6 +137,7 @@ class Tree:
         self._grants: dict[tuple[str, str], Readers] = {}  # (scope, name or "") -> readers
         self._sealed_grants: dict[tuple[str, str], Readers] = {}  # sealed-only readers
         self._client_keys: dict[str, bytes] = {}  # live key id -> public key
+        self.client_key_records: list[ClientKeyRecord] = []
         self._nodes[ROOT_INODE] = Node(ROOT_INODE, "dir", "")
         self._inodes[("dir", "")] = ROOT_INODE
 
@@ -191,6 +192,8 @@ class Tree:
 
     def set_client_keys(self, keys: Iterable[ClientKeyRecord]) -> Invalidation:
         """Take every client key; a revoked one's `.sealed/<key id>` goes away."""
+        keys = list(keys)
+        self.client_key_records = keys  # revoked ones too: the resolver names them
         live = sealing.live_keys(keys)
         out = Invalidation()
         sealed_root = self._inodes.get(("sealed",))
