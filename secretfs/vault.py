@@ -851,6 +851,13 @@ class Vault:
         with self.refusal_audited("grant", target), self.backend.transaction():
             meta = self._target_meta(target)
             scope, name = (_target_text(target), "") if meta is None else (meta.scope, meta.name)
+            for g in self.backend.list_grants(scope, name):
+                if (g.kind, g.principal) == (kind, principal) and g.form != form:
+                    # One grant per uid or gid: never a silent "already granted".
+                    raise ConflictError(
+                        f"{kind} {principal} has a {g.form} grant here already:"
+                        " `secretfs revoke` it first"
+                    )
             seq = self.backend.next_seq()
             added = self.backend.add_grant(
                 scope, name, kind, principal, time.time_ns(), seq, form

@@ -200,6 +200,9 @@ def test_sealed_only_grant_is_stored_and_migrated(
         {"who": "uid", "id": 1000, "via": "sealed-grant", "on": "$S:@api/token"}
     ]
     assert "sealed form only" in cli("permissions", "@api/token").stdout.decode()
+    # One grant per uid: a full grant over a sealed-only one is refused, not "already".
+    proc = cli("grant", "@api/token", "--uid", "1000", check=False)
+    assert proc.returncode == 4 and b"sealed grant here already" in proc.stderr
 
 
 def test_older_store_gets_the_sealing_schema(
