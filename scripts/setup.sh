@@ -14,6 +14,7 @@ SYSTEM_PACKAGES=(
   etcd-server etcd-client              # the etcd backend's tests: a 3-member cluster
   openssl git                          # the docs' commands (tests/test_docs_run.py)
   zsh fish                             # the completion scripts' syntax test
+  libsodium-dev                        # the sealed-read tests: a C client opens the boxes
 )
 
 sudo_cmd=()

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from secretfs import sealing
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
@@ -223,6 +224,7 @@ class Watcher:
             # Scope defaults and grants are few: take them whole on any change.
             self.access_seq = access_seq
             out.extend(self.tree.set_access(backend.list_scope_meta(), backend.list_grants()))
+            out.extend(self.tree.set_client_keys(backend.list_client_keys()))
         changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)
@@ -241,8 +243,11 @@ class AuditWriter:
 
     def write(self, batch: list[AuditRecord]) -> None:
         if batch:
+            used = sealing.last_uses(batch)  # client keys' last use, with the batch
             with self.backend.transaction():
                 self.backend.append_audit(batch)
+                if used:
+                    self.backend.touch_client_keys(used)
 
     def others_wrote(self) -> bool:
         """Whether anyone else changed the store since last asked. On SQLite, data_version

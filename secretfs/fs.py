@@ -24,7 +24,7 @@ from typing import Any, NoReturn
 import pyfuse3
 
 from secretfs import audit as _audit
-from secretfs import crypto, expiry
+from secretfs import crypto, expiry, sealing
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
 from secretfs.refs import Ref, Scope
@@ -193,7 +193,7 @@ class SecretFS(pyfuse3.Operations):
         entries = self._dirs.get(fh, [])
         for index in range(start_id, len(entries)):
             node = entries[index]
-            name = os.fsencode(node.path.rsplit("/", 1)[-1])
+            name = os.fsencode(node.name)
             if not pyfuse3.readdir_reply(token, name, self._entry(node), index + 1):
                 break
             self.tree.remember(node.inode)
@@ -226,6 +226,12 @@ class SecretFS(pyfuse3.Operations):
             code = errno.errorcode.get(exc.errno, str(exc.errno))
             self._record("open", node, ctx, _audit.ERROR, code)
             raise
+        if node.sealed is not None:
+            # Sealed afresh on each open: no page cache, the bytes differ every time.
+            self._record("open", node, ctx, _audit.ALLOWED, sealing.sealed_detail(node.sealed))
+            fh = self._fh()
+            self._handles[fh] = handle
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         meta = self.tree.current(node)
         # An expired secret is still served, but its opens say so in the audit log.
         expired = meta.expires_ns is not None and expiry.status(meta, time.time_ns()).expired
@@ -241,6 +247,9 @@ class SecretFS(pyfuse3.Operations):
         if self._versions is None:
             return _Handle(node, None, bytearray(self.tree.read(node)))
         sealed, value = self._versions.get(node.secret.secret_id, node.secret.version)
+        if node.sealed is not None:  # a sealed file's box is made at open
+            plain = value if value is not None else sealed.open()
+            return _Handle(node, None, bytearray(self.tree.content(node, plain)))
         # Just decrypted to verify it: keep the content, a read is likely to follow.
         data = None if value is None else bytearray(self.tree.content(node, value))
         return _Handle(node, sealed, data)

@@ -4,6 +4,11 @@ No FUSE here: the daemon feeds it store changes (`apply`) and the FS adapter ask
 questions. Nothing here decrypts a value except to learn a JSON secret's field names,
 and what it keeps of that is the shape (names and sizes), never a value.
 
+Sealed reads (secretfs/sealing.py): `.sealed/<key id>/` mirrors the tree of secret
+files (no field files) for each live client key; each open seals the value afresh to
+that key. Who may read a secret may open its sealed files, and so may a sealed-only
+grantee, who may not open the plain file.
+
 A secret's file has one inode per version: a new version is a new inode, so a handle
 opened before keeps its snapshot and the kernel's page cache for it, while new lookups
 see the new inode once the old directory entry is invalidated.
@@ -19,10 +24,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from secretfs import fields
+from secretfs import fields, sealing
 from secretfs.access import NOBODY, READ, WRITE, Caller, Layer, Readers, allowed
+from secretfs.errors import NotFoundError
 from secretfs.refs import Ref, Scope
-from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
+from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
 
 ROOT_INODE = 1
 DIR_MODE = 0o555  # structural directories; listings are filtered per caller instead
@@ -30,6 +36,8 @@ TOP_DIRS = ("deployment", "env", "project")
 # The mount's own state (backend, connected, last revision, stale since) as JSON: a
 # read-only file at the root that anyone may read, found by name but never listed.
 STATUS_FILE = ".secretfs-status"
+# Sealed copies of the tree, one per live client key; found by name but never listed.
+SEALED_DIR = ".sealed"
 
 NodeKind = Literal["dir", "secret", "fielddir", "field", "status"]
 Shape = dict[str, "Shape | int"]  # a JSON container: name -> sub-container or leaf size
@@ -44,6 +52,16 @@ class Node:
     path: str  # relative to the mount root; "" for the root
     secret: SecretMeta | None = None
     field: tuple[str, ...] = ()
+    # Under SEALED_DIR: "" for it, else the client key id (`path` is then the path in
+    # the key's mirror of the tree). None: the plain tree.
+    sealed: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Its name in its directory (a sealed key's directory: the key id)."""
+        if not self.path and self.sealed is not None:
+            return self.sealed or SEALED_DIR
+        return self.path.rsplit("/", 1)[-1]
 
     @property
     def is_dir(self) -> bool:
@@ -117,6 +135,9 @@ class Tree:
         self._shapes: OrderedDict[tuple[int, int], Shape | None] = OrderedDict()
         self._scope_defaults: dict[str, Layer] = {}
         self._grants: dict[tuple[str, str], Readers] = {}  # (scope, name or "") -> readers
+        self._sealed_grants: dict[tuple[str, str], Readers] = {}  # sealed-only readers
+        self._client_keys: dict[str, bytes] = {}  # live key id -> public key
+        self.client_key_records: list[ClientKeyRecord] = []
         self._nodes[ROOT_INODE] = Node(ROOT_INODE, "dir", "")
         self._inodes[("dir", "")] = ROOT_INODE
 
@@ -139,6 +160,7 @@ class Tree:
             if old is not None:
                 self._drop(old)
                 self._stale_entries(old, out)
+                self._stale_sealed_entries(old, out)
             if not meta.deleted:
                 self._store(meta)
             self._touch_dirs(meta.scope, now_ns, out)
@@ -155,16 +177,9 @@ class Tree:
             if self._scope_defaults.get(key, Layer()) != defaults.get(key, Layer())
         }
         self._scope_defaults = defaults
-        uids: dict[tuple[str, str], set[int]] = {}
-        gids: dict[tuple[str, str], set[int]] = {}
-        for g in grants:
-            (uids if g.kind == "uid" else gids).setdefault((g.scope, g.name), set()).add(
-                g.principal
-            )
-        self._grants = {
-            key: Readers(frozenset(uids.get(key, ())), frozenset(gids.get(key, ())))
-            for key in uids.keys() | gids.keys()
-        }
+        grants = list(grants)
+        self._grants = _readers_by_target(g for g in grants if g.form == "plain")
+        self._sealed_grants = _readers_by_target(g for g in grants if g.form == "sealed")
         # Grants change no attribute; scope defaults change every file's in the scope.
         out = Invalidation()
         if changed:
@@ -173,6 +188,21 @@ class Tree:
                 for n in self._nodes.values()
                 if n.secret is not None and n.secret.scope in changed
             )
+        return out
+
+    def set_client_keys(self, keys: Iterable[ClientKeyRecord]) -> Invalidation:
+        """Take every client key; a revoked one's `.sealed/<key id>` goes away."""
+        keys = list(keys)
+        self.client_key_records = keys  # revoked ones too: the resolver names them
+        live = sealing.live_keys(keys)
+        out = Invalidation()
+        sealed_root = self._inodes.get(("sealed",))
+        if sealed_root is not None:
+            out.entries.extend((sealed_root, k) for k in self._client_keys.keys() - live.keys())
+            out.inodes.append(sealed_root)
+        if not live and self._client_keys:
+            out.entries.append((ROOT_INODE, SEALED_DIR))
+        self._client_keys = live
         return out
 
     def _store(self, meta: SecretMeta) -> None:
@@ -194,6 +224,12 @@ class Tree:
         out.entries.append((parent, old.name))
         if old.kind == "json":
             out.entries.append((parent, old.name + ".d"))
+
+    def _stale_sealed_entries(self, old: SecretMeta, out: Invalidation) -> None:
+        for key_id in self._client_keys:
+            parent = self._inodes.get(("sdir", key_id, old.scope))
+            if parent is not None:
+                out.entries.append((parent, old.name))
 
     def _touch_dirs(self, scope_key: str, now_ns: int, out: Invalidation) -> None:
         parts = scope_key.split("/")
@@ -251,8 +287,12 @@ class Tree:
             return self._field_child(parent, name)
         if parent.kind != "dir":
             return None
+        if parent.sealed is not None:
+            return self._sealed_lookup(parent, name)
         if parent.path == "" and name == STATUS_FILE and self._status is not None:
             return self._node(("status",), "status", STATUS_FILE)
+        if parent.path == "" and name == SEALED_DIR and self._client_keys:
+            return self._node(("sealed",), "dir", "", sealed="")
         path = _join(parent.path, name)
         if _is_dir_path(path, self._scopes):
             return self._node(("dir", path), "dir", path)
@@ -273,14 +313,41 @@ class Tree:
                 )
         return None
 
+    def _sealed_lookup(self, parent: Node, name: str) -> Node | None:
+        """A name under SEALED_DIR: a live key's directory, or its mirror of the tree."""
+        if parent.sealed == "":
+            if name not in self._client_keys:
+                return None
+            return self._node(("sdir", name, ""), "dir", "", sealed=name)
+        key_id = parent.sealed
+        if key_id not in self._client_keys:
+            return None
+        path = _join(parent.path, name)
+        if _is_dir_path(path, self._scopes):
+            return self._node(("sdir", key_id, path), "dir", path, sealed=key_id)
+        meta = self._scopes.get(parent.path, {}).get(name)
+        if meta is None:
+            return None
+        return self._node(
+            ("ssecret", key_id, meta.secret_id, meta.version),
+            "secret",
+            path,
+            secret=meta,
+            sealed=key_id,
+        )
+
     def listdir(self, parent: Node) -> list[Node]:
         if parent.kind == "fielddir":
             shape = self._shape_at(parent)
             return [n for n in (self._field_child(parent, k) for k in shape or {}) if n]
         if parent.kind != "dir":
             return []
+        if parent.sealed == "":
+            return [n for n in (self._sealed_lookup(parent, k) for k in self._client_keys) if n]
         out: list[Node] = []
         for name in _dir_children(parent.path, self._scopes):
+            if parent.sealed is not None and name.endswith(".d") and parent.path in self._scopes:
+                continue  # no field files in the sealed tree
             node = self.lookup(parent, name)
             if node is not None:
                 out.append(node)
@@ -311,7 +378,10 @@ class Tree:
                 meta.updated_ns,
                 2,
             )
-        size = meta.size if node.kind == "secret" else self._field_size(node)
+        if node.sealed is not None:
+            size = meta.size + sealing.OVERHEAD
+        else:
+            size = meta.size if node.kind == "secret" else self._field_size(node)
         return Attr(
             node.inode, stat.S_IFREG | mode, uid, gid, size, meta.updated_ns, meta.updated_ns, 1
         )
@@ -351,6 +421,8 @@ class Tree:
         if node.secret is None:
             return want & WRITE == 0  # structural directories are r-x (DIR_MODE) for all
         meta = self.current(node)
+        if node.sealed is not None:
+            return want & WRITE == 0 and self.may_read_sealed(meta, caller)
         uid, gid, mode = self.ownership(meta)
         if node.kind == "fielddir":
             mode |= (mode & 0o444) >> 2
@@ -359,6 +431,15 @@ class Tree:
     def may_read(self, meta: SecretMeta, caller: Caller) -> bool:
         uid, gid, mode = self.ownership(meta)
         return allowed(mode, uid, gid, caller, READ, self._readers_if_any(meta))
+
+    def may_read_sealed(self, meta: SecretMeta, caller: Caller) -> bool:
+        """Who may read the value may read it sealed; so may a sealed-only grantee."""
+        if self.may_read(meta, caller):
+            return True
+        grants = self._sealed_grants
+        return bool(grants) and (
+            grants.get((meta.scope, meta.name), NOBODY) | grants.get((meta.scope, ""), NOBODY)
+        ).admits(caller)
 
     def _readers_if_any(self, meta: SecretMeta) -> Readers:
         return self.readers(meta) if self._grants else NOBODY
@@ -373,12 +454,13 @@ class Tree:
             return self.may(node, caller, READ)
         if node.kind != "dir" or node.path in TOP_DIRS or node.path == "":
             return True
+        may_read = self.may_read if node.sealed is None else self.may_read_sealed
         names = self._scopes.get(node.path)
         if names is not None:  # a scope directory (@svc, env/e, project/p/e)
-            return any(self.may_read(meta, caller) for meta in names.values())
+            return any(may_read(meta, caller) for meta in names.values())
         prefix = node.path + "/"  # project/p: any of its environments
         return any(
-            self.may_read(meta, caller)
+            may_read(meta, caller)
             for key, names in self._scopes.items()
             if key.startswith(prefix)
             for meta in names.values()
@@ -397,7 +479,13 @@ class Tree:
         return self.content(node, self._load_value(node.secret.secret_id, node.secret.version))
 
     def content(self, node: Node, value: bytes) -> bytes:
-        """What the node's file holds, given its secret's whole value (this version's)."""
+        """What the node's file holds, given its secret's whole value (this version's):
+        for a sealed file, a fresh sealed box of it (NotFoundError once the key is gone)."""
+        if node.sealed is not None:
+            public_key = self._client_keys.get(node.sealed)
+            if public_key is None:
+                raise NotFoundError(f"client key {node.sealed} is revoked")
+            return sealing.seal(value, public_key)
         if node.kind == "field":
             return fields.extract(value, node.field)
         return value
@@ -459,7 +547,26 @@ def _shape_of(node: Any) -> Shape:
     return out
 
 
+def _readers_by_target(grants: Iterable[GrantRecord]) -> dict[tuple[str, str], Readers]:
+    uids: dict[tuple[str, str], set[int]] = {}
+    gids: dict[tuple[str, str], set[int]] = {}
+    for g in grants:
+        (uids if g.kind == "uid" else gids).setdefault((g.scope, g.name), set()).add(g.principal)
+    return {
+        key: Readers(frozenset(uids.get(key, ())), frozenset(gids.get(key, ())))
+        for key in uids.keys() | gids.keys()
+    }
+
+
 def _keys_of(node: Node) -> list[tuple[Any, ...]]:
+    if node.sealed == "":
+        return [("sealed",)]
+    if node.sealed is not None:
+        assert node.kind in ("dir", "secret")
+        if node.kind == "dir":
+            return [("sdir", node.sealed, node.path)]
+        assert node.secret is not None
+        return [("ssecret", node.sealed, node.secret.secret_id, node.secret.version)]
     if node.kind == "dir":
         return [("dir", node.path)]
     if node.kind == "status":

@@ -32,7 +32,7 @@ from secretfs.errors import (
 )
 from secretfs.expiry import Schedule
 from secretfs.refs import Ref, Scope
-from secretfs.store import GrantRecord, ScopeMeta, SecretMeta, VersionMeta
+from secretfs.store import GRANT_FORMS, GrantRecord, ScopeMeta, SecretMeta, VersionMeta
 from secretfs.store.base import Backend
 from secretfs.store.location import (
     StoreLocation,
@@ -841,21 +841,33 @@ class Vault:
         )
 
     @_retried
-    def grant(self, target: Target, kind: str, principal: int) -> bool:
-        """Let one more uid or gid read a secret or a whole scope; False if it could."""
+    def grant(self, target: Target, kind: str, principal: int, *, form: str = "plain") -> bool:
+        """Let one more uid or gid read a secret or a whole scope; False if it could.
+        `form` "sealed": read only its sealed form (secretfs/sealing.py), never the value."""
         if kind not in ("uid", "gid"):
             raise UsageError(f"a grant is to a uid or a gid, not {kind!r}")
+        if form not in GRANT_FORMS:
+            raise UsageError(f"a grant's form is one of {', '.join(GRANT_FORMS)}, not {form!r}")
         with self.refusal_audited("grant", target), self.backend.transaction():
             meta = self._target_meta(target)
             scope, name = (_target_text(target), "") if meta is None else (meta.scope, meta.name)
+            for g in self.backend.list_grants(scope, name):
+                if (g.kind, g.principal) == (kind, principal) and g.form != form:
+                    # One grant per uid or gid: never a silent "already granted".
+                    raise ConflictError(
+                        f"{kind} {principal} has a {g.form} grant here already:"
+                        " `secretfs revoke` it first"
+                    )
             seq = self.backend.next_seq()
-            added = self.backend.add_grant(scope, name, kind, principal, time.time_ns(), seq)
+            added = self.backend.add_grant(
+                scope, name, kind, principal, time.time_ns(), seq, form
+            )
             self.audit(
                 "grant",
                 target,
                 None,
                 audit_log.OK if added else audit_log.UNCHANGED,
-                f"{kind} {principal}",
+                f"{kind} {principal}" + (" sealed-only" if form == "sealed" else ""),
             )
         return added
 

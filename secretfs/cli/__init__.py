@@ -97,6 +97,7 @@ def commands() -> click.Group:
     from secretfs.cli import (  # noqa: F401
         access,
         audit,
+        client_keys,
         completion,
         config,
         credentials,

@@ -152,13 +152,26 @@ def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str,
 @click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
 @click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
+@click.option(
+    "--sealed-only",
+    is_flag=True,
+    help="Only the sealed form (.sealed/… in the mount), never the value: a relay.",
+)
 @store_option
 @handle_errors
-def grant(store: Path | None, target: str, uids: tuple[str, ...], gids: tuple[str, ...]) -> None:
+def grant(
+    store: Path | None,
+    target: str,
+    uids: tuple[str, ...],
+    gids: tuple[str, ...],
+    sealed_only: bool,
+) -> None:
     """Let more uids or gids read a secret, or every secret of a scope.
 
     A grant adds read access on top of the mode bits (supplementary groups count); it
-    never gives more than read. Seen by the mount within a second.
+    never gives more than read. With --sealed-only it lets them open only the sealed
+    files of the mount (docs/sealed.md), never the value. Seen by the mount within a
+    second.
     """
     principals = _principals(uids, gids)
     if not principals:
@@ -166,9 +179,14 @@ def grant(store: Path | None, target: str, uids: tuple[str, ...], gids: tuple[st
     parsed = parse_target(target)
     with open_vault(store) as vault:
         for kind, principal in principals:
-            added = vault.grant(parsed, kind, principal)
+            added = vault.grant(
+                parsed, kind, principal, form="sealed" if sealed_only else "plain"
+            )
             state = "granted" if added else "already granted"
-            click.echo(f"{state}: {kind} {principal} may read {target_label(parsed)}", err=True)
+            what = "the sealed form of " if sealed_only else ""
+            click.echo(
+                f"{state}: {kind} {principal} may read {what}{target_label(parsed)}", err=True
+            )
 
 
 @cli.command()
@@ -229,6 +247,8 @@ def _reader_text(r: ReaderEntry, mode: int) -> str:
     )
     if r.via == "grant":
         return f"{ident:<20} grant on {r.on}"
+    if r.via == "sealed-grant":
+        return f"{ident:<20} sealed form only (.sealed/…), grant on {r.on}"
     bits = {"owner": (mode >> 6) & 7, "group": (mode >> 3) & 7, "other": mode & 7}[r.via]
     return f"{ident:<20} {r.via}, mode {_rwx(bits)}"
 
@@ -245,8 +265,15 @@ def _secret_permissions(
         Layer(meta.uid, meta.gid, meta.mode), Layer(scope.uid, scope.gid, scope.mode), mount
     )
     ref = Ref(Scope.from_key(meta.scope), meta.name)
-    grants = [(g.kind, g.principal, _grant_on(g)) for g in vault.grants(ref)]
-    return own, readers_of(own, grants)
+    granted = vault.grants(ref)
+    grants = [(g.kind, g.principal, _grant_on(g)) for g in granted if g.form == "plain"]
+    # A sealed-only grant reads no plaintext: listed last, apart from the readers.
+    sealed = [
+        ReaderEntry(g.kind, g.principal, "sealed-grant", _grant_on(g))
+        for g in granted
+        if g.form == "sealed"
+    ]
+    return own, readers_of(own, grants) + sealed
 
 
 def _ownership_json(own: Ownership) -> dict[str, Any]:
@@ -324,7 +351,9 @@ def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str)
             {
                 "scope": parsed.key,
                 **_ownership_json(scope_own),
-                "grants": [{"who": g.kind, "id": g.principal} for g in scope_grants],
+                "grants": [
+                    {"who": g.kind, "id": g.principal, "form": g.form} for g in scope_grants
+                ],
                 "secrets": [_secret_json(m, o, r) for m, o, r in secrets],
             }
         )
@@ -332,7 +361,13 @@ def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str)
     click.echo(f"scope {parsed.key}: defaults for its secrets")
     for line in _ownership_lines(scope_own, parsed.key, "  "):
         click.echo(line.replace("default of scope " + parsed.key, "set on the scope"))
-    shown = ", ".join(f"{g.kind} {g.principal}" for g in scope_grants) or "none"
+    shown = (
+        ", ".join(
+            f"{g.kind} {g.principal}" + (" (sealed only)" if g.form == "sealed" else "")
+            for g in scope_grants
+        )
+        or "none"
+    )
     click.echo(f"  grants on the whole scope: {shown}")
     for meta, own, readers in secrets:
         click.echo(f"{Ref(parsed, meta.name)}")

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from secretfs import expiry, fields
+from secretfs import expiry, fields, sealing
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_versions
 from secretfs.cli.schedule import (
@@ -122,17 +122,55 @@ def set_(store: Path | None, ref: str, **kw: Any) -> None:
     help="An older version.",
     shell_complete=complete_versions,
 )
+@click.option(
+    "--sealed-to",
+    metavar="KEY_ID|PUBKEY",
+    help="Seal the value to a registered client key: print a SealedSecret JSON.",
+)
+@click.option("--raw", is_flag=True, help="With --sealed-to: print the sealed box itself.")
+@click.option(
+    "--bound", is_flag=True, help="With --sealed-to: seal the ref and version with the value."
+)
 @store_option
 @handle_errors
-def get(store: Path | None, ref: str, field_path: str | None, version: int | None) -> None:
-    """Print the exact bytes of REF (no newline added)."""
+def get(
+    store: Path | None,
+    ref: str,
+    field_path: str | None,
+    version: int | None,
+    sealed_to: str | None,
+    raw: bool,
+    bound: bool,
+) -> None:
+    """Print the exact bytes of REF (no newline added), or its value sealed to a client
+    key (docs/sealed.md)."""
     parsed = _ref(ref)
     path = parsed.field
     if field_path:
         path = path + _ref(f"{parsed.without_field()}/{field_path}").field
+    if (raw or bound) and sealed_to is None:
+        raise UsageError("--raw and --bound go with --sealed-to")
     with open_vault(store) as vault:
+        # Refuse an unknown or revoked key before anything is decrypted.
+        key = (
+            None
+            if sealed_to is None
+            else sealing.find_key(vault.backend.list_client_keys(), sealed_to)
+        )
         value = vault.get_value(parsed.without_field(), version)
         meta = vault.meta(parsed.without_field())
+        if key is not None:
+            full = Ref(parsed.scope, parsed.name, path)
+            want = meta.version if version is None else version
+            out = fields.extract(value, path) if path else value
+            box = sealing.seal_envelope_value(out, key, bound=bound, ref=str(full), version=want)
+            sealing.record_sealed_get(vault, str(full), want, key, bound)
+            if raw:
+                sys.stdout.buffer.write(box)
+                sys.stdout.buffer.flush()
+            else:
+                emit_json(sealing.sealed_secret(str(full), want, key.key_id, box))
+            return
     state = expiry.status(meta, time.time_ns())
     if state.expired and version is None:
         # Still served (an expiry is a reminder, not a lock), but never silently.

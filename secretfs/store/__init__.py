@@ -64,6 +64,24 @@ class GrantRecord:
     kind: str  # "uid" or "gid"
     principal: int
     created_ns: int
+    # "plain": may read the value; "sealed": may read only its sealed form (a relay).
+    form: str = "plain"
+
+
+GRANT_FORMS = ("plain", "sealed")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientKeyRecord:
+    """A client's registered X25519 public key: sealed reads are sealed to it."""
+
+    key_id: str  # "ck_" + 32 hex
+    public_key: bytes  # 32 bytes
+    label: str
+    owner_uid: int | None
+    created_ns: int
+    revoked_ns: int | None = None  # soft revocation: kept for the audit trail
+    last_used_ns: int | None = None  # the last sealed read to it
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from secretfs.audit import AuditRecord
-from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta, VersionMeta
+from secretfs.store import (
+    ClientKeyRecord,
+    GrantRecord,
+    ScopeMeta,
+    SealedVersion,
+    SecretMeta,
+    VersionMeta,
+)
 
 
 class Backend(Protocol):
@@ -154,10 +161,29 @@ class Backend(Protocol):
     ) -> list[GrantRecord]: ...
 
     def add_grant(
-        self, scope: str, name: str, kind: str, principal: int, created_ns: int, seq: int
+        self,
+        scope: str,
+        name: str,
+        kind: str,
+        principal: int,
+        created_ns: int,
+        seq: int,
+        form: str = "plain",
     ) -> bool: ...
 
     def remove_grant(self, grant: GrantRecord, seq: int) -> bool: ...
+
+    # -- client keys (sealed reads; secretfs/sealing.py) -----------------------------------
+
+    def list_client_keys(self) -> list[ClientKeyRecord]: ...
+
+    def add_client_key(self, record: ClientKeyRecord, seq: int) -> None: ...
+
+    def revoke_client_key(self, key_id: str, revoked_ns: int, seq: int) -> bool: ...
+
+    def touch_client_keys(self, used: dict[str, int]) -> None:
+        """Set last_used_ns of each key id to its time (never moving it back)."""
+        ...
 
     # -- audit ----------------------------------------------------------------------------
 

@@ -13,7 +13,8 @@ Layout, under the store's prefix P (e.g. `/secretfs/`):
     P d/id/<id>                          <scope>\\0<name> of secret <id>
     P d/v/<id>/<version>                 a sealed version (JSON, ciphertext base64)
     P d/sc/<scope>                       a scope's owner and mode defaults
-    P d/g/<scope>\\0<name>\\0<kind>\\0<id>  a grant
+    P d/g/<scope>\\0<name>\\0<kind>\\0<id>  a grant (its "form" absent: "plain")
+    P d/ck/<key_id>                      a client key (sealed reads; public key base64)
     P d/lock                             bumped by every write: the commit compares on it
     P a/<time>-<random>                  a batch of audit records (never compared on)
 
@@ -39,7 +40,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,14 @@ import httpx
 
 from secretfs.audit import AuditRecord
 from secretfs.errors import IntegrityError, StoreError, WriteConflictError
-from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta, VersionMeta
+from secretfs.store import (
+    ClientKeyRecord,
+    GrantRecord,
+    ScopeMeta,
+    SealedVersion,
+    SecretMeta,
+    VersionMeta,
+)
 from secretfs.store.location import EtcdLocation, key_file_path
 from secretfs.testhooks import checkpoint
 from secretfs.timeutil import iso_time
@@ -900,12 +908,20 @@ class EtcdBackend:
                     str(d["kind"]),
                     int(d["principal"]),
                     int(d["created_ns"]),
+                    str(d.get("form", "plain")),
                 )
             )
         return sorted(out, key=lambda g: (g.scope, g.name, g.kind, g.principal))
 
     def add_grant(
-        self, scope: str, name: str, kind: str, principal: int, created_ns: int, seq: int
+        self,
+        scope: str,
+        name: str,
+        kind: str,
+        principal: int,
+        created_ns: int,
+        seq: int,
+        form: str = "plain",
     ) -> bool:
         key = self._grant_key(scope, name, kind, principal)
         if self._get(key) is not None:
@@ -919,6 +935,7 @@ class EtcdBackend:
                 "principal": principal,
                 "created_ns": created_ns,
                 "seq": seq,
+                "form": form,
             },
         )
         self._access_changed(seq)
@@ -931,6 +948,58 @@ class EtcdBackend:
         self._delete(key)
         self._access_changed(seq)
         return True
+
+    # -- client keys ---------------------------------------------------------------------
+
+    def _client_key(self, d: dict[str, Any]) -> ClientKeyRecord:
+        return ClientKeyRecord(
+            str(d["key_id"]),
+            _unb64(d["public_key"]),
+            str(d.get("label", "")),
+            _opt(d.get("owner_uid")),
+            int(d["created_ns"]),
+            _opt(d.get("revoked_ns")),
+            _opt(d.get("last_used_ns")),
+        )
+
+    def list_client_keys(self) -> list[ClientKeyRecord]:
+        keys = [self._client_key(_record(k, raw)) for k, raw in self._scan(self._key("d/ck/"))]
+        return sorted(keys, key=lambda k: (k.created_ns, k.key_id))
+
+    def _put_client_key(self, record: ClientKeyRecord, seq: int) -> None:
+        self._put_json(
+            self._key("d/ck", record.key_id),
+            {
+                "key_id": record.key_id,
+                "public_key": _b64(record.public_key),
+                "label": record.label,
+                "owner_uid": record.owner_uid,
+                "created_ns": record.created_ns,
+                "revoked_ns": record.revoked_ns,
+                "last_used_ns": record.last_used_ns,
+                "seq": seq,
+            },
+        )
+
+    def add_client_key(self, record: ClientKeyRecord, seq: int) -> None:
+        self._put_client_key(record, seq)
+        self._access_changed(seq)
+
+    def revoke_client_key(self, key_id: str, revoked_ns: int, seq: int) -> bool:
+        d = self._get_json(self._key("d/ck", key_id))
+        if d is None or d.get("revoked_ns") is not None:
+            return False
+        self._put_client_key(replace(self._client_key(d), revoked_ns=revoked_ns), seq)
+        self._access_changed(seq)
+        return True
+
+    def touch_client_keys(self, used: dict[str, int]) -> None:
+        for key_id, ns in used.items():
+            d = self._get_json(self._key("d/ck", key_id))
+            if d is not None and ns > (_opt(d.get("last_used_ns")) or 0):
+                self._put_client_key(
+                    replace(self._client_key(d), last_used_ns=ns), int(d.get("seq", 0))
+                )
 
     # -- audit ---------------------------------------------------------------------------
 

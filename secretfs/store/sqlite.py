@@ -12,7 +12,14 @@ from pathlib import Path
 from secretfs.audit import AuditRecord
 from secretfs.errors import StoreError
 from secretfs.files import fsync_dir
-from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta, VersionMeta
+from secretfs.store import (
+    ClientKeyRecord,
+    GrantRecord,
+    ScopeMeta,
+    SealedVersion,
+    SecretMeta,
+    VersionMeta,
+)
 from secretfs.testhooks import checkpoint
 
 SCHEMA_VERSION = 1
@@ -71,6 +78,7 @@ CREATE TABLE grants (
     principal INTEGER NOT NULL,
     created_ns INTEGER NOT NULL,
     seq INTEGER NOT NULL,
+    form TEXT NOT NULL DEFAULT 'plain' CHECK (form IN ('plain', 'sealed')),
     UNIQUE (scope, name, kind, principal)
 ) STRICT;
 -- Append-only: who did or tried what, never a value.
@@ -94,6 +102,25 @@ CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records cannot be deleted'); END;
 """
+
+# Sealed reads (secretfs/sealing.py): added to format 1 in place, so a store made before
+# them gets the table and the grants' form column when first opened for writing.
+_SEALING_SCHEMA = """
+CREATE TABLE IF NOT EXISTS client_keys (
+    key_id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    owner_uid INTEGER,
+    created_ns INTEGER NOT NULL,
+    revoked_ns INTEGER,
+    last_used_ns INTEGER,
+    seq INTEGER NOT NULL
+) STRICT
+"""
+_GRANT_FORM_COLUMN = (
+    "ALTER TABLE grants ADD COLUMN form TEXT NOT NULL DEFAULT 'plain'"
+    " CHECK (form IN ('plain', 'sealed'))"
+)
 
 _META_COLUMNS = """
     s.id, s.scope, s.name, s.version, s.deleted, coalesce(v.size, 0), coalesce(v.kind, 'raw'),
@@ -191,6 +218,7 @@ class SqliteBackend:
             backend = cls(cls._connect(tmp), path)
             try:
                 backend._conn.executescript(_SCHEMA)
+                backend._conn.execute(_SEALING_SCHEMA)
                 backend._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 with backend.transaction():
                     init(backend)
@@ -219,7 +247,25 @@ class SqliteBackend:
             raise StoreError(
                 f"{path} has store format {version}; this secretfs reads format {SCHEMA_VERSION}"
             )
+        if not readonly:
+            backend._add_sealing()
         return backend
+
+    def _has_sealing(self) -> bool:
+        cols = self._conn.execute("PRAGMA table_info(grants)").fetchall()
+        return any(c[1] == "form" for c in cols)
+
+    def _add_sealing(self) -> None:
+        """Add the client-keys table and the grants' form column if missing (idempotent)."""
+        if self._has_sealing():
+            return
+        try:
+            with self.transaction():
+                if not self._has_sealing():  # another process may have just done it
+                    self._conn.execute(_GRANT_FORM_COLUMN)
+                    self._conn.execute(_SEALING_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot add sealed reads to {self.path}: {exc}") from None
 
     @staticmethod
     def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -494,7 +540,11 @@ class SqliteBackend:
 
     def list_grants(self, scope: str | None = None, name: str | None = None) -> list[GrantRecord]:
         """Grants, all or of one scope; with `name`, only those on that secret ('' = scope)."""
-        sql = "SELECT scope, name, kind, principal, created_ns FROM grants"
+        sql = (
+            "SELECT scope, name, kind, principal, created_ns, form FROM grants"
+            if self._has_sealing()
+            else "SELECT scope, name, kind, principal, created_ns, 'plain' FROM grants"
+        )  # the latter: an older store opened read-only
         args: tuple[object, ...] = ()
         if scope is not None:
             sql += " WHERE scope = ?"
@@ -503,16 +553,25 @@ class SqliteBackend:
                 sql += " AND name = ?"
                 args = (scope, name)
         rows = self._conn.execute(sql + " ORDER BY scope, name, kind, principal", args).fetchall()
-        return [GrantRecord(str(s), str(n), str(k), int(p), int(c)) for s, n, k, p, c in rows]
+        return [
+            GrantRecord(str(s), str(n), str(k), int(p), int(c), str(f)) for s, n, k, p, c, f in rows
+        ]
 
     def add_grant(
-        self, scope: str, name: str, kind: str, principal: int, created_ns: int, seq: int
+        self,
+        scope: str,
+        name: str,
+        kind: str,
+        principal: int,
+        created_ns: int,
+        seq: int,
+        form: str = "plain",
     ) -> bool:
         """Add a grant; False if it was there already (nothing changes then)."""
         cur = self._conn.execute(
-            "INSERT INTO grants (scope, name, kind, principal, created_ns, seq)"
-            " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (scope, name, kind, principal, created_ns, seq),
+            "INSERT INTO grants (scope, name, kind, principal, created_ns, seq, form)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (scope, name, kind, principal, created_ns, seq, form),
         )
         if cur.rowcount == 1:
             self._access_changed(seq)
@@ -527,6 +586,54 @@ class SqliteBackend:
         if cur.rowcount:
             self._access_changed(seq)
         return cur.rowcount > 0
+
+    # -- client keys ---------------------------------------------------------------------
+
+    def list_client_keys(self) -> list[ClientKeyRecord]:
+        if not self._has_sealing():
+            return []
+        rows = self._conn.execute(
+            "SELECT key_id, public_key, label, owner_uid, created_ns, revoked_ns, last_used_ns"
+            " FROM client_keys ORDER BY created_ns, key_id"
+        ).fetchall()
+        return [
+            ClientKeyRecord(str(k), bytes(pk), str(lb), o, int(c), r, u)
+            for k, pk, lb, o, c, r, u in rows
+        ]
+
+    def add_client_key(self, record: ClientKeyRecord, seq: int) -> None:
+        self._conn.execute(
+            "INSERT INTO client_keys (key_id, public_key, label, owner_uid, created_ns,"
+            " revoked_ns, last_used_ns, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.key_id,
+                record.public_key,
+                record.label,
+                record.owner_uid,
+                record.created_ns,
+                record.revoked_ns,
+                record.last_used_ns,
+                seq,
+            ),
+        )
+        self._access_changed(seq)  # the mount's .sealed tree follows the keys
+
+    def revoke_client_key(self, key_id: str, revoked_ns: int, seq: int) -> bool:
+        cur = self._conn.execute(
+            "UPDATE client_keys SET revoked_ns = ?, seq = ?"
+            " WHERE key_id = ? AND revoked_ns IS NULL",
+            (revoked_ns, seq, key_id),
+        )
+        if cur.rowcount:
+            self._access_changed(seq)
+        return cur.rowcount > 0
+
+    def touch_client_keys(self, used: dict[str, int]) -> None:
+        self._conn.executemany(
+            "UPDATE client_keys SET last_used_ns = max(coalesce(last_used_ns, 0), ?)"
+            " WHERE key_id = ?",
+            [(ns, key_id) for key_id, ns in used.items()],
+        )
 
     # -- audit ---------------------------------------------------------------------------
 
