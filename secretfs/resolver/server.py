@@ -272,8 +272,8 @@ class _App:
                     reply = _text(exc.error_status_hint, "bad request", close=True)
             if deadline.cancelled_caught or reply is None:
                 return
-            if conn.our_state is not h11.SEND_RESPONSE:
-                return
+            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                return  # h11 lets a server answer a request it could not parse
             with trio.move_on_after(self.limits.request_seconds) as sending:
                 await self._send(conn, stream, reply)
             if sending.cancelled_caught or reply.close or conn.states[h11.SERVER] is not h11.DONE:
@@ -309,6 +309,10 @@ class _App:
             return None  # the client closed between requests
         if len(event.headers) > self.limits.max_headers:
             return _text(431, "too many header fields", close=True)
+        # h11 bounds only a head that arrives in pieces: bound one that came whole too.
+        size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+        if size > self.limits.max_header_bytes:
+            return _text(431, "header fields too large", close=True)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
         length = headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body:

@@ -100,8 +100,7 @@ class Resolver:
         self.tree = tree
         self._versions = versions  # the mount's: verified once, kept sealed
         self.audit = audit
-        # Before "not found" or "denied", take in store changes not yet polled, as the
-        # mount does, so a secret or grant just written counts at once.
+        # Takes in store changes not yet polled (one cheap query when there are none).
         self._catch_up = catch_up
         self._clock = clock
         self._names = _audit.ProcessNames()
@@ -118,11 +117,10 @@ class Resolver:
             raise ConnectError(
                 "invalid_argument", f"invalid pattern {_go_quote(text)}: {exc}"
             ) from None
+        self._catch_up()  # a write just made is served by the next request, as by an open
         if pattern.literal:
             return [self._exact(caller, text)]
         found = self._scan(caller, pattern)
-        if not found and self._catch_up():
-            found = self._scan(caller, pattern)
         if not found:
             raise ConnectError("not_found", NOT_FOUND)
         return found
@@ -132,17 +130,12 @@ class Resolver:
         if ref is None:
             raise ConnectError("not_found", NOT_FOUND)
         meta = self.tree.find(ref.scope.key, ref.name)
-        if meta is None and self._catch_up():
-            meta = self.tree.find(ref.scope.key, ref.name)
         if meta is None:
             raise ConnectError("not_found", NOT_FOUND)
         match = Match(meta, ref.field, text)
         if not self.tree.may_read(meta, caller):
-            again = self._catch_up() and self.tree.find(ref.scope.key, ref.name)
-            if not again or not self.tree.may_read(again, caller):
-                self._record(caller, match, _audit.DENIED, "EACCES")
-                raise ConnectError("permission_denied", f"permission denied: {text}")
-            match = Match(again, ref.field, text)
+            self._record(caller, match, _audit.DENIED, "EACCES")
+            raise ConnectError("permission_denied", f"permission denied: {text}")
         return match
 
     def _scan(self, caller: Caller, pattern: Pattern) -> list[Match]:
