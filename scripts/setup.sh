@@ -12,6 +12,7 @@ SYSTEM_PACKAGES=(
   openssh-client                       # ssh-keygen: the git SSH key tests
   systemd                              # systemd-analyze verify: the unit file test
   etcd-server etcd-client              # the etcd backend's tests: a 3-member cluster
+  curl protobuf-compiler               # the resolver socket's tests: real clients (curl, protoc)
 )
 
 sudo_cmd=()

@@ -132,7 +132,9 @@ def mount(
     allow_other, extra = _parse_options(options)
     store, uid, gid, mode = _option_values(options, store, uid, gid, mode)
     file_mode = parse_mode(mode)
-    serve_api = resolver_config(resolver, resolver_socket, resolver_socket_mode, docker_uids)
+    serve_api = resolver_config(
+        mountpoint, resolver, resolver_socket, resolver_socket_mode, docker_uids
+    )
     clear_stale_mount(mountpoint)
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")

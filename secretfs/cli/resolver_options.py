@@ -24,8 +24,8 @@ def resolver_options(fn: F) -> F:
                 "--resolver",
                 is_flag=True,
                 help="Serve the Docker secrets-engine API on the default socket"
-                " (/run/secretfs/resolver.sock as root, else"
-                " $XDG_RUNTIME_DIR/secretfs/resolver.sock).",
+                " (/run/secretfs-resolver.sock as root, else"
+                " $XDG_RUNTIME_DIR/secretfs-resolver.sock).",
             ),
             click.option(
                 "--resolver-socket",
@@ -53,7 +53,7 @@ def resolver_options(fn: F) -> F:
 
 
 def resolver_config(
-    resolver: bool, socket: Path | None, mode: str, uids: tuple[int, ...]
+    mountpoint: Path, resolver: bool, socket: Path | None, mode: str, uids: tuple[int, ...]
 ) -> ResolverConfig | None:
     """The resolver's sockets from the options, or None when none was asked for."""
     from secretfs.cli.values import parse_mode
@@ -65,8 +65,12 @@ def resolver_config(
         raise UsageError("--resolver and --resolver-socket both given: use one")
     socket_mode = parse_mode(mode, "--resolver-socket-mode")
     path = default_socket() if resolver else socket
+    if path is not None:
+        path = path.absolute()
+        if path.resolve().is_relative_to(mountpoint.resolve()):
+            raise UsageError(f"resolver socket {path} is under the mount point: put it elsewhere")
     return ResolverConfig(
-        path=None if path is None else path.absolute(),
+        path=path,
         mode=socket_mode,
         abstract_uids=tuple(dict.fromkeys(uids)),
     )

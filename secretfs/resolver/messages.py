@@ -122,10 +122,13 @@ def decode(cls: type[Message], body: bytes, codec: str) -> Message:
     msg = cls()
     try:
         if codec == JSON:
-            json_format.Parse(body or b"{}", msg, ignore_unknown_fields=True)
+            doc = json.loads(body or b"{}")
+            if not isinstance(doc, dict):
+                raise json_format.ParseError(f"a JSON object is needed, not {type(doc).__name__}")
+            json_format.ParseDict(doc, msg, ignore_unknown_fields=True)
         else:
             msg.ParseFromString(body)
-    except (json_format.ParseError, DecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (json_format.ParseError, DecodeError, ValueError, RecursionError) as exc:
         raise BadMessage(f"unmarshal into {cls.DESCRIPTOR.full_name}: {_short(exc)}") from None
     return msg
 

@@ -51,7 +51,7 @@ GET_VERSION = "/health.v1.VersionService/GetVersion"
 HEALTH = "/health"
 ACCEPT_POST = "application/json, application/json; charset=utf-8, application/proto"
 DEFAULT_MODE = 0o660
-ROOT_DEFAULT = Path("/run/secretfs/resolver.sock")
+ROOT_DEFAULT = Path("/run/secretfs-resolver.sock")  # beside /run/secretfs, not under it
 
 
 def abstract_name(uid: int) -> str:
@@ -60,13 +60,13 @@ def abstract_name(uid: int) -> str:
 
 
 def default_socket() -> Path:
-    """/run/secretfs/resolver.sock for root, else $XDG_RUNTIME_DIR/secretfs/resolver.sock."""
+    """/run/secretfs-resolver.sock for root, else $XDG_RUNTIME_DIR/secretfs-resolver.sock."""
     if os.getuid() == 0:
         return ROOT_DEFAULT
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if not runtime:
         raise UsageError("no default resolver socket: XDG_RUNTIME_DIR is not set; give a path")
-    return Path(runtime) / "secretfs" / "resolver.sock"
+    return Path(runtime) / "secretfs-resolver.sock"
 
 
 @dataclass(frozen=True, slots=True)
