@@ -243,6 +243,21 @@ async def _connection(conn: trio.socket.SocketType, slots: trio.Semaphore, app: 
             await stream.aclose()
 
 
+class _Timer:
+    """Moves a connection's deadline: the next bytes within `idle_seconds`, and the
+    whole request by its own deadline."""
+
+    __slots__ = ("end", "idle", "scope")
+
+    def __init__(self, scope: trio.CancelScope, end: float, limits: Limits) -> None:
+        self.scope = scope
+        self.end = end
+        self.idle = limits.idle_seconds
+
+    def arm(self) -> None:
+        self.scope.deadline = min(self.end, trio.current_time() + self.idle)
+
+
 @dataclass(slots=True)
 class _Reply:
     status: int
@@ -262,49 +277,53 @@ class _App:
 
     async def handle(self, stream: trio.SocketStream, caller: Caller) -> None:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.limits.max_header_bytes)
-        while True:
-            # Idle between requests: the first event of the next request must come soon.
-            reply: _Reply | None = None
-            with trio.move_on_after(self.limits.request_seconds) as deadline:
-                try:
-                    reply = await self._one(conn, stream, caller)
-                except h11.RemoteProtocolError as exc:
-                    reply = _text(exc.error_status_hint, "bad request", close=True)
-            if deadline.cancelled_caught or reply is None:
-                return
-            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-                return  # h11 lets a server answer a request it could not parse
-            with trio.move_on_after(self.limits.request_seconds) as sending:
-                await self._send(conn, stream, reply)
-            if sending.cancelled_caught or reply.close or conn.states[h11.SERVER] is not h11.DONE:
-                return
-            if conn.their_state is not h11.DONE:
-                return  # a body we did not read whole: the connection cannot be reused
-            try:
-                conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
+        # One cancel scope whose deadline moves: a scope per wait would cost more than
+        # the request. Any deadline passed ends the connection.
+        with trio.CancelScope() as scope:
+            while await self._cycle(conn, stream, caller, scope):
+                pass
+
+    async def _cycle(
+        self,
+        conn: h11.Connection,
+        stream: trio.SocketStream,
+        caller: Caller,
+        scope: trio.CancelScope,
+    ) -> bool:
+        """Serve one request; whether the connection can take another."""
+        timer = _Timer(scope, trio.current_time() + self.limits.request_seconds, self.limits)
+        try:
+            reply = await self._one(conn, stream, caller, timer)
+        except h11.RemoteProtocolError as exc:
+            reply = _text(exc.error_status_hint, "bad request", close=True)
+        if reply is None or conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return False  # (h11 lets a server answer a request it could not parse)
+        scope.deadline = trio.current_time() + self.limits.request_seconds
+        await self._send(conn, stream, reply)
+        if reply.close or conn.states[h11.SERVER] is not h11.DONE:
+            return False
+        if conn.their_state is not h11.DONE:
+            return False  # a body we did not read whole: the connection cannot be reused
+        try:
+            conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
 
     async def _event(
-        self, conn: h11.Connection, stream: trio.SocketStream
+        self, conn: h11.Connection, stream: trio.SocketStream, timer: _Timer
     ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
         while True:
             event = conn.next_event()
             if event is not h11.NEED_DATA:
                 return event
-            with trio.move_on_after(self.limits.idle_seconds):
-                data = await stream.receive_some(64 * 1024)
-                conn.receive_data(data)
-                continue
-            raise trio.ClosedResourceError("idle")
+            timer.arm()
+            conn.receive_data(await stream.receive_some(64 * 1024))
 
     async def _one(
-        self, conn: h11.Connection, stream: trio.SocketStream, caller: Caller
+        self, conn: h11.Connection, stream: trio.SocketStream, caller: Caller, timer: _Timer
     ) -> _Reply | None:
-        try:
-            event = await self._event(conn, stream)
-        except trio.ClosedResourceError:
-            return None
+        event = await self._event(conn, stream, timer)
         if not isinstance(event, h11.Request):
             return None  # the client closed between requests
         if len(event.headers) > self.limits.max_headers:
@@ -319,10 +338,7 @@ class _App:
             return _error(ConnectError("resource_exhausted", self._too_big()), close=True)
         body = bytearray()
         while True:
-            try:
-                part = await self._event(conn, stream)
-            except trio.ClosedResourceError:
-                return None
+            part = await self._event(conn, stream, timer)
             if isinstance(part, h11.Data):
                 body += part.data
                 if len(body) > self.limits.max_body:
@@ -377,10 +393,10 @@ class _App:
         reason = _REASONS.get(reply.status, "")
         response = h11.Response(status_code=reply.status, headers=headers, reason=reason)
         out = conn.send(response) or b""
-        await stream.send_all(out)
         if reply.body:
-            await stream.send_all(conn.send(h11.Data(data=reply.body)) or b"")
-        await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+            out += conn.send(h11.Data(data=reply.body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        await stream.send_all(out)  # one write: each write wakes the client once
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}

@@ -12,7 +12,6 @@ request fails (`internal`) and that is audited: the protocol has no per-item err
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -82,10 +81,7 @@ class Match:
     meta: SecretMeta
     field: tuple[str, ...]
     id: str
-
-    @property
-    def ref(self) -> str:
-        return _ref_text(self.meta.scope, self.meta.name, self.field)
+    ref: str  # canonical $S: text
 
 
 class Resolver:
@@ -104,7 +100,7 @@ class Resolver:
         self._catch_up = catch_up
         self._clock = clock
         self._names = _audit.ProcessNames()
-        self._prefixes: dict[str, tuple[str, ...]] = {}
+        self._prefixes: dict[str, tuple[tuple[str, ...], str]] = {}
 
     # -- which secrets -------------------------------------------------------------------
 
@@ -132,7 +128,7 @@ class Resolver:
         meta = self.tree.find(ref.scope.key, ref.name)
         if meta is None:
             raise ConnectError("not_found", NOT_FOUND)
-        match = Match(meta, ref.field, text)
+        match = Match(meta, ref.field, text, str(ref))
         if not self.tree.may_read(meta, caller):
             self._record(caller, match, _audit.DENIED, "EACCES")
             raise ConnectError("permission_denied", f"permission denied: {text}")
@@ -141,27 +137,29 @@ class Resolver:
     def _scan(self, caller: Caller, pattern: Pattern) -> list[Match]:
         out: list[Match] = []
         for scope, names in self.tree.scopes():
-            prefix = self._prefix(scope)
+            prefix, ref_prefix = self._prefix(scope)
             if not pattern.could_match_below(prefix):
                 continue
             for name, meta in names.items():
                 parts = (*prefix, name)
                 if pattern.match(parts) and self.tree.may_read(meta, caller):
-                    out.append(Match(meta, (), "/".join(parts)))
+                    out.append(Match(meta, (), "/".join(parts), ref_prefix + name))
         out.sort(key=lambda m: m.id)
         return out
 
-    def _prefix(self, scope: str) -> tuple[str, ...]:
-        prefix = self._prefixes.get(scope)
-        if prefix is None:
+    def _prefix(self, scope: str) -> tuple[tuple[str, ...], str]:
+        """A scope's ID components and the start of its refs (`$S:@api/`), made once."""
+        known = self._prefixes.get(scope)
+        if known is None:
             if len(self._prefixes) >= 4096:
                 self._prefixes.clear()
             try:
-                prefix = scope_prefix(Scope.from_key(scope))
+                parsed = Scope.from_key(scope)
+                known = (scope_prefix(parsed), str(Ref(parsed, "x"))[:-1])
             except RefError:
-                prefix = ("",)  # matches no pattern: a pattern has no empty component
-            self._prefixes[scope] = prefix
-        return prefix
+                known = (("",), "")  # matches no pattern: a pattern has no empty component
+            self._prefixes[scope] = known
+        return known
 
     # -- their values --------------------------------------------------------------------
 
@@ -215,8 +213,10 @@ class Resolver:
                 if exc.code == "internal":
                     self._record(caller, match, _audit.ERROR, "EIO")
                 raise
+        process = self._names.get(caller.pid)
         for match in matches:
-            self._record(caller, match, _audit.ALLOWED, self._expired(match.meta, now))
+            detail = self._expired(match.meta, now)
+            self._record(caller, match, _audit.ALLOWED, detail, now, process)
         return out
 
     # -- audit ---------------------------------------------------------------------------
@@ -227,10 +227,18 @@ class Resolver:
             return None
         return "expired" if expiry.status(meta, now_ns).expired else None
 
-    def _record(self, caller: Caller, match: Match, outcome: str, detail: str | None) -> None:
+    def _record(
+        self,
+        caller: Caller,
+        match: Match,
+        outcome: str,
+        detail: str | None,
+        now_ns: int | None = None,
+        process: str | None = None,
+    ) -> None:
         self.audit.add(
             _audit.AuditRecord(
-                time_ns=self._clock(),
+                time_ns=self._clock() if now_ns is None else now_ns,
                 source=_audit.SOURCE_RESOLVER,
                 action="open",
                 ref=match.ref,
@@ -238,17 +246,11 @@ class Resolver:
                 uid=caller.uid,
                 gid=caller.gid,
                 pid=caller.pid,
-                process=self._names.get(caller.pid),
+                process=self._names.get(caller.pid) if process is None else process,
                 outcome=outcome,
                 detail=detail,
             )
         )
-
-
-@functools.lru_cache(maxsize=8192)
-def _ref_text(scope: str, name: str, field: tuple[str, ...]) -> str:
-    # Building a Ref validates every name: too slow to repeat for each of 10,000 matches.
-    return str(Ref(Scope.from_key(scope), name, field))
 
 
 def _go_quote(text: str) -> str:
