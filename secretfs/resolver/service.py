@@ -82,6 +82,7 @@ class Match:
     field: tuple[str, ...]
     id: str
     ref: str  # canonical $S: text
+    bulk: bool = False  # one of many (a wildcard): read past the mount's kept versions
 
 
 class Resolver:
@@ -143,7 +144,7 @@ class Resolver:
             for name, meta in names.items():
                 parts = (*prefix, name)
                 if pattern.match(parts) and self.tree.may_read(meta, caller):
-                    out.append(Match(meta, (), "/".join(parts), ref_prefix + name))
+                    out.append(Match(meta, (), "/".join(parts), ref_prefix + name, True))
         out.sort(key=lambda m: m.id)
         return out
 
@@ -168,7 +169,7 @@ class Resolver:
         secret does not have, internal for a value that does not decrypt)."""
         meta = match.meta
         try:
-            value = self._value(meta)
+            value = self._value(meta, match.bulk)
             if match.field:
                 value = fields.extract(value, match.field)
         except NotFoundError:
@@ -188,7 +189,12 @@ class Resolver:
             provider=PROVIDER,
         )
 
-    def _value(self, meta: SecretMeta) -> bytes:
+    def _value(self, meta: SecretMeta, bulk: bool) -> bytes:
+        if bulk:
+            # A `**` over thousands would push out every version the mount's opens keep.
+            kept = self._versions.peek(meta.secret_id, meta.version)
+            sealed = kept or self._versions.load(meta.secret_id, meta.version)
+            return sealed.open()
         sealed, value = self._versions.get(meta.secret_id, meta.version)
         return sealed.open() if value is None else value
 
