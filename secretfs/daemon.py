@@ -351,14 +351,14 @@ def serve(
     watcher = Watcher(vault, tree)
     watcher.refresh()
     queue = AuditQueue()
-    writer = AuditWriter(vault.backend.open_another())
-    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     extra: Callable[[], Awaitable[None]] | None = None
     if resolver is not None:
         from secretfs.resolver.server import resolver_task
 
         # Bound now: a socket that cannot be had fails the mount before it answers.
         extra, close_resolver = resolver_task(resolver, tree, watcher, queue)
+    writer = AuditWriter(vault.backend.open_another())
+    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
         unmounted = False

@@ -376,7 +376,7 @@ class _App:
             else:
                 request = messages.decode(messages.GetSecretsRequest, body, codec)
                 envelopes = await self.resolver.get_secrets(
-                    caller, messages.request_pattern(request), RequestOptions()
+                    caller, messages.request_pattern(request), request_options(headers)
                 )
                 answer = messages.envelopes_body(envelopes, codec)
         except BadMessage as exc:
@@ -400,6 +400,12 @@ class _App:
 
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
+
+
+def request_options(headers: dict[str, str]) -> RequestOptions:
+    """What a request asks for beyond its pattern: each request convention (a header, a
+    metadata key) is read here into RequestOptions. None yet."""
+    return RequestOptions()
 
 
 def _codec(content_type: str) -> str | None:
