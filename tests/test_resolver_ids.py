@@ -151,3 +151,14 @@ def test_a_field_key_outside_the_id_alphabet_has_no_id() -> None:
 )
 def test_ids_that_name_no_ref(text: str) -> None:
     assert id_to_ref(text) is None
+
+
+def test_runs_of_double_stars_are_one_and_nothing_backtracks_forever() -> None:
+    assert parse_pattern("a/**/**/b").match(["a", "b"])
+    assert parse_pattern("**/**").match(["x", "y", "z"])
+    # `**/a/**/a/.../b` against `a/a/.../a`: exponential by plain backtracking.
+    evil = parse_pattern("/".join(["**", "a"] * 30 + ["b"]))
+    assert not evil.match(["a"] * 40)
+    assert evil.match(["a"] * 30 + ["b"])
+    # More fixed components than the ID has: no match, without trying.
+    assert not parse_pattern("/".join(["**"] * 2000 + ["*"] * 6)).match(["a"] * 5)

@@ -68,13 +68,24 @@ def _valid_pattern_component(part: str) -> bool:
 
 
 class Pattern:
-    """A parsed pattern: match it against IDs (already split on `/`)."""
+    """A parsed pattern: match it against IDs (already split on `/`).
 
-    __slots__ = ("literal", "parts", "text")
+    Matching is the engine's, made safe against patterns built to backtrack forever
+    (`**/a/**/a/...` against `a/a/a/...` would take exponential time, holding up the
+    mount's loop): runs of `**` are one `**` (the same set of IDs), an ID with fewer
+    components than the pattern's fixed ones is no match, and the rest is memoized.
+    """
+
+    __slots__ = ("fixed", "literal", "parts", "text")
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.parts = tuple(text.split("/"))
+        parts: list[str] = []
+        for part in text.split("/"):
+            if not (part == "**" and parts and parts[-1] == "**"):
+                parts.append(part)
+        self.parts = tuple(parts)
+        self.fixed = sum(1 for p in parts if p != "**")  # components each take one
         # No wildcard: the pattern names one ID, which may be a field's.
         self.literal = not any(p in ("*", "**") for p in self.parts)
 
@@ -82,7 +93,9 @@ class Pattern:
         return self.text
 
     def match(self, id_parts: tuple[str, ...] | list[str]) -> bool:
-        return _match(self.parts, 0, id_parts, 0)
+        if self.fixed > len(id_parts):
+            return False
+        return _match(self.parts, tuple(id_parts))
 
     def could_match_below(self, prefix: tuple[str, ...]) -> bool:
         """Whether some ID starting with `prefix` (and at least one more component) may
@@ -105,23 +118,32 @@ def parse_pattern(text: str) -> Pattern:
     return Pattern(text)
 
 
-def _match(pattern: tuple[str, ...], pi: int, path: tuple[str, ...] | list[str], si: int) -> bool:
-    """The engine's match(): `*` one component, `**` zero or more."""
-    while pi < len(pattern) and si < len(path):
-        part = pattern[pi]
-        if part == "**":
-            if pi + 1 == len(pattern):
-                return True  # a trailing ** matches the rest
-            return any(
-                _match(pattern, pi + 1, path, si + skip) for skip in range(len(path) - si + 1)
+def _match(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    """The engine's match(): `*` is one component, `**` zero or more (a trailing `**`
+    takes the rest), each other component itself; memoized on (pattern, path) places."""
+    seen: dict[tuple[int, int], bool] = {}
+
+    def at(pi: int, si: int) -> bool:
+        key = (pi, si)
+        known = seen.get(key)
+        if known is not None:
+            return known
+        if pi == len(pattern):
+            out = si == len(path)
+        elif si == len(path):
+            out = all(p == "**" for p in pattern[pi:])
+        elif pattern[pi] == "**":
+            out = pi + 1 == len(pattern) or any(
+                at(pi + 1, si + skip) for skip in range(len(path) - si + 1)
             )
-        if part != "*" and part != path[si] and path[si] != "*":
-            return False
-        pi += 1
-        si += 1
-    while pi < len(pattern) and pattern[pi] == "**":
-        pi += 1
-    return pi == len(pattern) and si == len(path)
+        elif pattern[pi] in ("*", path[si]) or path[si] == "*":
+            out = at(pi + 1, si + 1)
+        else:
+            out = False
+        seen[key] = out
+        return out
+
+    return at(0, 0)
 
 
 def scope_prefix(scope: Scope) -> tuple[str, ...]:
