@@ -15,6 +15,7 @@ SYSTEM_PACKAGES=(
   openssl git                          # the docs' commands (tests/test_docs_run.py)
   zsh fish                             # the completion scripts' syntax test
   libsodium-dev                        # the sealed-read tests: a C client opens the boxes
+  curl protobuf-compiler               # the resolver socket's tests: real clients (curl, protoc)
 )
 
 sudo_cmd=()

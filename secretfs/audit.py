@@ -20,6 +20,7 @@ from secretfs.timeutil import iso_time
 
 SOURCE_MOUNT = "mount"
 SOURCE_CLI = "cli"
+SOURCE_RESOLVER = "resolver"  # the daemon's secrets-engine socket (secretfs/resolver/)
 
 # Outcomes. A mount open is allowed, denied (EACCES) or an error (EIO: a record that
 # does not decrypt). A CLI write is ok, unchanged (nothing to do) or refused (an error).

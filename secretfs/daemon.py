@@ -15,9 +15,10 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyfuse3
 import trio
@@ -30,6 +31,9 @@ from secretfs.snapshots import VerifiedVersions
 from secretfs.store.base import Backend
 from secretfs.tree import Invalidation, Owner, Tree
 from secretfs.vault import Vault
+
+if TYPE_CHECKING:
+    from secretfs.resolver.server import ResolverConfig
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +343,11 @@ def serve(
     mountpoint: Path,
     options: MountOptions,
     ready: Callable[[], None] = lambda: None,
+    resolver: ResolverConfig | None = None,
 ) -> None:
-    """Mount and serve until unmounted or signalled; always leaves no mount behind."""
+    """Mount and serve until unmounted or signalled; always leaves no mount behind.
+
+    With `resolver`, also answer the Docker secrets-engine API on its sockets."""
     harden()
     clear_stale_mount(mountpoint)
     # Reads come from memory from here on (etcd: a copy kept current by a watch).
@@ -349,17 +356,25 @@ def serve(
     watcher = Watcher(vault, tree)
     watcher.refresh()
     queue = AuditQueue()
+    extra: Callable[[], Awaitable[None]] | None = None
+    if resolver is not None:
+        from secretfs.resolver.server import resolver_task
+
+        # Bound now: a socket that cannot be had fails the mount before it answers.
+        extra, close_resolver = resolver_task(resolver, tree, watcher, queue)
     writer = AuditWriter(vault.backend.open_another())
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer)
+            trio.run(_main, watcher, mountpoint, ready, queue, writer, extra)
             unmounted = not is_mounted(mountpoint)
         finally:
             pyfuse3.close(unmount=not unmounted)
     finally:
+        if resolver is not None:
+            close_resolver()
         try:
             writer.write(queue.take())
         except (SecretfsError, sqlite3.Error) as exc:
@@ -373,8 +388,11 @@ async def _main(
     ready: Callable[[], None],
     queue: AuditQueue,
     writer: AuditWriter,
+    extra: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
+        if extra is not None:
+            nursery.start_soon(extra)  # the resolver socket (secretfs/resolver/server.py)
         nursery.start_soon(_signals)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)

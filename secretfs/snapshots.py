@@ -57,6 +57,15 @@ class VerifiedVersions:
             self._drop(next(iter(self._kept)))
         return sealed, value
 
+    def peek(self, secret_id: int, version: int) -> SealedValue | None:
+        """The version if it is kept, else None; loads nothing and keeps nothing."""
+        return self._kept.get((secret_id, version))
+
+    def load(self, secret_id: int, version: int) -> SealedValue:
+        """The version from the store, not verified and not kept: for one-off bulk reads
+        (a resolver `**`) that must not push out what the mount's opens keep."""
+        return self._load(secret_id, version)
+
     def forget(self, secret_ids: Iterable[int]) -> None:
         """Drop every kept version of these secrets."""
         for secret_id in secret_ids:

@@ -466,6 +466,15 @@ class Tree:
             for meta in names.values()
         )
 
+    def scopes(self) -> Iterable[tuple[str, dict[str, SecretMeta]]]:
+        """Every scope key with its secrets (name -> current meta), for a scan."""
+        return self._scopes.items()
+
+    def find(self, scope: str, name: str) -> SecretMeta | None:
+        """The current meta of one secret, or None."""
+        names = self._scopes.get(scope)
+        return None if names is None else names.get(name)
+
     def status_text(self) -> bytes:
         """STATUS_FILE's content: the backend's status as one JSON object."""
         status = self._status() if self._status is not None else {}

@@ -7,13 +7,18 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.resolver_options import resolver_args, resolver_config, resolver_options
 from secretfs.errors import SecretfsError, StoreError, UsageError
 from secretfs.store.location import StoreLocation
 from secretfs.store.location import parse as parse_location
+
+if TYPE_CHECKING:
+    from secretfs.resolver.server import ResolverConfig
 
 READY = b"ready\n"
 KNOWN_OPTIONS = {"allow_other"}
@@ -99,6 +104,7 @@ def _option_values(
 @click.option("--mode", default="0400", show_default=True, help="Default file mode (octal).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log.")
 @click.option("--ready-fd", type=int, hidden=True)
+@resolver_options
 @handle_errors
 def mount(
     mountpoint: Path,
@@ -110,6 +116,10 @@ def mount(
     mode: str,
     log_file: Path | None,
     ready_fd: int | None,
+    resolver: bool,
+    resolver_socket: Path | None,
+    resolver_socket_mode: str,
+    docker_uids: tuple[int, ...],
 ) -> None:
     """Mount the store read-only at MOUNTPOINT.
 
@@ -122,6 +132,9 @@ def mount(
     allow_other, extra = _parse_options(options)
     store, uid, gid, mode = _option_values(options, store, uid, gid, mode)
     file_mode = parse_mode(mode)
+    serve_api = resolver_config(
+        mountpoint, resolver, resolver_socket, resolver_socket_mode, docker_uids
+    )
     clear_stale_mount(mountpoint)
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
@@ -132,9 +145,10 @@ def mount(
         args += [f"--{k}={v}" for k, v in (("uid", uid), ("gid", gid)) if v is not None]
         if log_file is not None:
             args += ["--log-file", str(log_file)]
+        args += resolver_args(serve_api)
         _spawn_daemon(args, mountpoint, path, log_file)
         return
-    _serve(mountpoint, path, allow_other, extra, uid, gid, file_mode, log_file, ready_fd)
+    _serve(mountpoint, path, allow_other, extra, uid, gid, file_mode, log_file, ready_fd, serve_api)
 
 
 def _serve(
@@ -147,6 +161,7 @@ def _serve(
     mode: int,
     log_file: Path | None,
     ready_fd: int | None,
+    serve_api: ResolverConfig | None = None,
 ) -> None:
     from secretfs.daemon import MountOptions, harden, serve
     from secretfs.sdnotify import Notifier
@@ -176,7 +191,7 @@ def _serve(
             opts = MountOptions(
                 allow_other, -1 if uid is None else uid, -1 if gid is None else gid, mode, extra
             )
-            serve(vault, mountpoint.resolve(), opts, ready)
+            serve(vault, mountpoint.resolve(), opts, ready, serve_api)
             notifier.notify("STOPPING=1", f"STATUS=unmounted {mountpoint}")
         finally:
             vault.close()

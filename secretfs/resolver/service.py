@@ -1,0 +1,276 @@
+"""GetSecrets as pure logic: a caller and a pattern in, envelopes or a Connect error out.
+
+The caller gets exactly what the mount would let it open: the tree's own check (mode
+bits, then grants) on the secret's current version, decrypted through the mount's
+verified versions. A pattern with a wildcard returns the secrets (whole values, never
+fields) the caller may read, and is silent about the rest, as a directory listing is;
+a pattern without one names a single ID (a secret or a field), and one the caller may
+not read is `permission_denied`. Each envelope served and each denial is audited as an
+open, with "resolver" as the way in. If one matched value does not decrypt, the whole
+request fails (`internal`) and that is audited: the protocol has no per-item error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from secretfs import audit as _audit
+from secretfs import expiry, fields
+from secretfs.access import Caller
+from secretfs.errors import NotFoundError, RefError, SecretfsError
+from secretfs.refs import Ref, Scope
+from secretfs.resolver.ids import InvalidPattern, Pattern, id_to_ref, parse_pattern, scope_prefix
+from secretfs.resolver.messages import Envelope
+from secretfs.snapshots import VerifiedVersions
+from secretfs.store import SecretMeta
+from secretfs.tree import Tree
+
+PROVIDER = "secretfs"
+NOT_FOUND = "secret not found"  # the engine's ErrNotFound, word for word
+CHECKPOINT_EVERY = 128  # envelopes decrypted between two yields to the FUSE loop
+
+# Connect's error codes and the HTTP status each is sent with (connectrpc.com/docs/protocol).
+CODE_STATUS = {
+    "canceled": 499,
+    "unknown": 500,
+    "invalid_argument": 400,
+    "deadline_exceeded": 504,
+    "not_found": 404,
+    "already_exists": 409,
+    "permission_denied": 403,
+    "resource_exhausted": 429,
+    "failed_precondition": 400,
+    "aborted": 409,
+    "out_of_range": 400,
+    "unimplemented": 501,
+    "internal": 500,
+    "unavailable": 503,
+    "data_loss": 500,
+    "unauthenticated": 401,
+}
+
+
+class ConnectError(Exception):
+    """A Connect error: `code` is one of CODE_STATUS; `message` never holds a value."""
+
+    def __init__(self, code: str, message: str) -> None:
+        assert code in CODE_STATUS
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return CODE_STATUS[self.code]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOptions:
+    """How the caller wants its envelopes: room for request conventions (sealed
+    envelopes, ...) without changing the signature of `get_secrets`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """One secret (or one field of it) a request resolves to."""
+
+    meta: SecretMeta
+    field: tuple[str, ...]
+    id: str
+    ref: str  # canonical $S: text
+    bulk: bool = False  # one of many (a wildcard): read past the mount's kept versions
+
+
+class Resolver:
+    def __init__(
+        self,
+        tree: Tree,
+        versions: VerifiedVersions,
+        audit: _audit.AuditQueue,
+        catch_up: Callable[[], bool] = lambda: False,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.tree = tree
+        self._versions = versions  # the mount's: verified once, kept sealed
+        self.audit = audit
+        # Takes in store changes not yet polled (one cheap query when there are none).
+        self._catch_up = catch_up
+        self._clock = clock
+        self._names = _audit.ProcessNames()
+        self._prefixes: dict[str, tuple[tuple[str, ...], str]] = {}
+
+    # -- which secrets -------------------------------------------------------------------
+
+    def plan(self, caller: Caller, text: str) -> list[Match]:
+        """What `text` resolves to for `caller`, not decrypted yet (ConnectError if
+        nothing, or if it names one ID the caller may not read)."""
+        try:
+            pattern = parse_pattern(text)
+        except InvalidPattern as exc:
+            raise ConnectError(
+                "invalid_argument", f"invalid pattern {_go_quote(text)}: {exc}"
+            ) from None
+        self._catch_up()  # a write just made is served by the next request, as by an open
+        if pattern.literal:
+            return [self._exact(caller, text)]
+        found = self._scan(caller, pattern)
+        if not found:
+            raise ConnectError("not_found", NOT_FOUND)
+        return found
+
+    def _exact(self, caller: Caller, text: str) -> Match:
+        ref = id_to_ref(text)
+        if ref is None:
+            raise ConnectError("not_found", NOT_FOUND)
+        meta = self.tree.find(ref.scope.key, ref.name)
+        if meta is None:
+            raise ConnectError("not_found", NOT_FOUND)
+        match = Match(meta, ref.field, text, str(ref))
+        if not self.tree.may_read(meta, caller):
+            self._record(caller, match, _audit.DENIED, "EACCES")
+            raise ConnectError("permission_denied", f"permission denied: {text}")
+        return match
+
+    def _scan(self, caller: Caller, pattern: Pattern) -> list[Match]:
+        out: list[Match] = []
+        for scope, names in self.tree.scopes():
+            prefix, ref_prefix = self._prefix(scope)
+            if not pattern.could_match_below(prefix):
+                continue
+            for name, meta in names.items():
+                parts = (*prefix, name)
+                if pattern.match(parts) and self.tree.may_read(meta, caller):
+                    out.append(Match(meta, (), "/".join(parts), ref_prefix + name, True))
+        out.sort(key=lambda m: m.id)
+        return out
+
+    def _prefix(self, scope: str) -> tuple[tuple[str, ...], str]:
+        """A scope's ID components and the start of its refs (`$S:@api/`), made once."""
+        known = self._prefixes.get(scope)
+        if known is None:
+            if len(self._prefixes) >= 4096:
+                self._prefixes.clear()
+            try:
+                parsed = Scope.from_key(scope)
+                known = (scope_prefix(parsed), str(Ref(parsed, "x"))[:-1])
+            except RefError:
+                known = (("",), "")  # matches no pattern: a pattern has no empty component
+            self._prefixes[scope] = known
+        return known
+
+    # -- their values --------------------------------------------------------------------
+
+    def envelope(self, match: Match, now_ns: int, options: RequestOptions) -> Envelope:
+        """Decrypt one match into its envelope (ConnectError: not_found for a field the
+        secret does not have, internal for a value that does not decrypt)."""
+        meta = match.meta
+        try:
+            value = self._value(meta, match.bulk)
+            if match.field:
+                value = fields.extract(value, match.field)
+        except NotFoundError:
+            raise ConnectError("not_found", NOT_FOUND) from None
+        except SecretfsError as exc:
+            raise ConnectError(
+                "internal", f"failed to get secret {_go_quote(match.id)}: {type(exc).__name__}"
+            ) from exc
+        return Envelope(
+            id=match.id,
+            value=value,
+            version=str(meta.version),
+            created_ns=meta.updated_ns,
+            resolved_ns=now_ns,
+            expires_ns=meta.expires_ns,
+            metadata={"ref": match.ref},
+            provider=PROVIDER,
+        )
+
+    def _value(self, meta: SecretMeta, bulk: bool) -> bytes:
+        if bulk:
+            # A `**` over thousands would push out every version the mount's opens keep.
+            kept = self._versions.peek(meta.secret_id, meta.version)
+            sealed = kept or self._versions.load(meta.secret_id, meta.version)
+            return sealed.open()
+        sealed, value = self._versions.get(meta.secret_id, meta.version)
+        return sealed.open() if value is None else value
+
+    async def get_secrets(
+        self, caller: Caller, text: str, options: RequestOptions | None = None
+    ) -> list[Envelope]:
+        """The envelopes `text` resolves to for `caller`, audited (ConnectError else).
+
+        Yields to the loop every CHECKPOINT_EVERY envelopes: a `**` over thousands of
+        secrets must not hold up the mount's reads.
+        """
+        opts = options or RequestOptions()
+        matches = self.plan(caller, text)
+        now = self._clock()
+        out: list[Envelope] = []
+        for i, match in enumerate(matches):
+            if i and i % CHECKPOINT_EVERY == 0:
+                await trio.lowlevel.checkpoint()
+            try:
+                out.append(self.envelope(match, now, opts))
+            except ConnectError as exc:
+                if exc.code == "internal":
+                    self._record(caller, match, _audit.ERROR, "EIO")
+                raise
+        process = self._names.get(caller.pid)
+        for match in matches:
+            detail = self._expired(match.meta, now)
+            self._record(caller, match, _audit.ALLOWED, detail, now, process)
+        return out
+
+    # -- audit ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _expired(meta: SecretMeta, now_ns: int) -> str | None:
+        if meta.expires_ns is None:
+            return None
+        return "expired" if expiry.status(meta, now_ns).expired else None
+
+    def _record(
+        self,
+        caller: Caller,
+        match: Match,
+        outcome: str,
+        detail: str | None,
+        now_ns: int | None = None,
+        process: str | None = None,
+    ) -> None:
+        self.audit.add(
+            _audit.AuditRecord(
+                time_ns=self._clock() if now_ns is None else now_ns,
+                source=_audit.SOURCE_RESOLVER,
+                action="open",
+                ref=match.ref,
+                version=match.meta.version,
+                uid=caller.uid,
+                gid=caller.gid,
+                pid=caller.pid,
+                process=self._names.get(caller.pid) if process is None else process,
+                outcome=outcome,
+                detail=detail,
+            )
+        )
+
+
+def _go_quote(text: str) -> str:
+    """`text` as Go's %q prints it (the engine's messages), cut at 200 characters."""
+    cut = text[:200]
+    out = ['"']
+    for ch in cut:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        elif ord(ch) < 0x10000:
+            out.append(f"\\u{ord(ch):04x}" if ord(ch) > 0x7F else f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\U{ord(ch):08x}")
+    out.append('"')
+    return "".join(out) + ("..." if len(text) > 200 else "")
