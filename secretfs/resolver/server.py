@@ -23,7 +23,7 @@ import socket
 import stat
 import struct
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import metadata
@@ -33,11 +33,14 @@ from typing import TYPE_CHECKING
 import h11
 import trio
 
+from secretfs import sealing
 from secretfs.access import Caller
-from secretfs.errors import StoreError, UsageError
+from secretfs.errors import NotFoundError, StoreError, UsageError
 from secretfs.resolver import messages
 from secretfs.resolver.messages import JSON, PROTO, BadMessage
 from secretfs.resolver.service import ConnectError, RequestOptions, Resolver
+from secretfs.sealing import ClientKeyRevokedError
+from secretfs.store import ClientKeyRecord
 
 if TYPE_CHECKING:
     from secretfs.audit import AuditQueue
@@ -376,7 +379,9 @@ class _App:
             else:
                 request = messages.decode(messages.GetSecretsRequest, body, codec)
                 envelopes = await self.resolver.get_secrets(
-                    caller, messages.request_pattern(request), request_options(headers)
+                    caller,
+                    messages.request_pattern(request),
+                    request_options(headers, self.resolver.tree.client_key_records),
                 )
                 answer = messages.envelopes_body(envelopes, codec)
         except BadMessage as exc:
@@ -402,10 +407,23 @@ class _App:
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 
 
-def request_options(headers: dict[str, str]) -> RequestOptions:
+def request_options(
+    headers: dict[str, str], keys: Iterable[ClientKeyRecord] = ()
+) -> RequestOptions:
     """What a request asks for beyond its pattern: each request convention (a header, a
-    metadata key) is read here into RequestOptions. None yet."""
-    return RequestOptions()
+    metadata key) is read here into RequestOptions. `Secretfs-Sealed-To: ck_…` (and
+    `Secretfs-Sealed-Bound: 1`) seal every value to a registered client key."""
+    try:
+        sealed = sealing.sealed_request(headers, keys)
+    except ClientKeyRevokedError as exc:
+        raise ConnectError("permission_denied", str(exc)) from None
+    except NotFoundError as exc:
+        raise ConnectError("failed_precondition", str(exc)) from None
+    except UsageError as exc:
+        raise ConnectError("invalid_argument", str(exc)) from None
+    if sealed is None:
+        return RequestOptions()
+    return RequestOptions(sealed_to=sealed[0], bound=sealed[1])
 
 
 def _codec(content_type: str) -> str | None:

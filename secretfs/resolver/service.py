@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import trio
 
 from secretfs import audit as _audit
-from secretfs import expiry, fields
+from secretfs import expiry, fields, sealing
 from secretfs.access import Caller
 from secretfs.errors import NotFoundError, RefError, SecretfsError
 from secretfs.refs import Ref, Scope
 from secretfs.resolver.ids import InvalidPattern, Pattern, id_to_ref, parse_pattern, scope_prefix
 from secretfs.resolver.messages import Envelope
 from secretfs.snapshots import VerifiedVersions
-from secretfs.store import SecretMeta
+from secretfs.store import ClientKeyRecord, SecretMeta
 from secretfs.tree import Tree
 
 PROVIDER = "secretfs"
@@ -70,8 +70,23 @@ class ConnectError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RequestOptions:
-    """How the caller wants its envelopes: room for request conventions (sealed
-    envelopes, ...) without changing the signature of `get_secrets`."""
+    """How the caller wants its envelopes. `sealed_to`: each value is sealed to that
+    client key (docs/sealed.md), `bound` in the form that binds ref and version; then a
+    sealed-only grant suffices, as for the mount's `.sealed/` tree."""
+
+    sealed_to: ClientKeyRecord | None = None
+    bound: bool = False
+
+    def may(self, tree: Tree, meta: SecretMeta, caller: Caller) -> bool:
+        if self.sealed_to is not None:
+            return tree.may_read_sealed(meta, caller)
+        return tree.may_read(meta, caller)
+
+    def detail(self) -> str | None:
+        """The audit detail of what is served (who it was sealed to), if anything."""
+        if self.sealed_to is None:
+            return None
+        return sealing.sealed_detail(self.sealed_to.key_id, self.bound)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +120,9 @@ class Resolver:
 
     # -- which secrets -------------------------------------------------------------------
 
-    def plan(self, caller: Caller, text: str) -> list[Match]:
+    def plan(
+        self, caller: Caller, text: str, options: RequestOptions | None = None
+    ) -> list[Match]:
         """What `text` resolves to for `caller`, not decrypted yet (ConnectError if
         nothing, or if it names one ID the caller may not read)."""
         try:
@@ -115,14 +132,15 @@ class Resolver:
                 "invalid_argument", f"invalid pattern {_go_quote(text)}: {exc}"
             ) from None
         self._catch_up()  # a write just made is served by the next request, as by an open
+        opts = options or RequestOptions()
         if pattern.literal:
-            return [self._exact(caller, text)]
-        found = self._scan(caller, pattern)
+            return [self._exact(caller, text, opts)]
+        found = self._scan(caller, pattern, opts)
         if not found:
             raise ConnectError("not_found", NOT_FOUND)
         return found
 
-    def _exact(self, caller: Caller, text: str) -> Match:
+    def _exact(self, caller: Caller, text: str, options: RequestOptions) -> Match:
         ref = id_to_ref(text)
         if ref is None:
             raise ConnectError("not_found", NOT_FOUND)
@@ -130,12 +148,12 @@ class Resolver:
         if meta is None:
             raise ConnectError("not_found", NOT_FOUND)
         match = Match(meta, ref.field, text, str(ref))
-        if not self.tree.may_read(meta, caller):
-            self._record(caller, match, _audit.DENIED, "EACCES")
+        if not options.may(self.tree, meta, caller):
+            self._record(caller, match, _audit.DENIED, _join("EACCES", options.detail()))
             raise ConnectError("permission_denied", f"permission denied: {text}")
         return match
 
-    def _scan(self, caller: Caller, pattern: Pattern) -> list[Match]:
+    def _scan(self, caller: Caller, pattern: Pattern, options: RequestOptions) -> list[Match]:
         out: list[Match] = []
         for scope, names in self.tree.scopes():
             prefix, ref_prefix = self._prefix(scope)
@@ -143,7 +161,7 @@ class Resolver:
                 continue
             for name, meta in names.items():
                 parts = (*prefix, name)
-                if pattern.match(parts) and self.tree.may_read(meta, caller):
+                if pattern.match(parts) and options.may(self.tree, meta, caller):
                     out.append(Match(meta, (), "/".join(parts), ref_prefix + name, True))
         out.sort(key=lambda m: m.id)
         return out
@@ -178,6 +196,16 @@ class Resolver:
             raise ConnectError(
                 "internal", f"failed to get secret {_go_quote(match.id)}: {type(exc).__name__}"
             ) from exc
+        metadata = {"ref": match.ref}
+        key = options.sealed_to
+        if key is not None:
+            try:
+                value = sealing.seal_envelope_value(
+                    value, key, bound=options.bound, ref=match.ref, version=meta.version
+                )
+            except SecretfsError as exc:  # revoked since the request was read
+                raise ConnectError("permission_denied", str(exc)) from None
+            metadata.update(sealing.envelope_metadata(key, options.bound))
         return Envelope(
             id=match.id,
             value=value,
@@ -185,7 +213,7 @@ class Resolver:
             created_ns=meta.updated_ns,
             resolved_ns=now_ns,
             expires_ns=meta.expires_ns,
-            metadata={"ref": match.ref},
+            metadata=metadata,
             provider=PROVIDER,
         )
 
@@ -207,7 +235,7 @@ class Resolver:
         secrets must not hold up the mount's reads.
         """
         opts = options or RequestOptions()
-        matches = self.plan(caller, text)
+        matches = self.plan(caller, text, opts)
         now = self._clock()
         out: list[Envelope] = []
         for i, match in enumerate(matches):
@@ -217,11 +245,12 @@ class Resolver:
                 out.append(self.envelope(match, now, opts))
             except ConnectError as exc:
                 if exc.code == "internal":
-                    self._record(caller, match, _audit.ERROR, "EIO")
+                    self._record(caller, match, _audit.ERROR, _join("EIO", opts.detail()))
                 raise
         process = self._names.get(caller.pid)
         for match in matches:
-            detail = self._expired(match.meta, now)
+            # The sealed detail first: the audit writer reads the key id from its start.
+            detail = _join(opts.detail(), self._expired(match.meta, now))
             self._record(caller, match, _audit.ALLOWED, detail, now, process)
         return out
 
@@ -257,6 +286,10 @@ class Resolver:
                 detail=detail,
             )
         )
+
+
+def _join(*parts: str | None) -> str | None:
+    return " ".join(p for p in parts if p) or None
 
 
 def _go_quote(text: str) -> str:

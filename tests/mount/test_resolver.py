@@ -384,3 +384,68 @@ def test_the_socket_is_bound_with_its_mode_and_not_taken_from_a_live_server(
     assert proc.returncode != 0 and b"another process is serving there" in proc.stderr
     m.cli("umount", str(m.path))
     wait_for(lambda: not sock.exists(), timeout=5)
+
+
+def test_sealed_envelopes_for_a_key_and_a_sealed_only_grantee(api: Api) -> None:
+    """`Secretfs-Sealed-To` seals every value to a registered client key (docs/sealed.md):
+    PyNaCl opens it; a sealed-only grantee gets it sealed and never plain; a revoked or
+    unknown key is refused; the bound form carries ref and version inside the box."""
+    from nacl.exceptions import CryptoError
+    from nacl.public import PrivateKey, SealedBox
+
+    from secretfs.sealing import parse_bound
+
+    m = api.mount
+    key = PrivateKey.generate()
+    public = base64.b64encode(bytes(key.public_key)).decode()
+    key_id = m.cli("client-key", "add", public).stdout.decode().strip()
+    m.cli("grant", "db", "--uid", "1000", "--sealed-only")
+
+    def sealed_get(pattern: str, *extra: str, as_user: list[str] | None = None) -> Any:
+        status, _, payload = api.curl(
+            "-X", "POST", GET_SECRETS, "-H", "Content-Type: application/json",
+            "-H", f"Secretfs-Sealed-To: {key_id}", *extra,
+            body=json.dumps({"pattern": pattern}), as_user=as_user,
+        )  # fmt: skip
+        return status, json.loads(payload)
+
+    def opened(answer: Any) -> bytes:
+        box = base64.b64decode(answer["envelopes"][0]["value"])
+        return SealedBox(key).decrypt(box)
+
+    # A sealed-only grantee: plain is refused, sealed is served (once the grant is seen).
+    assert api.get("deployment/db", as_user=AS_1000)[0] == 403
+    wait_for(lambda: sealed_get("deployment/db", as_user=AS_1000)[0] == 200, timeout=3)
+    status, answer = sealed_get("deployment/db", as_user=AS_1000)
+    assert opened(answer) == SECRETS["db"]
+    meta = answer["envelopes"][0]["metadata"]
+    assert meta["secretfs.sealed-to"] == key_id and meta["ref"] == "$S:db"
+    assert api.get("deployment/db", as_user=AS_1000)[0] == 403
+    # Two requests seal afresh; a flipped byte does not open.
+    again = sealed_get("deployment/db")[1]
+    assert again["envelopes"][0]["value"] != answer["envelopes"][0]["value"]
+    box = bytearray(base64.b64decode(again["envelopes"][0]["value"]))
+    box[-1] ^= 1
+    with pytest.raises(CryptoError):
+        SealedBox(key).decrypt(bytes(box))
+    # The bound form: ref and version authenticated inside the box.
+    status, answer = sealed_get("deployment/db", "-H", "Secretfs-Sealed-Bound: 1")
+    assert status == 200
+    assert parse_bound(opened(answer)) == ("$S:db", 1, SECRETS["db"])
+    # Unknown and revoked keys are refused; nothing is served in the clear instead.
+    status, _, payload = api.curl(
+        "-X", "POST", GET_SECRETS, "-H", "Content-Type: application/json",
+        "-H", "Secretfs-Sealed-To: ck_" + "0" * 32, body=json.dumps({"pattern": "**"}),
+    )  # fmt: skip
+    assert status == 400 and json.loads(payload)["code"] == "failed_precondition"
+    m.cli("client-key", "rm", key_id)
+    wait_for(lambda: sealed_get("deployment/db")[0] == 403, timeout=3)
+    assert "revoked" in sealed_get("deployment/db")[1]["message"]
+    # Audited with the key it was sealed to (and the writer records the key's last use).
+    wait_for(
+        lambda: any(
+            r["outcome"] == "allowed" and (r["detail"] or "").startswith("sealed to " + key_id)
+            for r in audit(m)
+        ),
+        timeout=3,
+    )
