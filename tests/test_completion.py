@@ -4,6 +4,7 @@ with COMP_WORDS/COMP_CWORD, as bash's completion function calls it), and the scr
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import sqlite3
@@ -155,3 +156,18 @@ def test_an_unknown_shell_is_a_usage_error(cli: CliRunner, initialized_store: Pa
     proc = cli("completion", "tcsh", check=False)
     assert proc.returncode == 2
     assert b"tcsh" in proc.stderr
+
+
+def test_client_key_ids_complete_live_keys_only(
+    cli: CliRunner, initialized_store: Path, cli_env: dict[str, str]
+) -> None:
+    from nacl.public import PrivateKey
+
+    def add() -> str:
+        public = base64.b64encode(bytes(PrivateKey.generate().public_key)).decode()
+        return cli("client-key", "add", public).stdout.decode().strip()
+
+    live, revoked = add(), add()
+    cli("client-key", "rm", revoked)
+    assert offered("secretfs client-key rm ck_", cli_env) == [live]
+    assert offered("secretfs secret get db --sealed-to ", cli_env) == [live]

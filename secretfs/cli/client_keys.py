@@ -13,6 +13,7 @@ from secretfs import sealing
 from secretfs.audit import iso_time_ns
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.access import parse_id
+from secretfs.cli.completion import complete_client_keys
 from secretfs.errors import UsageError
 from secretfs.store import ClientKeyRecord
 
@@ -116,7 +117,7 @@ def ls(store: Path | None, show_all: bool, as_json: bool) -> None:
 
 
 @client_key.command(name="rm")
-@click.argument("key_id")
+@click.argument("key_id", shell_complete=complete_client_keys)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors

@@ -140,9 +140,10 @@ def complete_versions(
 def complete_client_keys(
     ctx: click.Context, param: click.Parameter, incomplete: str
 ) -> list[CompletionItem]:
-    """HOOK (client keys, `ck_…`): their ids once the store keeps them (sealed reads are
-    being added separately). Fill in from the backend's client-key listing, names only."""
-    return []
+    """The ids (`ck_…`) of the store's live client keys: public keys only, no key needed."""
+    with _names_only(ctx) as backend:
+        ids = [k.key_id for k in backend.list_client_keys() if k.revoked_ns is None]
+    return [CompletionItem(i) for i in sorted(ids) if i.startswith(incomplete)]
 
 
 @cli.command()

@@ -12,7 +12,7 @@ import click
 
 from secretfs import expiry, fields, sealing
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.cli.completion import REF, SCOPE, complete_versions
+from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -125,6 +125,7 @@ def set_(store: Path | None, ref: str, **kw: Any) -> None:
 @click.option(
     "--sealed-to",
     metavar="KEY_ID|PUBKEY",
+    shell_complete=complete_client_keys,
     help="Seal the value to a registered client key: print a SealedSecret JSON.",
 )
 @click.option("--raw", is_flag=True, help="With --sealed-to: print the sealed box itself.")
