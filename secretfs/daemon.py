@@ -287,7 +287,10 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
 
 async def _invalidate(inval: Invalidation) -> None:
     for parent, name in inval.entries:
-        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+        # With the replaced inode its watchers get DELETE_SELF (ENOENT, ignored, when the
+        # kernel holds no entry or another inode under the name).
+        old = inval.replaced.get((parent, name), 0)
+        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), old, ignore_enoent=True)
     if inval.inodes:
         # Off the loop: the kernel may wait on a request that only this loop can answer.
         await trio.to_thread.run_sync(_invalidate_inodes, inval.inodes)

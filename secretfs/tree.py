@@ -81,6 +81,9 @@ class Invalidation:
     """What the kernel may hold that a change made stale."""
 
     entries: list[tuple[int, str]] = field(default_factory=list)  # (parent inode, name)
+    # Entries whose file was replaced or removed -> the inode it had: the kernel is told
+    # that file was deleted (FUSE_NOTIFY_DELETE), so its inotify watchers get DELETE_SELF.
+    replaced: dict[tuple[int, str], int] = field(default_factory=dict)
     inodes: list[int] = field(default_factory=list)  # attributes to drop
 
     def __bool__(self) -> bool:
@@ -88,6 +91,7 @@ class Invalidation:
 
     def extend(self, other: Invalidation) -> None:
         self.entries.extend(other.entries)
+        self.replaced.update(other.replaced)
         self.inodes.extend(other.inodes)
 
 
@@ -191,9 +195,31 @@ class Tree:
         parent = self._inodes.get(("dir", old.scope))
         if parent is None:
             return
-        out.entries.append((parent, old.name))
+        sid, ver = old.secret_id, old.version
+        self._stale_file(out, parent, old.name, self._inodes.get(("secret", sid, ver)))
         if old.kind == "json":
+            # Field files first, deepest first: a directory's entry goes after its children.
+            known = [
+                n
+                for n in self._nodes.values()
+                if n.kind in ("field", "fielddir")
+                and n.field  # the field directory itself is NAME.d, below
+                and n.secret is not None
+                and (n.secret.secret_id, n.secret.version) == (sid, ver)
+            ]
+            for node in sorted(known, key=lambda n: -len(n.field)):
+                up = self._inodes.get(("fielddir", sid, ver, node.field[:-1]))
+                if up is not None:
+                    # A directory is told plainly: "deleted" would need it empty in the kernel.
+                    gone = node.inode if node.kind == "field" else None
+                    self._stale_file(out, up, node.field[-1], gone)
             out.entries.append((parent, old.name + ".d"))
+
+    @staticmethod
+    def _stale_file(out: Invalidation, parent: int, name: str, inode: int | None) -> None:
+        out.entries.append((parent, name))
+        if inode is not None:
+            out.replaced[(parent, name)] = inode
 
     def _touch_dirs(self, scope_key: str, now_ns: int, out: Invalidation) -> None:
         parts = scope_key.split("/")

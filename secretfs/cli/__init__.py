@@ -108,6 +108,7 @@ def commands() -> click.Group:
         setup,
         transfer,
         versions,
+        watch,
     )
 
     return cli
