@@ -83,6 +83,9 @@ class Selection:
     def of_refs(cls, refs: Iterable[Ref]) -> Selection:
         return cls(frozenset((r.scope.key, r.name) for r in refs))
 
+    def __or__(self, other: Selection) -> Selection:
+        return Selection(self.secrets | other.secrets, self.scopes | other.scopes)
+
     @property
     def everything(self) -> bool:
         return not self.secrets and not self.scopes
