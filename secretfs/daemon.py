@@ -15,13 +15,14 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyfuse3
 import trio
 
+from secretfs import credsock
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
@@ -337,6 +338,7 @@ def serve(
     mountpoint: Path,
     options: MountOptions,
     ready: Callable[[], None] = lambda: None,
+    credential_socket: Path | None = None,
 ) -> None:
     """Mount and serve until unmounted or signalled; always leaves no mount behind."""
     harden()
@@ -347,17 +349,26 @@ def serve(
     watcher = Watcher(vault, tree)
     watcher.refresh()
     queue = AuditQueue()
+    services: list[Callable[[], Awaitable[None]]] = []
+    creds = None
+    if credential_socket is not None:  # bound before the mount: a bad path mounts nothing
+        lookup = credsock.tree_lookup(tree, watcher.versions, watcher.catch_up)
+        sock = credsock.bind(credential_socket)
+        creds = credsock.CredentialServer(sock, credential_socket, lookup, queue)
+        services.append(creds.serve)
     writer = AuditWriter(vault.backend.open_another())
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer)
+            trio.run(_main, watcher, mountpoint, ready, queue, writer, services)
             unmounted = not is_mounted(mountpoint)
         finally:
             pyfuse3.close(unmount=not unmounted)
     finally:
+        if creds is not None:
+            creds.close()
         try:
             writer.write(queue.take())
         except (SecretfsError, sqlite3.Error) as exc:
@@ -371,8 +382,11 @@ async def _main(
     ready: Callable[[], None],
     queue: AuditQueue,
     writer: AuditWriter,
+    services: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     async with trio.open_nursery() as nursery:
+        for service in services:  # sockets bound already: they answer from here on
+            nursery.start_soon(service)
         nursery.start_soon(_signals)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)

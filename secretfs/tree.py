@@ -248,6 +248,10 @@ class Tree:
     def get(self, inode: int) -> Node | None:
         return self._nodes.get(inode)
 
+    def meta(self, scope: str, name: str) -> SecretMeta | None:
+        """The secret `name` of `scope` (a scope key) as the mount serves it now."""
+        return self._scopes.get(scope, {}).get(name)
+
     def remember(self, inode: int) -> None:
         """The kernel got a reference to `inode` (lookup, readdirplus)."""
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
