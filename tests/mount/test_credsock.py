@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from secretfs.credsock import MAX_CONNECTIONS
 from tests.conftest import CliRunner
 from tests.mount.conftest import Mount, wait_for
 
@@ -137,20 +138,26 @@ def test_a_non_root_peer_gets_nothing(served: tuple[Mount, Path]) -> None:
     assert record["detail"] == "unit app.service id token: peer uid 1000 is not root"
 
 
-def test_a_peer_that_does_not_read_blocks_no_one(
+def test_peers_that_do_not_read_block_no_one_and_are_bounded(
     mount_factory: Callable[..., Mount], tmp_path: Path
 ) -> None:
     sock = tmp_path / "creds.sock"
     big = os.urandom(1024 * 1024)
     m = mount_factory("--credential-socket", str(sock), secrets={"big": big, "small": b"s"})
-    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stuck.bind(b"\0" + b"1f/unit/slow.service/big")
-    stuck.connect(str(sock))  # and never reads: the daemon's send waits, not its loop
+    stuck = []
     try:
-        assert ask(sock, "fast.service", "small") == b"s"
+        for n in range(MAX_CONNECTIONS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            stuck.append(s)
+            s.bind(b"\0" + f"{n:x}/unit/slow.service/big".encode())
+            s.connect(str(sock))  # and never reads: the daemon's send waits, not its loop
         assert (m.path / "deployment/small").read_bytes() == b"s"
+        # Every slot is taken: one more is closed unanswered, at once.
+        assert ask(sock, "fast.service", "small") == b""
     finally:
-        stuck.close()
+        for s in stuck:
+            s.close()
+    wait_for(lambda: ask(sock, "fast.service", "small") == b"s", timeout=5)
 
 
 def test_a_path_that_is_no_socket_is_refused_and_nothing_is_mounted(
