@@ -60,13 +60,13 @@ class Supervisor:
     grace: float = 10.0  # a restarted child gets this long after SIGTERM, then SIGKILL
     say: Callable[[str], None] = lambda line: print(f"secretfs: {line}", file=sys.stderr)
 
-    def run(self, env: Env) -> int:
-        """Run CMD with `env` until it exits on its own (or by a signal we forwarded);
-        return its wait status."""
+    def run(self, first: list[Env]) -> int:
+        """Run CMD with the environment in `first` (taken out of it, so that no one
+        holds the values once CMD has them) until it exits on its own or by a signal we
+        forwarded; return its wait status."""
         signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
         try:
-            child = self._start(env)
-            del env
+            child = self._start(first.pop())
             due: float | None = None  # act then, unless another change comes first
             while True:
                 info = signal.sigtimedwait(_WAITED, POLL_SECONDS)
@@ -164,7 +164,7 @@ def run_on_change(
     try:
         # Taken before the first resolution, so a change in between is not missed.
         follower = Follower(backend, Selection())
-        first = environment()
+        first = [environment()]
         follower.selection = Selection.of_refs(used) | Selection.parse(watch)
         if follower.selection.everything:
             raise UsageError(

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.mount.conftest import Mount
 
 
@@ -56,9 +58,12 @@ def test_a_file_watcher_gets_delete_self_on_a_new_version(
     m = mount_factory(secrets={"db": b"v1", "cfg": b'{"a": {"b": "1"}}', "other": b"o"})
     db = m.path / "deployment/db"
     field = m.path / "deployment/cfg.d/a/b"
-    with inotifywait(db, field) as proc:
+    with inotifywait(db, field) as proc, inotifywait(db.parent) as in_dir:
         m.cli("secret", "set", "db", "--from-stdin", input=b"v2")
         assert events(proc, "DELETE_SELF") == [f"{db} DELETE_SELF"]
+        # As docs/watching.md says: the directory's watchers are told nothing.
+        with pytest.raises(AssertionError, match="within"):
+            events(in_dir, "", timeout=0.3)
         m.cli("secret", "set", "cfg", "--from-stdin", input=b'{"a": {"b": "2"}}')
         assert f"{field} DELETE_SELF" in events(proc, "DELETE_SELF")
     assert db.read_bytes() == b"v2"
