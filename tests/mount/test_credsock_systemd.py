@@ -55,7 +55,7 @@ StandardOutput=null
 StandardError=null
 LoadCredential=token:$1/creds.sock
 LoadCredential=db:$1/creds.sock
-ExecStart=/bin/sh -c "cat \$\$CREDENTIALS_DIRECTORY/token > $1/token.tmp; mv $1/token.tmp $1/token; cat \$\$CREDENTIALS_DIRECTORY/db > $1/db.tmp; mv $1/db.tmp $1/db"
+ExecStart=/bin/sh -c "cd \$\$CREDENTIALS_DIRECTORY && cp token db $1/ && touch $1/done"
 UNIT
 exec env container=secretfs-test SYSTEMD --unit=credtest.service --log-target=null
 ' inner "$1"
@@ -96,7 +96,7 @@ def test_systemd_as_pid_1_loads_credentials_from_the_socket(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 15
-        while not (tmp_path / "db").exists():
+        while not (tmp_path / "done").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "systemd did not run the unit"
             time.sleep(0.05)
