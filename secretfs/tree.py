@@ -123,6 +123,9 @@ class Tree:
         self._grants: dict[tuple[str, str], Readers] = {}  # (scope, name or "") -> readers
         self._nodes[ROOT_INODE] = Node(ROOT_INODE, "dir", "")
         self._inodes[("dir", "")] = ROOT_INODE
+        # (secret_id, version) -> inodes of its field files and directories below NAME.d,
+        # so a new version names them for deletion without a walk over every node.
+        self._field_inodes: dict[tuple[int, int], set[int]] = {}
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -199,14 +202,7 @@ class Tree:
         self._stale_file(out, parent, old.name, self._inodes.get(("secret", sid, ver)))
         if old.kind == "json":
             # Field files first, deepest first: a directory's entry goes after its children.
-            known = [
-                n
-                for n in self._nodes.values()
-                if n.kind in ("field", "fielddir")
-                and n.field  # the field directory itself is NAME.d, below
-                and n.secret is not None
-                and (n.secret.secret_id, n.secret.version) == (sid, ver)
-            ]
+            known = [self._nodes[i] for i in self._field_inodes.get((sid, ver), ())]
             for node in sorted(known, key=lambda n: -len(n.field)):
                 up = self._inodes.get(("fielddir", sid, ver, node.field[:-1]))
                 if up is not None:
@@ -242,7 +238,10 @@ class Tree:
             inode = self._next_inode
             self._next_inode += 1
             self._inodes[key] = inode
-            self._nodes[inode] = Node(inode, kind, path, **kw)
+            node = self._nodes[inode] = Node(inode, kind, path, **kw)
+            if node.field and node.secret is not None:
+                ids = (node.secret.secret_id, node.secret.version)
+                self._field_inodes.setdefault(ids, set()).add(inode)
         return self._nodes[inode]
 
     def get(self, inode: int) -> Node | None:
@@ -269,6 +268,13 @@ class Tree:
         for key in _keys_of(node):
             if self._inodes.get(key) == inode:
                 del self._inodes[key]
+        if node.field and node.secret is not None:
+            ids = (node.secret.secret_id, node.secret.version)
+            fields_left = self._field_inodes.get(ids)
+            if fields_left is not None:
+                fields_left.discard(inode)
+                if not fields_left:
+                    del self._field_inodes[ids]
 
     @property
     def inode_count(self) -> int:
