@@ -10,6 +10,7 @@ SYSTEM_PACKAGES=(
   attr                                 # getfattr, used by the tests and the docs
   runc busybox-static                  # the container test
   openssh-client                       # ssh-keygen: the git SSH key tests
+  inotify-tools                        # inotifywait: the watching tests
   systemd                              # systemd-analyze verify: the unit file test
   etcd-server etcd-client              # the etcd backend's tests: a 3-member cluster
   openssl git                          # the docs' commands (tests/test_docs_run.py)

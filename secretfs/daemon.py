@@ -15,7 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import pyfuse3
 import trio
 
-from secretfs import sealing
+from secretfs import credsock, sealing
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
@@ -296,7 +296,10 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
 
 async def _invalidate(inval: Invalidation) -> None:
     for parent, name in inval.entries:
-        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+        # With the replaced inode its watchers get DELETE_SELF (ENOENT, ignored, when the
+        # kernel holds no entry or another inode under the name).
+        old = inval.replaced.get((parent, name), 0)
+        pyfuse3.invalidate_entry_async(parent, os.fsencode(name), old, ignore_enoent=True)
     if inval.inodes:
         # Off the loop: the kernel may wait on a request that only this loop can answer.
         await trio.to_thread.run_sync(_invalidate_inodes, inval.inodes)
@@ -344,6 +347,7 @@ def serve(
     options: MountOptions,
     ready: Callable[[], None] = lambda: None,
     resolver: ResolverConfig | None = None,
+    credential_socket: Path | None = None,
 ) -> None:
     """Mount and serve until unmounted or signalled; always leaves no mount behind.
 
@@ -356,25 +360,34 @@ def serve(
     watcher = Watcher(vault, tree)
     watcher.refresh()
     queue = AuditQueue()
-    extra: Callable[[], Awaitable[None]] | None = None
+    services: list[Callable[[], Awaitable[None]]] = []
+    closers: list[Callable[[], None]] = []
+    # Sockets are bound now: one that cannot be had fails the mount before it answers.
     if resolver is not None:
         from secretfs.resolver.server import resolver_task
 
-        # Bound now: a socket that cannot be had fails the mount before it answers.
-        extra, close_resolver = resolver_task(resolver, tree, watcher, queue)
+        serve_api, close_resolver = resolver_task(resolver, tree, watcher, queue)
+        services.append(serve_api)
+        closers.append(close_resolver)
+    if credential_socket is not None:
+        lookup = credsock.tree_lookup(tree, watcher.versions, watcher.catch_up)
+        sock = credsock.bind(credential_socket)
+        creds = credsock.CredentialServer(sock, credential_socket, lookup, queue)
+        services.append(creds.serve)
+        closers.append(creds.close)
     writer = AuditWriter(vault.backend.open_another())
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer, extra)
+            trio.run(_main, watcher, mountpoint, ready, queue, writer, services)
             unmounted = not is_mounted(mountpoint)
         finally:
             pyfuse3.close(unmount=not unmounted)
     finally:
-        if resolver is not None:
-            close_resolver()
+        for close in closers:
+            close()
         try:
             writer.write(queue.take())
         except (SecretfsError, sqlite3.Error) as exc:
@@ -388,11 +401,11 @@ async def _main(
     ready: Callable[[], None],
     queue: AuditQueue,
     writer: AuditWriter,
-    extra: Callable[[], Awaitable[None]] | None = None,
+    services: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     async with trio.open_nursery() as nursery:
-        if extra is not None:
-            nursery.start_soon(extra)  # the resolver socket (secretfs/resolver/server.py)
+        for service in services:  # sockets bound already: they answer from here on
+            nursery.start_soon(service)
         nursery.start_soon(_signals)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)

@@ -99,6 +99,9 @@ class Invalidation:
     """What the kernel may hold that a change made stale."""
 
     entries: list[tuple[int, str]] = field(default_factory=list)  # (parent inode, name)
+    # Entries whose file was replaced or removed -> the inode it had: the kernel is told
+    # that file was deleted (FUSE_NOTIFY_DELETE), so its inotify watchers get DELETE_SELF.
+    replaced: dict[tuple[int, str], int] = field(default_factory=dict)
     inodes: list[int] = field(default_factory=list)  # attributes to drop
 
     def __bool__(self) -> bool:
@@ -106,6 +109,7 @@ class Invalidation:
 
     def extend(self, other: Invalidation) -> None:
         self.entries.extend(other.entries)
+        self.replaced.update(other.replaced)
         self.inodes.extend(other.inodes)
 
 
@@ -140,6 +144,9 @@ class Tree:
         self.client_key_records: list[ClientKeyRecord] = []
         self._nodes[ROOT_INODE] = Node(ROOT_INODE, "dir", "")
         self._inodes[("dir", "")] = ROOT_INODE
+        # (secret_id, version) -> inodes of its field files and directories below NAME.d,
+        # so a new version names them for deletion without a walk over every node.
+        self._field_inodes: dict[tuple[int, int], set[int]] = {}
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -221,8 +228,17 @@ class Tree:
         parent = self._inodes.get(("dir", old.scope))
         if parent is None:
             return
-        out.entries.append((parent, old.name))
+        sid, ver = old.secret_id, old.version
+        self._stale_file(out, parent, old.name, self._inodes.get(("secret", sid, ver)))
         if old.kind == "json":
+            # Field files first, deepest first: a directory's entry goes after its children.
+            known = [self._nodes[i] for i in self._field_inodes.get((sid, ver), ())]
+            for node in sorted(known, key=lambda n: -len(n.field)):
+                up = self._inodes.get(("fielddir", sid, ver, node.field[:-1]))
+                if up is not None:
+                    # A directory is told plainly: "deleted" would need it empty in the kernel.
+                    gone = node.inode if node.kind == "field" else None
+                    self._stale_file(out, up, node.field[-1], gone)
             out.entries.append((parent, old.name + ".d"))
 
     def _stale_sealed_entries(self, old: SecretMeta, out: Invalidation) -> None:
@@ -230,6 +246,12 @@ class Tree:
             parent = self._inodes.get(("sdir", key_id, old.scope))
             if parent is not None:
                 out.entries.append((parent, old.name))
+
+    @staticmethod
+    def _stale_file(out: Invalidation, parent: int, name: str, inode: int | None) -> None:
+        out.entries.append((parent, name))
+        if inode is not None:
+            out.replaced[(parent, name)] = inode
 
     def _touch_dirs(self, scope_key: str, now_ns: int, out: Invalidation) -> None:
         parts = scope_key.split("/")
@@ -252,11 +274,18 @@ class Tree:
             inode = self._next_inode
             self._next_inode += 1
             self._inodes[key] = inode
-            self._nodes[inode] = Node(inode, kind, path, **kw)
+            node = self._nodes[inode] = Node(inode, kind, path, **kw)
+            if node.field and node.secret is not None:
+                ids = (node.secret.secret_id, node.secret.version)
+                self._field_inodes.setdefault(ids, set()).add(inode)
         return self._nodes[inode]
 
     def get(self, inode: int) -> Node | None:
         return self._nodes.get(inode)
+
+    def meta(self, scope: str, name: str) -> SecretMeta | None:
+        """The secret `name` of `scope` (a scope key) as the mount serves it now."""
+        return self._scopes.get(scope, {}).get(name)
 
     def remember(self, inode: int) -> None:
         """The kernel got a reference to `inode` (lookup, readdirplus)."""
@@ -275,6 +304,13 @@ class Tree:
         for key in _keys_of(node):
             if self._inodes.get(key) == inode:
                 del self._inodes[key]
+        if node.field and node.secret is not None:
+            ids = (node.secret.secret_id, node.secret.version)
+            fields_left = self._field_inodes.get(ids)
+            if fields_left is not None:
+                fields_left.discard(inode)
+                if not fields_left:
+                    del self._field_inodes[ids]
 
     @property
     def inode_count(self) -> int:

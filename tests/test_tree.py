@@ -647,6 +647,15 @@ def test_new_version_gives_a_new_inode_and_invalidates_entries(tree: Tree, store
     assert (dep.inode, "db.d") in inval.entries
     assert (dep.inode, "token") not in inval.entries
     assert dep.inode in inval.inodes  # its mtime changed
+    # The replaced files are named, so the kernel tells their watchers (DELETE_SELF): a
+    # field file before its directory, which is told plainly.
+    assert inval.replaced == {
+        (dep.inode, "db"): old_db.inode,
+        (old_fd.inode, "password"): old_pw.inode,
+    }
+    assert inval.entries.index((old_fd.inode, "password")) < inval.entries.index(
+        (dep.inode, "db.d")
+    )
 
     new_db = must(tree, "deployment/db")
     assert new_db.inode != old_db.inode

@@ -110,6 +110,7 @@ def commands() -> click.Group:
         setup,
         transfer,
         versions,
+        watch,
     )
 
     return cli

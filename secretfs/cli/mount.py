@@ -103,6 +103,11 @@ def _option_values(
 @click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Default group of files.")
 @click.option("--mode", default="0400", show_default=True, help="Default file mode (octal).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log.")
+@click.option(
+    "--credential-socket",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also serve systemd's LoadCredential=ID:PATH on this socket (root only).",
+)
 @click.option("--ready-fd", type=int, hidden=True)
 @resolver_options
 @handle_errors
@@ -115,6 +120,7 @@ def mount(
     gid: int | None,
     mode: str,
     log_file: Path | None,
+    credential_socket: Path | None,
     ready_fd: int | None,
     resolver: bool,
     resolver_socket: Path | None,
@@ -146,9 +152,14 @@ def mount(
         if log_file is not None:
             args += ["--log-file", str(log_file)]
         args += resolver_args(serve_api)
+        if credential_socket is not None:
+            args += ["--credential-socket", str(credential_socket.absolute())]
         _spawn_daemon(args, mountpoint, path, log_file)
         return
-    _serve(mountpoint, path, allow_other, extra, uid, gid, file_mode, log_file, ready_fd, serve_api)
+    _serve(
+        mountpoint, path, allow_other, extra, uid, gid, file_mode, log_file, ready_fd,
+        serve_api, credential_socket,
+    )  # fmt: skip
 
 
 def _serve(
@@ -162,6 +173,7 @@ def _serve(
     log_file: Path | None,
     ready_fd: int | None,
     serve_api: ResolverConfig | None = None,
+    credential_socket: Path | None = None,
 ) -> None:
     from secretfs.daemon import MountOptions, harden, serve
     from secretfs.sdnotify import Notifier
@@ -191,7 +203,7 @@ def _serve(
             opts = MountOptions(
                 allow_other, -1 if uid is None else uid, -1 if gid is None else gid, mode, extra
             )
-            serve(vault, mountpoint.resolve(), opts, ready, serve_api)
+            serve(vault, mountpoint.resolve(), opts, ready, serve_api, credential_socket)
             notifier.notify("STOPPING=1", f"STATUS=unmounted {mountpoint}")
         finally:
             vault.close()

@@ -29,12 +29,40 @@ def _warn(lines: list[str]) -> None:
     is_flag=True,
     help="Run CMD as a child and replace every resolved value in its stdout and stderr with ***.",
 )
+@click.option(
+    "--on-change",
+    metavar="SIGNAL|restart",
+    help="Keep CMD as a child; when a secret it uses gets a new value, send it SIGNAL"
+    " (HUP, USR1, ...) or restart it with the new values (docs: watching for changes).",
+)
+@click.option(
+    "--debounce",
+    type=float,
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --on-change: act once the store has been quiet this long.",
+)
+@click.option(
+    "--watch",
+    "watch",
+    multiple=True,
+    metavar="REF|SCOPE",
+    help="With --on-change: follow this secret or scope too (what CMD reads from the mount).",
+)
 @store_option
 @click.argument(
     "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARG]..."
 )
 @handle_errors
-def run(store: Path | None, scrub: bool, command: tuple[str, ...]) -> None:
+def run(
+    store: Path | None,
+    scrub: bool,
+    on_change: str | None,
+    debounce: float,
+    watch: tuple[str, ...],
+    command: tuple[str, ...],
+) -> None:
     """Run CMD with every secret reference in the environment replaced by its value.
 
     An environment value that is a reference ($S:db, $S:@api/token/field,
@@ -48,6 +76,8 @@ def run(store: Path | None, scrub: bool, command: tuple[str, ...]) -> None:
         argv = argv[1:]
     if not argv:
         raise UsageError("give the command to run after --, e.g. secretfs run -- env")
+    if on_change is not None or watch:
+        _run_on_change(store, scrub, on_change, debounce, watch, argv)
     env = dict(os.environb)
     # The store is opened only when there is something to read from it.
     vault = Vault.open(store_path(store), readonly=True) if runner.references_in(env) else None
@@ -66,6 +96,26 @@ def run(store: Path | None, scrub: bool, command: tuple[str, ...]) -> None:
         runner.exec_command(argv, env)
     status = runner.run_scrubbed(argv, env, values)
     del values, env
+    sys.exit(runner.exit_like(status))
+
+
+def _run_on_change(
+    store: Path | None,
+    scrub: bool,
+    on_change: str | None,
+    debounce: float,
+    watch: tuple[str, ...],
+    argv: list[str],
+) -> None:
+    from secretfs.onchange import run_on_change
+
+    if on_change is None:
+        raise UsageError("--watch goes with --on-change SIGNAL|restart")
+    if scrub:
+        raise UsageError("--scrub and --on-change cannot be used together yet")
+    # Merge note: the same child environment as plain `run` (key material stripped).
+    env = dict(os.environb)
+    status = run_on_change(store_path(store), argv, env, on_change, debounce, watch)
     sys.exit(runner.exit_like(status))
 
 
