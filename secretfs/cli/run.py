@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from secretfs import keys
 from secretfs import run as runner
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.cli.values import parse_mode
@@ -27,28 +28,36 @@ def _warn(lines: list[str]) -> None:
 @click.option(
     "--scrub",
     is_flag=True,
-    help="Run CMD as a child and replace every resolved value in its stdout and stderr with ***.",
+    help="Run CMD as a child and replace every resolved value (and any key material in"
+    " our environment) in its stdout and stderr with ***.",
+)
+@click.option(
+    "--pass-key-env",
+    is_flag=True,
+    help="Pass $SECRETFS_KEY / $SECRETFS_PASSWORD on to CMD. Without it CMD never gets the"
+    " store's key: it can read only the values its references name.",
 )
 @store_option
 @click.argument(
     "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARG]..."
 )
 @handle_errors
-def run(store: Path | None, scrub: bool, command: tuple[str, ...]) -> None:
+def run(store: Path | None, scrub: bool, pass_key_env: bool, command: tuple[str, ...]) -> None:
     """Run CMD with every secret reference in the environment replaced by its value.
 
     An environment value that is a reference ($S:db, $S:@api/token/field,
     $secret://staging/KEY) becomes the secret's value; {{ $S:ref }} inside a longer value
     is replaced in place. If any reference cannot be resolved, CMD is not run and every
     failing reference is listed. Arguments are never expanded: values reach CMD only
-    through its environment.
+    through its environment. CMD never gets the store's key ($SECRETFS_KEY,
+    $SECRETFS_PASSWORD) unless --pass-key-env is given.
     """
     argv = list(command)
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
         raise UsageError("give the command to run after --, e.g. secretfs run -- env")
-    env = dict(os.environb)
+    env = keys.child_environment(os.environb, pass_key=pass_key_env)
     # The store is opened only when there is something to read from it.
     vault = Vault.open(store_path(store), readonly=True) if runner.references_in(env) else None
     try:
@@ -59,7 +68,7 @@ def run(store: Path | None, scrub: bool, command: tuple[str, ...]) -> None:
             vault.close()
     _warn(res.warnings)
     res.fail_if_any(f"not running {argv[0]}")
-    values = res.used
+    values = [*res.used, *keys.key_material_forms()]
     if not scrub:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from secretfs import keys
 from secretfs.errors import UsageError
 
 GENERATE_ALPHABET = string.ascii_letters + string.digits
@@ -146,7 +147,13 @@ def resolve_uri(uri: str) -> bytes:
     if scheme == "file":
         return _read_file(Path(rest))
     if scheme == "cmd":
-        proc = subprocess.run(["/bin/sh", "-c", rest], capture_output=True, check=False)
+        proc = subprocess.run(
+            ["/bin/sh", "-c", rest],
+            capture_output=True,
+            check=False,
+            env=keys.child_environment(os.environ),
+            close_fds=True,
+        )
         if proc.returncode != 0:
             # Its output may hold the secret: report only the exit status.
             raise UsageError(f"cmd:// command exited with status {proc.returncode}")
