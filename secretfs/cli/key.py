@@ -12,8 +12,10 @@ from secretfs import crypto, keys, rotation
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.cli.values import resolve_uri
 from secretfs.errors import UsageError
+from secretfs.files import read_limited
 
 MIN_PASSWORD_CHARS = 12
+KEY_INPUT_LIMIT = 64 * 1024  # a key or password is far smaller; /dev/zero is not read whole
 
 
 @cli.group()
@@ -29,13 +31,13 @@ def key() -> None:
 def _read_input(uri: str, what: str) -> bytes:
     """A key or password from env://, file://, cmd:// or `-` (stdin); never from argv."""
     if uri == "-":
-        return sys.stdin.buffer.read()
+        return read_limited(sys.stdin.buffer, KEY_INPUT_LIMIT, f"{what} from standard input")
     if "://" not in uri:
         raise UsageError(
             f"{what} takes env://VAR, file://PATH, cmd://COMMAND or - (stdin), never the"
             " secret itself on the command line"
         )
-    return resolve_uri(uri)
+    return resolve_uri(uri, KEY_INPUT_LIMIT)
 
 
 def _strip_newline(data: bytes) -> bytes:
@@ -208,7 +210,7 @@ def passwd(store: Path | None, new_password_from: str | None) -> None:
             "New password", hide_input=True, confirmation_prompt=True, err=True
         ).encode()
     else:
-        raw = sys.stdin.buffer.read()
+        raw = read_limited(sys.stdin.buffer, KEY_INPUT_LIMIT, "the new password")
     password = _strip_newline(raw)
     if not password:
         raise UsageError("the new password is empty")

@@ -13,7 +13,7 @@ from secretfs import run as runner
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.cli.values import parse_mode
 from secretfs.errors import ConflictError, UsageError
-from secretfs.files import write_file_atomically
+from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited, write_file_atomically
 from secretfs.vault import Vault
 
 
@@ -132,8 +132,5 @@ def inject(template: Path, out: Path, force: bool, mode_text: str, store: Path |
 
 def _read_template(path: Path) -> bytes:
     if str(path) == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read template {path}: {exc.strerror}") from None
+        return read_limited(sys.stdin.buffer, INPUT_LIMIT, "the template")
+    return read_file_limited(path, INPUT_LIMIT, f"template {path}")

@@ -72,11 +72,12 @@ def secret() -> None:
 
 def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
     ref = _ref(ref_text)
-    value = take_value(kw)
+    source = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
     owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": mode}
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
+        value = source.read(vault.max_value_bytes)  # bounded while reading
         result = vault.write(
             ref, value, how="create" if how == "create" else "set", owner=owner, schedule=schedule
         )

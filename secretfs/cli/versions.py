@@ -45,9 +45,10 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
     REF does not exist: use `secret create` or `secret set` for that.
     """
     parsed = _ref(ref)
-    value = take_value(kw)
+    source = take_value(kw)
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
+        value = source.read(vault.max_value_bytes)  # bounded while reading
         result = vault.write(parsed, value, how="rotate", schedule=schedule)
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
