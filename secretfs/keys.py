@@ -9,7 +9,6 @@ when neither variable is set. An existing store is never given a fresh key.
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import stat
 from collections.abc import Mapping
@@ -20,8 +19,6 @@ from typing import TypeVar
 from secretfs import crypto
 from secretfs.errors import ConflictError, KeySourceError, SecretfsError
 from secretfs.files import fsync_dir, write_file_atomically
-
-log = logging.getLogger(__name__)
 
 ENV_KEY = "SECRETFS_KEY"
 ENV_PASSWORD = "SECRETFS_PASSWORD"  # noqa: S105 - the variable's name, not a password
@@ -124,8 +121,13 @@ def read_key_file(path: Path) -> bytes:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KeySourceError(f"cannot read key file {path}: {exc}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        log.warning("key file %s is readable by others (mode %o): chmod 600 it", path, st.st_mode)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        # As ssh does with a private key: a key others could have copied is not used.
+        raise KeySourceError(
+            f"key file {path} is mode {mode:04o}: other users may read or change the key,"
+            f" so it is not used; run: chmod 600 {path}"
+        )
     try:
         return crypto.parse_key_text(text)
     except SecretfsError:

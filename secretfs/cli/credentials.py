@@ -12,6 +12,7 @@ import click
 
 from secretfs import credentials as creds
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.params import bounded_int
 from secretfs.cli.values import parse_optional_mode
 from secretfs.errors import NotFoundError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited
@@ -32,10 +33,10 @@ def _owner_options(default_mode: str | None) -> Callable[[F], F]:
             + ("." if default_mode else " (default: the scope's, else the mount's)."),
         )(fn)
         fn = click.option(
-            "--gid", type=click.IntRange(0, 2**32 - 2), help="Group id in the mount."
+            "--gid", type=bounded_int(0, 2**32 - 2), help="Group id in the mount."
         )(fn)
         return click.option(
-            "--uid", type=click.IntRange(0, 2**32 - 2), help="Owner id in the mount."
+            "--uid", type=bounded_int(0, 2**32 - 2), help="Owner id in the mount."
         )(fn)
 
     return decorate

@@ -10,6 +10,7 @@ import click
 
 from secretfs import crypto, keys, rotation
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
+from secretfs.cli.params import bounded_int
 from secretfs.cli.values import resolve_uri
 from secretfs.errors import UsageError
 from secretfs.files import read_limited
@@ -115,7 +116,7 @@ def _progress(done: int, total: int) -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, 100_000),
+    type=bounded_int(1, 100_000),
     default=rotation.DEFAULT_BATCH,
     show_default=True,
     help="Versions re-encrypted per transaction.",

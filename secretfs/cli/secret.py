@@ -12,6 +12,7 @@ import click
 
 from secretfs import expiry, fields
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.params import bounded_int
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -32,8 +33,8 @@ def _ref(text: str) -> Ref:
 
 def owner_options(fn: Any) -> Any:
     fn = click.option("--mode", metavar="OCTAL", help="File mode in the mount, e.g. 0440.")(fn)
-    fn = click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Numeric group id.")(fn)
-    return click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="Numeric user id.")(fn)
+    fn = click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Numeric group id.")(fn)
+    return click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Numeric user id.")(fn)
 
 
 def meta_record(meta: SecretMeta) -> dict[str, Any]:
@@ -115,7 +116,7 @@ def set_(store: Path | None, ref: str, **kw: Any) -> None:
 @secret.command()
 @click.argument("ref")
 @click.option("--field", "field_path", metavar="A/B", help="One field of a JSON secret.")
-@click.option("--version", "version", type=click.IntRange(1), help="An older version.")
+@click.option("--version", "version", type=bounded_int(), help="An older version.")
 @store_option
 @handle_errors
 def get(store: Path | None, ref: str, field_path: str | None, version: int | None) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from secretfs import keys
+from secretfs.cli.params import bounded_int
 from secretfs.errors import UsageError
 from secretfs.files import read_file_limited, read_limited, too_large
 
@@ -41,7 +42,7 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
             ),
             click.option(
                 "--generate",
-                type=click.IntRange(1, 4096),
+                type=bounded_int(1, 4096),
                 is_flag=False,
                 flag_value=DEFAULT_GENERATE_LENGTH,
                 default=None,

@@ -10,6 +10,7 @@ import click
 
 from secretfs import expiry
 from secretfs.cli import emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.params import bounded_int
 from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_options
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
@@ -61,7 +62,7 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
 @secret.command()
 @click.argument("ref")
 @click.option(
-    "--to", "to_version", type=click.IntRange(1), required=True, help="The version to restore."
+    "--to", "to_version", type=bounded_int(), required=True, help="The version to restore."
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
@@ -93,7 +94,7 @@ def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> No
 @click.argument("ref", required=False)
 @click.option(
     "--keep",
-    type=click.IntRange(1),
+    type=bounded_int(),
     help="Versions to keep, the current one included (default: the store's max-versions).",
 )
 @click.option("--all", "all_secrets", is_flag=True, help="Prune every secret.")
