@@ -180,3 +180,13 @@ def test_run_child_gets_the_users_core_limit_back(
         check=True,
     )
     assert proc.stdout == b"(4096, 8192)\n"
+
+
+@pytest.mark.parametrize("scrub", [[], ["--scrub"]])
+def test_run_child_inherits_no_descriptor_of_ours(
+    cli: CliRunner, env_key_store: dict[str, str], scrub: list[str]
+) -> None:
+    # The store was opened to resolve $S:db: its file must not stay open in the child.
+    show = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"
+    proc = cli("run", *scrub, "--", sys.executable, "-c", show, env=env_key_store)
+    assert proc.stdout == b"[0, 1, 2, 3]\n"  # 3: the listing's own directory
