@@ -27,6 +27,7 @@ from secretfs import credsock, sealing
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
+from secretfs.hardening import no_core_dumps
 from secretfs.snapshots import VerifiedVersions
 from secretfs.store.base import Backend
 from secretfs.tree import Invalidation, Owner, Tree
@@ -41,8 +42,6 @@ FSNAME = "secretfs"
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 
-_PR_SET_DUMPABLE = 4
-_PR_GET_DUMPABLE = 3
 _MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
 _CAP_IPC_LOCK = 14
 _hardened = False
@@ -59,12 +58,8 @@ def harden() -> None:
     if _hardened:
         return
     _hardened = True
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-        log.warning("cannot turn off dumpable: %s", os.strerror(ctypes.get_errno()))
-    dumpable = libc.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
-    locked = _lock_memory(libc)
+    dumpable = no_core_dumps()
+    locked = _lock_memory(ctypes.CDLL(None, use_errno=True))
     log.info(
         "hardened: core dumps off, dumpable=%d, memory %s",
         dumpable,

@@ -6,8 +6,44 @@ import errno
 import os
 import secrets
 from pathlib import Path
+from typing import IO
 
-from secretfs.errors import ConflictError, SecretfsError, UsageError
+from secretfs.errors import ConflictError, SecretfsError, TooLargeError, UsageError
+
+#: The most any one input (a value, a template, a key) is read into memory: the largest
+#: max-value-size a store may have.
+INPUT_LIMIT = 64 * 1024 * 1024
+#: An import file: as much as one largest value.
+IMPORT_LIMIT = INPUT_LIMIT
+_READ_CHUNK = 64 * 1024
+
+
+def read_limited(source: IO[bytes], limit: int, what: str) -> bytes:
+    """All of `source`, reading at most `limit` + 1 bytes: over `limit` is refused at
+    once, so `/dev/zero` or a runaway command costs `limit` bytes of memory, not all."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = source.read(min(_READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise too_large(what, limit)
+
+
+def read_file_limited(path: Path, limit: int, what: str | None = None) -> bytes:
+    """A file's bytes (`~` expanded) through read_limited; unreadable is a usage error."""
+    try:
+        with path.expanduser().open("rb") as fh:
+            return read_limited(fh, limit, what or str(path))
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def too_large(what: str, limit: int) -> TooLargeError:
+    # "the limit is N bytes" as Vault says it, so both refusals read alike.
+    return TooLargeError(f"{what} is over {limit} bytes (the limit is {limit} bytes): refused")
 
 
 def write_file_atomically(

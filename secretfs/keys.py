@@ -8,21 +8,28 @@ when neither variable is set. An existing store is never given a fresh key.
 
 from __future__ import annotations
 
-import logging
+import base64
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from secretfs import crypto
 from secretfs.errors import ConflictError, KeySourceError, SecretfsError
 from secretfs.files import fsync_dir, write_file_atomically
 
-log = logging.getLogger(__name__)
-
 ENV_KEY = "SECRETFS_KEY"
 ENV_PASSWORD = "SECRETFS_PASSWORD"  # noqa: S105 - the variable's name, not a password
 ENV_KEY_FILE = "SECRETFS_KEY_FILE"
+
+#: Variables that hold key material: never in a child's environment (see child_environment).
+KEY_ENV_VARS = (ENV_KEY, ENV_PASSWORD)
+#: SECRETFS_ variables whose names say KEY but that hold a path, not key material.
+_KEY_PATH_VARS = (ENV_KEY_FILE, "SECRETFS_ETCD_KEY")
+
+_E = TypeVar("_E", str, bytes)
 
 KIND_KEY = "key"
 KIND_PASSWORD = "password"  # noqa: S105
@@ -50,6 +57,48 @@ def env_source() -> KekSource | None:
     return None
 
 
+def is_key_env_var(name: str | bytes) -> bool:
+    """Key material by name: the listed variables and, failing closed for ones added
+    later, any other SECRETFS_ name with KEY, PASSWORD, TOKEN or SECRET in it."""
+    text = os.fsdecode(name)
+    if text in KEY_ENV_VARS:
+        return True
+    upper = text.upper()
+    return (
+        upper.startswith("SECRETFS_")
+        and text not in _KEY_PATH_VARS
+        and any(word in upper for word in ("KEY", "PASSWORD", "TOKEN", "SECRET_"))
+    )
+
+
+def child_environment(env: Mapping[_E, _E], *, pass_key: bool = False) -> dict[_E, _E]:
+    """`env` for a process we start: without key material unless `pass_key` (the user's
+    explicit `run --pass-key-env`). Every spawn of a user-given command goes through here."""
+    if pass_key:
+        return dict(env)
+    return {k: v for k, v in env.items() if not is_key_env_var(k)}
+
+
+def key_material_forms(env: Mapping[str, str] | None = None) -> list[bytes]:
+    """Every text form of the key material in `env` (default os.environ), for `--scrub`:
+    the variable's text as given, and the hex and base64 forms of a parsed key."""
+    env = os.environ if env is None else env
+    forms: set[bytes] = set()
+    for name, text in env.items():
+        if not text or not is_key_env_var(name):
+            continue
+        forms.update({os.fsencode(text), os.fsencode(text.strip())})
+        try:
+            key = crypto.parse_key_text(text)
+        except SecretfsError:
+            continue
+        b64 = base64.b64encode(key)
+        url = base64.urlsafe_b64encode(key)
+        forms.update({key.hex().encode(), key.hex().upper().encode(), b64, url})
+        forms.update({b64.rstrip(b"="), url.rstrip(b"=")})
+    return sorted(f for f in forms if f)
+
+
 def kek_from_env_key() -> bytes:
     try:
         return crypto.parse_key_text(os.environ[ENV_KEY])
@@ -72,8 +121,13 @@ def read_key_file(path: Path) -> bytes:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KeySourceError(f"cannot read key file {path}: {exc}") from None
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        log.warning("key file %s is readable by others (mode %o): chmod 600 it", path, st.st_mode)
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        # As ssh does with a private key: a key others could have copied is not used.
+        raise KeySourceError(
+            f"key file {path} is mode {mode:04o}: other users may read or change the key,"
+            f" so it is not used; run: chmod 600 {path}"
+        )
     try:
         return crypto.parse_key_text(text)
     except SecretfsError:

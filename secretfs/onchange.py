@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from secretfs.errors import SecretfsError, UsageError
 from secretfs.follow import POLL_SECONDS, Follower, Selection
+from secretfs.hardening import restore_core_limit
 from secretfs.refs import Ref
 from secretfs.run import FORWARDED, CommandError, Resolver, resolve_env
 from secretfs.store.location import StoreLocation, open_backend
@@ -129,6 +130,7 @@ class Supervisor:
 
 def _unblock() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
+    restore_core_limit()  # the user's command gets the user's core limit, as with `run`
 
 
 def run_on_change(

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from secretfs.errors import NotFoundError, SecretfsError, UsageError
+from secretfs.files import INPUT_LIMIT, too_large
 
 DEFAULT_ADDR = "https://127.0.0.1:8200"  # what the vault and bao CLIs use
 DEFAULT_TIMEOUT = 30.0
@@ -145,19 +146,32 @@ def vault_config(environ: Mapping[str, str] | None = None) -> VaultConfig:
     return VaultConfig(addr, token, _env(env, "NAMESPACE"), verify, cert, timeout)
 
 
-def read_vault(uri: str, environ: Mapping[str, str] | None = None) -> bytes:
-    """The bytes `uri` names (see the module doc)."""
+def read_vault(
+    uri: str, environ: Mapping[str, str] | None = None, *, limit: int = INPUT_LIMIT
+) -> bytes:
+    """The bytes `uri` names (see the module doc); a value over `limit` bytes is refused,
+    and no answer is read past what such a value can take as JSON."""
     parsed = parse_vault_uri(uri)
     config = vault_config(environ)
-    reader = _Reader(parsed, config)
+    reader = _Reader(parsed, config, _answer_limit(limit))
     data = reader.read()
     if parsed.field is None:
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-    if parsed.field not in data:
+        value = json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+    elif parsed.field not in data:
         keys = sorted(str(k) for k in data)
         shown = ", ".join(keys[:20]) + (f" and {len(keys) - 20} more" if len(keys) > 20 else "")
         raise NotFoundError(f"{parsed}: no field {parsed.field!r} (it has: {shown or 'none'})")
-    return render_field(data[parsed.field])
+    else:
+        value = render_field(data[parsed.field])
+    if len(value) > limit:
+        raise too_large(f"{parsed}", limit)
+    return value
+
+
+def _answer_limit(limit: int) -> int:
+    """The most of one HTTP answer read for a value of at most `limit` bytes: JSON may
+    escape each byte as six (\\u0000), plus the envelope."""
+    return 6 * limit + 64 * 1024
 
 
 def render_field(node: Any) -> bytes:
@@ -173,12 +187,13 @@ def render_field(node: Any) -> bytes:
 
 
 class _Reader:
-    def __init__(self, uri: VaultURI, config: VaultConfig) -> None:
+    def __init__(self, uri: VaultURI, config: VaultConfig, answer_limit: int) -> None:
         import hvac  # here: only vault:// needs it, and it takes a while to import
 
         self.uri = uri
         self.config = config
         self.client = hvac.Client(
+            session=_limited_session(answer_limit, str(uri)),
             url=config.addr,
             token=config.token,
             namespace=config.namespace,
@@ -289,3 +304,27 @@ def _server_says(exc: Exception) -> str:
         text = "no detail"
     text = " ".join(text.split())
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+def _limited_session(limit: int, what: str) -> Any:
+    """A requests session that reads each answer as a stream and stops past `limit`."""
+    import requests
+
+    class LimitedSession(requests.Session):
+        def send(self, request: Any, **kwargs: Any) -> Any:
+            kwargs["stream"] = True
+            response = super().send(request, **kwargs)
+            chunks: list[bytes] = []
+            total = 0
+            try:
+                for chunk in response.iter_content(64 * 1024):
+                    total += len(chunk)
+                    if total > limit:
+                        raise too_large(f"the answer for {what}", limit)
+                    chunks.append(chunk)
+            finally:
+                response.close()
+            response._content = b"".join(chunks)
+            return response
+
+    return LimitedSession()

@@ -27,6 +27,7 @@ from typing import IO
 
 from secretfs import fields
 from secretfs.errors import NotFoundError, SecretfsError, UsageError
+from secretfs.hardening import restore_core_limit
 from secretfs.refs import PREFIX, SECRET_URL_PREFIX, Ref, parse_ref
 from secretfs.scrub import Scrubber, scrub_forms
 from secretfs.vault import Vault
@@ -172,6 +173,7 @@ _CHUNK = 65536
 
 def exec_command(argv: list[str], env: Mapping[bytes, bytes]) -> None:
     """Replace this process with the command (no return on success)."""
+    restore_core_limit()  # ours stays dumpable=0 until the exec, which resets it
     try:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - the user's command, by design
     except FileNotFoundError:
@@ -202,7 +204,12 @@ def run_scrubbed(argv: list[str], env: Mapping[bytes, bytes], values: Iterable[b
     previous = {sig: signal.signal(sig, early) for sig in FORWARDED}
     try:
         proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True
+            argv,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            close_fds=True,
+            preexec_fn=restore_core_limit,  # no thread of ours runs yet
         )
     except FileNotFoundError:
         raise CommandError(f"command not found: {argv[0]}", 127) from None

@@ -53,7 +53,8 @@ def test_modes_that_let_others_read_fail_with_the_fix(cli: CliRunner, store: Pat
     store.chmod(0o644)
     proc = cli("doctor", check=False)
     text = proc.stdout.decode()
-    assert proc.returncode == 1 and "UNHEALTHY: 2 check(s) failed" in text
+    # Unlock fails too: a key file others may read is refused, as ssh refuses one.
+    assert proc.returncode == 1 and "UNHEALTHY: 3 check(s) failed" in text
     assert f"FAIL  key source       {key} is mode 0640: others may read the key" in text
     assert f"fix: chmod 600 {key}" in text
     assert f"FAIL  store            {store} is mode 0644" in text

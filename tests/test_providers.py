@@ -242,3 +242,18 @@ def test_errors_name_the_problem_and_never_a_value(
         assert vault.list_secrets() == []
     finally:
         vault.close()
+
+
+def test_value_over_the_limit_is_refused_while_reading(
+    cli: CliRunner, venv: dict[str, str], bao: Bao, store: Path
+) -> None:
+    bao.api("POST", "secret/data/small", {"data": {"v": "x" * 200}})
+    bao.api("POST", "secret/data/huge", {"data": {"v": "y" * 100_000}})
+    cli("config", "set", "max-value-size", "100", env=venv)
+    proc = cli("secret", "set", "s", "--from", "vault://secret/small#v", env=venv, check=False)
+    assert proc.returncode == 2
+    assert b"vault://secret/small#v is over 100 bytes" in proc.stderr
+    # An answer longer than any value of 100 bytes can be is not read to its end.
+    proc = cli("secret", "set", "h", "--from", "vault://secret/huge#v", env=venv, check=False)
+    assert proc.returncode == 2
+    assert b"the answer for vault://secret/huge#v is over 66136 bytes" in proc.stderr

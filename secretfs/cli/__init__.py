@@ -15,6 +15,7 @@ import click
 
 from secretfs import __version__
 from secretfs.errors import SecretfsError, StoreError
+from secretfs.hardening import no_core_dumps
 from secretfs.store.location import EtcdLocation, StoreLocation, default_location
 from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
@@ -117,4 +118,6 @@ def commands() -> click.Group:
 
 
 def main() -> None:
+    # Before any key or value is in memory: a core of the CLI would hold them.
+    no_core_dumps(keep_hard_limit=True)
     commands()(prog_name="secretfs")

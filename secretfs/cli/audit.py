@@ -15,6 +15,7 @@ from secretfs.audit import AuditRecord
 from secretfs.cli import cli, emit_json, handle_errors, store_option, store_path
 from secretfs.cli.access import parse_target
 from secretfs.cli.completion import REF_OR_SCOPE
+from secretfs.cli.params import bounded_int
 from secretfs.errors import UsageError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_ref
 from secretfs.store.base import Backend
@@ -99,7 +100,7 @@ def _print(records: list[AuditRecord], as_json: bool, lines: bool) -> None:
 @click.option("--since", metavar="TIME", help="Only from TIME on: 15m, 2h, 7d or ISO 8601.")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array; with --follow, JSON lines.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records until interrupted.")
-@click.option("--last", type=click.IntRange(1), metavar="N", help="Only the last N records.")
+@click.option("--last", type=bounded_int(), metavar="N", help="Only the last N records.")
 @store_option
 @handle_errors
 def audit(

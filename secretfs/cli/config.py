@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.params import INT_MAX, bounded_int
 from secretfs.errors import UsageError
 from secretfs.vault import MAX_VERSIONS_LIMIT
 
@@ -39,7 +40,7 @@ def show(store: Path | None, as_json: bool) -> None:
 
 @config.command(name="set")
 @click.argument("name", type=click.Choice(sorted(SETTINGS)))
-@click.argument("value", type=int)
+@click.argument("value", type=bounded_int(-INT_MAX - 1))
 @store_option
 @handle_errors
 def set_(store: Path | None, name: str, value: int) -> None:

@@ -12,8 +12,10 @@ import click
 
 from secretfs import credentials as creds
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.params import bounded_int
 from secretfs.cli.values import parse_optional_mode
 from secretfs.errors import NotFoundError, UsageError
+from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited
 from secretfs.refs import Ref, parse_ref, validate_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -31,10 +33,10 @@ def _owner_options(default_mode: str | None) -> Callable[[F], F]:
             + ("." if default_mode else " (default: the scope's, else the mount's)."),
         )(fn)
         fn = click.option(
-            "--gid", type=click.IntRange(0, 2**32 - 2), help="Group id in the mount."
+            "--gid", type=bounded_int(0, 2**32 - 2), help="Group id in the mount."
         )(fn)
         return click.option(
-            "--uid", type=click.IntRange(0, 2**32 - 2), help="Owner id in the mount."
+            "--uid", type=bounded_int(0, 2**32 - 2), help="Owner id in the mount."
         )(fn)
 
     return decorate
@@ -107,7 +109,9 @@ def registry_add(
     key = creds.registry_key(registry_name)
     user = creds.check_username(username)
     ref = _whole_secret(secret_ref)
-    password = creds.read_login_secret(sys.stdin.buffer.read(), what)
+    password = creds.read_login_secret(
+        read_limited(sys.stdin.buffer, INPUT_LIMIT, f"the {what}"), what
+    )
     replaced = False
 
     def change(old: bytes | None) -> bytes:
@@ -237,13 +241,11 @@ def git_add(
         raise UsageError("give exactly one of --pat-stdin or --ssh-key-file FILE")
     ref = _whole_secret(secret_ref or f"{creds.GIT_SCOPE}/{validate_name(name)}")
     if pat_stdin:
-        value, kind = creds.check_token(sys.stdin.buffer.read()), "token"
+        token = read_limited(sys.stdin.buffer, INPUT_LIMIT, "the token")
+        value, kind = creds.check_token(token), "token"
     else:
         assert ssh_key_file is not None
-        try:
-            data = ssh_key_file.read_bytes()
-        except OSError as exc:
-            raise UsageError(f"cannot read {ssh_key_file}: {exc.strerror}") from None
+        data = read_file_limited(ssh_key_file, INPUT_LIMIT)
         value, kind = creds.check_ssh_private_key(data), "SSH private key"
     with open_vault(store) as vault:
         result = vault.set(ref, value, **_owner(uid, gid, mode_text))

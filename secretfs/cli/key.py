@@ -10,10 +10,13 @@ import click
 
 from secretfs import crypto, keys, rotation
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
+from secretfs.cli.params import bounded_int
 from secretfs.cli.values import resolve_uri
 from secretfs.errors import UsageError
+from secretfs.files import read_limited
 
 MIN_PASSWORD_CHARS = 12
+KEY_INPUT_LIMIT = 64 * 1024  # a key or password is far smaller; /dev/zero is not read whole
 
 
 @cli.group()
@@ -29,13 +32,13 @@ def key() -> None:
 def _read_input(uri: str, what: str) -> bytes:
     """A key or password from env://, file://, cmd:// or `-` (stdin); never from argv."""
     if uri == "-":
-        return sys.stdin.buffer.read()
+        return read_limited(sys.stdin.buffer, KEY_INPUT_LIMIT, f"{what} from standard input")
     if "://" not in uri:
         raise UsageError(
             f"{what} takes env://VAR, file://PATH, cmd://COMMAND or - (stdin), never the"
             " secret itself on the command line"
         )
-    return resolve_uri(uri)
+    return resolve_uri(uri, KEY_INPUT_LIMIT)
 
 
 def _strip_newline(data: bytes) -> bytes:
@@ -113,7 +116,7 @@ def _progress(done: int, total: int) -> None:
 )
 @click.option(
     "--batch-size",
-    type=click.IntRange(1, 100_000),
+    type=bounded_int(1, 100_000),
     default=rotation.DEFAULT_BATCH,
     show_default=True,
     help="Versions re-encrypted per transaction.",
@@ -208,7 +211,7 @@ def passwd(store: Path | None, new_password_from: str | None) -> None:
             "New password", hide_input=True, confirmation_prompt=True, err=True
         ).encode()
     else:
-        raw = sys.stdin.buffer.read()
+        raw = read_limited(sys.stdin.buffer, KEY_INPUT_LIMIT, "the new password")
     password = _strip_newline(raw)
     if not password:
         raise UsageError("the new password is empty")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +14,9 @@ from typing import TYPE_CHECKING
 import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.params import bounded_int
 from secretfs.cli.resolver_options import resolver_args, resolver_config, resolver_options
-from secretfs.errors import SecretfsError, StoreError, UsageError
+from secretfs.errors import SecretfsError, UsageError
 from secretfs.store.location import StoreLocation
 from secretfs.store.location import parse as parse_location
 
@@ -99,8 +102,8 @@ def _option_values(
 @click.option(
     "-o", "options", multiple=True, metavar="OPT[,OPT]", help="Mount options: allow_other."
 )
-@click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="Default owner of files.")
-@click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Default group of files.")
+@click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Default owner of files.")
+@click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Default group of files.")
 @click.option("--mode", default="0400", show_default=True, help="Default file mode (octal).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log.")
 @click.option(
@@ -108,7 +111,7 @@ def _option_values(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Also serve systemd's LoadCredential=ID:PATH on this socket (root only).",
 )
-@click.option("--ready-fd", type=int, hidden=True)
+@click.option("--ready-fd", type=bounded_int(0, 2**31 - 1), hidden=True)
 @resolver_options
 @handle_errors
 def mount(
@@ -138,12 +141,11 @@ def mount(
     allow_other, extra = _parse_options(options)
     store, uid, gid, mode = _option_values(options, store, uid, gid, mode)
     file_mode = parse_mode(mode)
+    check_mount_setup(mountpoint)
     serve_api = resolver_config(
         mountpoint, resolver, resolver_socket, resolver_socket_mode, docker_uids
     )
     clear_stale_mount(mountpoint)
-    if not mountpoint.is_dir():
-        raise UsageError(f"mount point {mountpoint} is not a directory")
     path = store_path(store)
     if not foreground:
         args = [str(mountpoint), "--store", str(path), "--mode", f"{file_mode:04o}"]
@@ -182,7 +184,7 @@ def _serve(
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s secretfs[%(process)d] %(levelname)s %(message)s",
-        filename=str(log_file) if log_file else None,
+        stream=os.fdopen(open_log_file(log_file), "a", buffering=1) if log_file else None,
     )
 
     def ready() -> None:
@@ -203,14 +205,18 @@ def _serve(
             opts = MountOptions(
                 allow_other, -1 if uid is None else uid, -1 if gid is None else gid, mode, extra
             )
-            serve(vault, mountpoint.resolve(), opts, ready, serve_api, credential_socket)
+            try:
+                serve(vault, mountpoint.resolve(), opts, ready, serve_api, credential_socket)
+            except (RuntimeError, OSError) as exc:  # pyfuse3 says only "... failed"
+                why = diagnose(mountpoint, exc)
+                raise MountError(f"cannot mount at {mountpoint}: {why}") from None
             notifier.notify("STOPPING=1", f"STATUS=unmounted {mountpoint}")
         finally:
             vault.close()
     except SecretfsError as exc:
         notifier.notify(f"STATUS=failed: {exc}")
         if ready_fd is not None:
-            os.write(ready_fd, f"error: {exc}\n".encode())
+            os.write(ready_fd, f"error {exc.exit_code}: {exc}\n".encode())
         raise
 
 
@@ -221,7 +227,7 @@ def _spawn_daemon(
     read_end, write_end = os.pipe()
     cmd = [sys.executable, "-m", "secretfs", "mount", *args, "--foreground"]
     cmd += ["--ready-fd", str(write_end)]
-    log = open(log_file, "ab") if log_file else subprocess.DEVNULL
+    log = open_log_file(log_file) if log_file else subprocess.DEVNULL
     try:
         proc = subprocess.Popen(
             cmd,
@@ -234,15 +240,90 @@ def _spawn_daemon(
     finally:
         os.close(write_end)
         if log is not subprocess.DEVNULL:
-            log.close()  # type: ignore[union-attr]
+            os.close(log)
     with os.fdopen(read_end, "rb") as pipe:
         answer = pipe.read()
     if answer == READY:
         click.echo(f"mounted {path} at {mountpoint} (daemon pid {proc.pid})")
         return
     code = proc.wait()
-    message = answer.decode(errors="replace").strip().removeprefix("error: ")
-    raise StoreError(message or f"the mount daemon exited with status {code} before it was ready")
+    status, _, message = answer.decode(errors="replace").strip().partition(": ")
+    if not message:
+        raise MountError(
+            f"the mount daemon exited with status {code} before it was ready"
+            + (f" (see {log_file})" if log_file else "; run with --log-file FILE to see why")
+        )
+    error = MountError(message)
+    error.exit_code = int(status.removeprefix("error ")) if status[6:].isdigit() else 1
+    raise error
+
+
+def open_log_file(path: Path) -> int:
+    """The daemon's log, appended to; a new one is created 0600 (it names secrets and
+    uids), never widened by the umask nor chmod-ed after creation."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        raise UsageError(f"cannot open log file {path}: {exc.strerror}") from None
+
+
+class MountError(SecretfsError):
+    """The FUSE mount itself failed: the message says why (device, permission, place)."""
+
+
+FUSE_DEVICE = Path("/dev/fuse")
+_FUSE_RDEV = os.makedev(10, 229)  # the misc device the kernel's fuse module registers
+
+
+def check_mount_setup(mountpoint: Path) -> None:
+    """What can be checked before mounting: the mount point and the FUSE device."""
+    if not os.path.lexists(mountpoint):
+        raise UsageError(
+            f"mount point {mountpoint} does not exist: create it first (mkdir {mountpoint})"
+        )
+    try:
+        is_dir = mountpoint.is_dir()
+    except OSError:
+        is_dir = True  # a dead mount (ENOTCONN) is cleared by clear_stale_mount
+    if not is_dir:
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    problem = fuse_device_problem()
+    if problem:
+        raise MountError(problem)
+
+
+def fuse_device_problem() -> str | None:
+    try:
+        st = FUSE_DEVICE.stat()
+    except FileNotFoundError:
+        return (
+            f"{FUSE_DEVICE} does not exist: load the fuse module (modprobe fuse), or in a"
+            " container pass the device in (--device /dev/fuse)"
+        )
+    except OSError as exc:
+        return f"{FUSE_DEVICE}: {exc.strerror}"
+    if not stat.S_ISCHR(st.st_mode) or st.st_rdev != _FUSE_RDEV:
+        return f"{FUSE_DEVICE} is not the FUSE device (character device 10:229)"
+    return None
+
+
+def diagnose(mountpoint: Path, exc: BaseException) -> str:
+    """Why a mount that passed check_mount_setup failed, as far as we can tell."""
+    problem = fuse_device_problem()
+    if problem:
+        return problem
+    if os.geteuid() != 0:
+        if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK) and not shutil.which("fusermount3"):
+            return (
+                f"permission denied: {FUSE_DEVICE} is not read-writable by uid"
+                f" {os.geteuid()} and there is no fusermount3 to mount for it"
+            )
+        if not os.access(mountpoint, os.W_OK):
+            return f"permission denied: uid {os.geteuid()} cannot write to {mountpoint}"
+    if os.path.ismount(mountpoint):
+        return f"{mountpoint} is already a mount point: `secretfs umount` it first"
+    return f"{exc} (the daemon's log, --log-file, may say more)"
 
 
 @cli.command()

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import click
 
+from secretfs import keys
 from secretfs import run as runner
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.cli.values import parse_mode
 from secretfs.errors import ConflictError, UsageError
-from secretfs.files import write_file_atomically
+from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited, write_file_atomically
 from secretfs.vault import Vault
 
 
@@ -27,7 +28,14 @@ def _warn(lines: list[str]) -> None:
 @click.option(
     "--scrub",
     is_flag=True,
-    help="Run CMD as a child and replace every resolved value in its stdout and stderr with ***.",
+    help="Run CMD as a child and replace every resolved value (and any key material in"
+    " our environment) in its stdout and stderr with ***.",
+)
+@click.option(
+    "--pass-key-env",
+    is_flag=True,
+    help="Pass $SECRETFS_KEY / $SECRETFS_PASSWORD on to CMD. Without it CMD never gets the"
+    " store's key: it can read only the values its references name.",
 )
 @click.option(
     "--on-change",
@@ -58,6 +66,7 @@ def _warn(lines: list[str]) -> None:
 def run(
     store: Path | None,
     scrub: bool,
+    pass_key_env: bool,
     on_change: str | None,
     debounce: float,
     watch: tuple[str, ...],
@@ -69,7 +78,8 @@ def run(
     $secret://staging/KEY) becomes the secret's value; {{ $S:ref }} inside a longer value
     is replaced in place. If any reference cannot be resolved, CMD is not run and every
     failing reference is listed. Arguments are never expanded: values reach CMD only
-    through its environment.
+    through its environment. CMD never gets the store's key ($SECRETFS_KEY,
+    $SECRETFS_PASSWORD) unless --pass-key-env is given.
     """
     argv = list(command)
     if argv and argv[0] == "--":
@@ -77,8 +87,8 @@ def run(
     if not argv:
         raise UsageError("give the command to run after --, e.g. secretfs run -- env")
     if on_change is not None or watch:
-        _run_on_change(store, scrub, on_change, debounce, watch, argv)
-    env = dict(os.environb)
+        _run_on_change(store, scrub, pass_key_env, on_change, debounce, watch, argv)
+    env = keys.child_environment(os.environb, pass_key=pass_key_env)
     # The store is opened only when there is something to read from it.
     vault = Vault.open(store_path(store), readonly=True) if runner.references_in(env) else None
     try:
@@ -89,7 +99,7 @@ def run(
             vault.close()
     _warn(res.warnings)
     res.fail_if_any(f"not running {argv[0]}")
-    values = res.used
+    values = [*res.used, *keys.key_material_forms()]
     if not scrub:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -102,6 +112,7 @@ def run(
 def _run_on_change(
     store: Path | None,
     scrub: bool,
+    pass_key_env: bool,
     on_change: str | None,
     debounce: float,
     watch: tuple[str, ...],
@@ -113,8 +124,7 @@ def _run_on_change(
         raise UsageError("--watch goes with --on-change SIGNAL|restart")
     if scrub:
         raise UsageError("--scrub and --on-change cannot be used together yet")
-    # Merge note: the same child environment as plain `run` (key material stripped).
-    env = dict(os.environb)
+    env = keys.child_environment(os.environb, pass_key=pass_key_env)
     status = run_on_change(store_path(store), argv, env, on_change, debounce, watch)
     sys.exit(runner.exit_like(status))
 
@@ -173,8 +183,5 @@ def inject(template: Path, out: Path, force: bool, mode_text: str, store: Path |
 
 def _read_template(path: Path) -> bytes:
     if str(path) == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read template {path}: {exc.strerror}") from None
+        return read_limited(sys.stdin.buffer, INPUT_LIMIT, "the template")
+    return read_file_limited(path, INPUT_LIMIT, f"template {path}")

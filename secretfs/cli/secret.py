@@ -13,6 +13,7 @@ import click
 from secretfs import expiry, fields, sealing
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
+from secretfs.cli.params import bounded_int
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -33,8 +34,8 @@ def _ref(text: str) -> Ref:
 
 def owner_options(fn: Any) -> Any:
     fn = click.option("--mode", metavar="OCTAL", help="File mode in the mount, e.g. 0440.")(fn)
-    fn = click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Numeric group id.")(fn)
-    return click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="Numeric user id.")(fn)
+    fn = click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Numeric group id.")(fn)
+    return click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Numeric user id.")(fn)
 
 
 def meta_record(meta: SecretMeta) -> dict[str, Any]:
@@ -73,11 +74,12 @@ def secret() -> None:
 
 def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
     ref = _ref(ref_text)
-    value = take_value(kw)
+    source = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
     owner = {"uid": kw.pop("uid"), "gid": kw.pop("gid"), "mode": mode}
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
+        value = source.read(vault.max_value_bytes)  # bounded while reading
         result = vault.write(
             ref, value, how="create" if how == "create" else "set", owner=owner, schedule=schedule
         )
@@ -118,7 +120,7 @@ def set_(store: Path | None, ref: str, **kw: Any) -> None:
 @click.option(
     "--version",
     "version",
-    type=click.IntRange(1),
+    type=bounded_int(),
     help="An older version.",
     shell_complete=complete_versions,
 )

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.params import bounded_int
 from secretfs.keys import KIND_KEY_FILE
 from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VERSIONS_LIMIT, Vault
 
@@ -15,14 +16,14 @@ from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VE
 @store_option
 @click.option(
     "--max-value-size",
-    type=click.IntRange(1, 64 * 1024 * 1024),
+    type=bounded_int(1, 64 * 1024 * 1024),
     default=DEFAULT_MAX_VALUE_BYTES,
     show_default=True,
     help="Largest value the store accepts, in bytes.",
 )
 @click.option(
     "--max-versions",
-    type=click.IntRange(1, MAX_VERSIONS_LIMIT),
+    type=bounded_int(1, MAX_VERSIONS_LIMIT),
     default=DEFAULT_MAX_VERSIONS,
     show_default=True,
     help="Versions kept per secret; a write over it prunes the oldest"

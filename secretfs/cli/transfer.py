@@ -18,7 +18,7 @@ from secretfs import formats
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import SCOPE
 from secretfs.errors import ConflictError, TooLargeError, UsageError
-from secretfs.files import write_file_atomically
+from secretfs.files import IMPORT_LIMIT, read_file_limited, read_limited, write_file_atomically
 from secretfs.formats import Format, FormatError, Problem
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_scope
 from secretfs.vault import BulkOutcome, ExistingPolicy
@@ -43,11 +43,8 @@ def _read_input(path: Path | None) -> bytes:
     if path is None or path == _STDIO:
         if sys.stdin.isatty():
             raise UsageError("no input: give --file FILE, or pipe the file to standard input")
-        return sys.stdin.buffer.read()
-    try:
-        return path.expanduser().read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+        return read_limited(sys.stdin.buffer, IMPORT_LIMIT, "standard input")
+    return read_file_limited(path, IMPORT_LIMIT)
 
 
 class ImportFailed(UsageError):

@@ -7,12 +7,16 @@ import secrets
 import string
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
 
+from secretfs import keys
+from secretfs.cli.params import bounded_int
 from secretfs.errors import UsageError
+from secretfs.files import read_file_limited, read_limited, too_large
 
 GENERATE_ALPHABET = string.ascii_letters + string.digits
 DEFAULT_GENERATE_LENGTH = 32
@@ -38,7 +42,7 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
             ),
             click.option(
                 "--generate",
-                type=click.IntRange(1, 4096),
+                type=bounded_int(1, 4096),
                 is_flag=False,
                 flag_value=DEFAULT_GENERATE_LENGTH,
                 default=None,
@@ -66,32 +70,62 @@ def parse_optional_mode(text: str | None, what: str = "--mode") -> int | None:
     return None if text is None else parse_mode(text, what)
 
 
-def take_value(options: dict[str, Any]) -> bytes:
-    """Read the value that `value_options` describes, taking those options out of `options`."""
-    return read_value(
+@dataclass(frozen=True, slots=True)
+class ValueSource:
+    """The one value source a command was given: checked at once, read later with the
+    store's size limit applied while reading (`read`)."""
+
+    value: str | None
+    from_stdin: bool
+    from_file: Path | None
+    from_uri: str | None
+    generate: int | None
+
+    def read(self, limit: int) -> bytes:
+        """The value, reading at most `limit` + 1 bytes of any source; over is refused."""
+        if self.value is not None:
+            click.echo(
+                "warning: a value on the command line is visible to other users in the"
+                " process list and in shell history; prefer --from-stdin or --from-file",
+                err=True,
+            )
+            data = os.fsencode(self.value)
+            if len(data) > limit:
+                raise too_large("the VALUE argument", limit)
+        elif self.from_stdin:
+            data = read_limited(sys.stdin.buffer, limit, "standard input")
+        elif self.from_file is not None:
+            data = read_file_limited(self.from_file, limit)
+        elif self.from_uri is not None:
+            data = resolve_uri(self.from_uri, limit)
+        else:
+            assert self.generate is not None
+            return "".join(secrets.choice(GENERATE_ALPHABET) for _ in range(self.generate)).encode()
+        if data.endswith(b"\n"):
+            click.echo(
+                "note: the value ends in a newline; it is stored as given (exact bytes)", err=True
+            )
+        return data
+
+
+def take_value(options: dict[str, Any]) -> ValueSource:
+    """The source `value_options` describes, taking those options out of `options`;
+    exactly one must be given (a usage error before the store is opened)."""
+    source = ValueSource(
         options.pop("value"),
         options.pop("from_stdin"),
         options.pop("from_file"),
         options.pop("from_uri"),
         options.pop("generate"),
     )
-
-
-def read_value(
-    value: str | None,
-    from_stdin: bool,
-    from_file: Path | None,
-    from_uri: str | None,
-    generate: int | None,
-) -> bytes:
     chosen = [
         name
         for name, given in (
-            ("VALUE", value is not None),
-            ("--from-stdin", from_stdin),
-            ("--from-file", from_file is not None),
-            ("--from", from_uri is not None),
-            ("--generate", generate is not None),
+            ("VALUE", source.value is not None),
+            ("--from-stdin", source.from_stdin),
+            ("--from-file", source.from_file is not None),
+            ("--from", source.from_uri is not None),
+            ("--generate", source.generate is not None),
         )
         if given
     ]
@@ -101,37 +135,11 @@ def read_value(
             " --generate [LEN] or a VALUE argument"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
-    if value is not None:
-        click.echo(
-            "warning: a value on the command line is visible to other users in the process"
-            " list and in shell history; prefer --from-stdin or --from-file",
-            err=True,
-        )
-        data = os.fsencode(value)
-    elif from_stdin:
-        data = sys.stdin.buffer.read()
-    elif from_file is not None:
-        data = _read_file(from_file)
-    elif from_uri is not None:
-        data = resolve_uri(from_uri)
-    else:
-        assert generate is not None
-        return "".join(secrets.choice(GENERATE_ALPHABET) for _ in range(generate)).encode()
-    if data.endswith(b"\n"):
-        click.echo(
-            "note: the value ends in a newline; it is stored as given (exact bytes)", err=True
-        )
-    return data
+    return source
 
 
-def _read_file(path: Path) -> bytes:
-    try:
-        return path.expanduser().read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-
-
-def resolve_uri(uri: str) -> bytes:
+def resolve_uri(uri: str, limit: int) -> bytes:
+    """The bytes `uri` names; more than `limit` is refused while reading."""
     scheme, sep, rest = uri.partition("://")
     if not sep or not rest:
         raise UsageError(
@@ -142,19 +150,42 @@ def resolve_uri(uri: str) -> bytes:
         found = os.environb.get(os.fsencode(rest))
         if found is None:
             raise UsageError(f"environment variable {rest} is not set")
+        if len(found) > limit:
+            raise too_large(f"environment variable {rest}", limit)
         return found
     if scheme == "file":
-        return _read_file(Path(rest))
+        return read_file_limited(Path(rest), limit)
     if scheme == "cmd":
-        proc = subprocess.run(["/bin/sh", "-c", rest], capture_output=True, check=False)
-        if proc.returncode != 0:
-            # Its output may hold the secret: report only the exit status.
-            raise UsageError(f"cmd:// command exited with status {proc.returncode}")
-        return proc.stdout
+        return _run_command(rest, limit)
     if scheme == "vault":
         from secretfs.providers import read_vault
 
-        return read_vault(uri)
+        return read_vault(uri, limit=limit)
     raise UsageError(
         f"unknown value source {scheme[:20]}://: use env://, file://, cmd:// or vault://"
     )
+
+
+def _run_command(command: str, limit: int) -> bytes:
+    """stdout of `sh -c command` (no key in its environment); stopped and refused as soon
+    as it has written more than `limit` bytes."""
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # its errors may hold the secret: shown nowhere
+        env=keys.child_environment(os.environ),
+        close_fds=True,
+    )
+    assert proc.stdout is not None
+    try:
+        with proc.stdout:
+            data = read_limited(proc.stdout, limit, "the cmd:// command's output")
+    except BaseException:
+        proc.kill()  # what it starts meets a closed pipe at its next write
+        proc.wait()
+        raise
+    status = proc.wait()
+    if status != 0:
+        # Its output may hold the secret: report only the exit status.
+        raise UsageError(f"cmd:// command exited with status {status}")
+    return data

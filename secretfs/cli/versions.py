@@ -11,6 +11,7 @@ import click
 from secretfs import expiry
 from secretfs.cli import emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, complete_versions
+from secretfs.cli.params import bounded_int
 from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_options
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
@@ -46,9 +47,10 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
     REF does not exist: use `secret create` or `secret set` for that.
     """
     parsed = _ref(ref)
-    value = take_value(kw)
+    source = take_value(kw)
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
+        value = source.read(vault.max_value_bytes)  # bounded while reading
         result = vault.write(parsed, value, how="rotate", schedule=schedule)
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
@@ -63,7 +65,7 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
 @click.option(
     "--to",
     "to_version",
-    type=click.IntRange(1),
+    type=bounded_int(),
     required=True,
     help="The version to restore.",
     shell_complete=complete_versions,
@@ -98,7 +100,7 @@ def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> No
 @click.argument("ref", type=REF, required=False)
 @click.option(
     "--keep",
-    type=click.IntRange(1),
+    type=bounded_int(),
     help="Versions to keep, the current one included (default: the store's max-versions).",
 )
 @click.option("--all", "all_secrets", is_flag=True, help="Prune every secret.")

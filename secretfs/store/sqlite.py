@@ -122,6 +122,43 @@ _GRANT_FORM_COLUMN = (
     " CHECK (form IN ('plain', 'sealed'))"
 )
 
+# A writer that changes what the mount shows without moving the change counters the
+# daemon follows (secrets.seq, meta access_seq): sqlite3 by hand, a restore tool, an
+# older secretfs. These triggers move them, so the change reaches the mount within a
+# poll. (Who can write the file can also drop them: authenticity is the MACs' job.)
+# Our own writes move the counters themselves, once: next_seq() marks the transaction
+# (meta 'writing', deleted again before COMMIT, so never seen by anyone else).
+_FOREIGN = "NOT EXISTS (SELECT 1 FROM meta WHERE k = 'writing')"
+# meta.v holds the counters as ASCII digits in a BLOB (see meta_set).
+_NEXT_SEQ = """
+    INSERT INTO meta (k, v) VALUES ('seq', CAST('1' AS BLOB)) ON CONFLICT (k) DO UPDATE
+        SET v = CAST(CAST(CAST(CAST(v AS TEXT) AS INTEGER) + 1 AS TEXT) AS BLOB);"""
+_CURRENT_SEQ = "(SELECT CAST(CAST(v AS TEXT) AS INTEGER) FROM meta WHERE k = 'seq')"
+_ACCESS_CHANGED = f"""
+    INSERT INTO meta (k, v) VALUES ('access_seq', CAST(CAST({_CURRENT_SEQ} AS TEXT) AS BLOB))
+        ON CONFLICT (k) DO UPDATE SET v = excluded.v;"""  # noqa: S608 - constants only
+_CHANGE_TRIGGERS = (
+    f"""CREATE TRIGGER IF NOT EXISTS secrets_change_seq AFTER UPDATE ON secrets
+    WHEN NEW.seq = OLD.seq AND {_FOREIGN} BEGIN {_NEXT_SEQ}
+    UPDATE secrets SET seq = {_CURRENT_SEQ} WHERE id = NEW.id; END""",  # noqa: S608
+    *(
+        f"""CREATE TRIGGER IF NOT EXISTS versions_{name}_seq AFTER {event} ON versions
+    WHEN {_FOREIGN} BEGIN {_NEXT_SEQ}
+    UPDATE secrets SET seq = {_CURRENT_SEQ} WHERE id = OLD.secret_id; END"""  # noqa: S608
+        # Metadata only: a re-encryption rewrites ciphertext and moves seq itself.
+        for name, event in (
+            ("update", "UPDATE OF secret_id, version, created_ns, size, kind"),
+            ("delete", "DELETE"),
+        )
+    ),
+    *(
+        f"""CREATE TRIGGER IF NOT EXISTS {table}_{event.lower()}_seq AFTER {event} ON {table}
+    WHEN {_FOREIGN} BEGIN {_NEXT_SEQ} {_ACCESS_CHANGED} END"""
+        for table in ("scopes", "grants")
+        for event in ("INSERT", "UPDATE", "DELETE")
+    ),
+)
+
 _META_COLUMNS = """
     s.id, s.scope, s.name, s.version, s.deleted, coalesce(v.size, 0), coalesce(v.kind, 'raw'),
     s.created_ns, coalesce(v.created_ns, s.created_ns), s.uid, s.gid, s.mode,
@@ -195,6 +232,7 @@ class SqliteBackend:
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
         self.path = path
+        self._writing = False  # this transaction has taken a seq (see _FOREIGN)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -219,6 +257,7 @@ class SqliteBackend:
             try:
                 backend._conn.executescript(_SCHEMA)
                 backend._conn.execute(_SEALING_SCHEMA)
+                backend._add_change_triggers()
                 backend._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 with backend.transaction():
                     init(backend)
@@ -249,6 +288,7 @@ class SqliteBackend:
             )
         if not readonly:
             backend._add_sealing()
+            backend._add_change_triggers()  # stores made before they existed get them here
         return backend
 
     def _has_sealing(self) -> bool:
@@ -266,6 +306,14 @@ class SqliteBackend:
                     self._conn.execute(_SEALING_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot add sealed reads to {self.path}: {exc}") from None
+
+    def _add_change_triggers(self) -> None:
+        if self._conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE '%_seq'"
+        ).fetchone()[0] != len(_CHANGE_TRIGGERS):
+            # Each its own autocommit (like the schema): no extra transaction to count.
+            for trigger in _CHANGE_TRIGGERS:
+                self._conn.execute(trigger)
 
     @staticmethod
     def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
@@ -323,6 +371,8 @@ class SqliteBackend:
             raise StoreError(f"cannot write to {self.path}: {exc} (another writer?)") from None
         try:
             yield
+            if self._writing:
+                self._conn.execute("DELETE FROM meta WHERE k = 'writing'")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
@@ -330,6 +380,8 @@ class SqliteBackend:
             checkpoint("before-commit")
             self._conn.execute("COMMIT")
             checkpoint("after-commit")
+        finally:
+            self._writing = False
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -360,6 +412,9 @@ class SqliteBackend:
         row = self._conn.execute("SELECT v FROM meta WHERE k = 'seq'").fetchone()
         seq = int(row[0]) + 1 if row else 1
         self.meta_set("seq", str(seq).encode())
+        if not self._writing:
+            self.meta_set("writing", b"1")
+            self._writing = True
         return seq
 
     def current_seq(self) -> int:
