@@ -14,6 +14,7 @@ import resource
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,17 +132,32 @@ class MountOptions:
         )
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    target = os.path.realpath(mountpoint)
+def mount_path(mountpoint: Path) -> str:
+    """The absolute path a mount is listed under, found without touching the mount itself:
+    only its parent is resolved (a dead mount would hang a stat of its root forever)."""
+    absolute = os.path.abspath(mountpoint)
+    parent, name = os.path.split(absolute)
+    return os.path.join(os.path.realpath(parent), name) if name else absolute
+
+
+def mount_device(mountpoint: Path) -> tuple[int, int] | None:
+    """(major, minor) of the mount on `mountpoint` from /proc/self/mountinfo, or None."""
+    target = mount_path(mountpoint)
+    found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
             for line in fh:
                 fields = line.split()
                 if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
-    except OSError:
-        return False
-    return False
+                    major, _, minor = fields[2].partition(":")
+                    found = (int(major), int(minor))  # the last one listed is on top
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return mount_device(mountpoint) is not None
 
 
 def _unescape(text: str) -> str:
@@ -178,6 +194,76 @@ def clear_stale_mount(mountpoint: Path) -> None:
         raise StoreError(f"mount point {mountpoint}: {exc.strerror}") from None
     if is_mounted(mountpoint):
         raise StoreError(f"{mountpoint} is already a mount point: `secretfs umount` it first")
+
+
+FUSECTL = Path("/sys/fs/fuse/connections")
+SHUTDOWN_GRACE_SECONDS = 2.0  # then the FUSE connection is aborted; exit follows within 1 s
+_MNT_DETACH = 2
+
+
+def abort_connection(device: tuple[int, int] | None) -> bool:
+    """Abort a FUSE connection through fusectl (mounted here if needed, as root): every
+    request waiting on this daemon fails at once, so nothing stays blocked on it."""
+    if device is None:
+        return False
+    if not (FUSECTL / "version").exists() and os.geteuid() == 0:
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], capture_output=True, check=False
+        )
+    # An anonymous device's connection is named by its dev_t: major 0, so the minor.
+    try:
+        (FUSECTL / str(os.makedev(*device)) / "abort").write_text("1")
+    except OSError as exc:
+        log.warning("cannot abort the FUSE connection: %s", exc.strerror)
+        return False
+    return True
+
+
+def detach(mountpoint: Path) -> None:
+    """Lazily detach a mount without waiting on its daemon (umount2 MNT_DETACH)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) == 0:
+        return
+    try:
+        unmount(mountpoint, lazy=True)  # not root: fusermount3 may still do it
+    except StoreError as exc:
+        log.warning("%s", exc)
+
+
+class ShutdownWatchdog:
+    """Bounds every way out: once armed, if the daemon has not finished shutting down in
+    `grace` seconds, the FUSE connection is aborted and the mount detached; one second
+    later the process exits whatever still hangs. A stopped daemon never lingers."""
+
+    def __init__(
+        self, mountpoint: Path, pending: Callable[[], int], grace: float = SHUTDOWN_GRACE_SECONDS
+    ) -> None:
+        self.mountpoint = mountpoint
+        self.device: tuple[int, int] | None = None
+        self.grace = grace
+        self._pending = pending
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shutdown", daemon=True)
+            self._thread.start()
+
+    def disarm(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        if self._done.wait(self.grace):
+            return
+        log.error("shutdown stuck for %.0f s: aborting the FUSE connection", self.grace)
+        abort_connection(self.device)
+        if is_mounted(self.mountpoint):
+            detach(self.mountpoint)
+        if self._done.wait(1.0):
+            return
+        log.error("shutdown still stuck: exiting, %d audit records not written", self._pending())
+        os._exit(1)
 
 
 class Watcher:
@@ -314,18 +400,20 @@ async def _watch(watcher: Watcher) -> None:
             await _invalidate(inval)
 
 
-async def _signals() -> None:
+async def _signals(watchdog: ShutdownWatchdog) -> None:
     sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
     with trio.open_signal_receiver(*sigs) as received:
         async for signum in received:
             log.info("signal %s: unmounting", signal.Signals(signum).name)
+            watchdog.arm()
             pyfuse3.terminate()
             return
 
 
 async def _announce_ready(mountpoint: Path, ready: Callable[[], None]) -> None:
     # The stat goes through the kernel to our own loop: when it returns, the mount answers.
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    # Abandoned on cancel: a signal before the first answer must not wait for this stat.
+    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     ready()
 
 
@@ -346,20 +434,29 @@ def serve(
     queue = AuditQueue()
     writer = AuditWriter(vault.backend.open_another())
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
+    watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
+        # Known now, from mountinfo: a stuck shutdown aborts this connection by its number.
+        watchdog.device = mount_device(mountpoint)
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer)
+            trio.run(_main, watcher, mountpoint, ready, queue, writer, watchdog)
+            watchdog.arm()
+            # From here on nothing answers the mount: never stat it, read mountinfo.
             unmounted = not is_mounted(mountpoint)
         finally:
+            watchdog.arm()
             pyfuse3.close(unmount=not unmounted)
+            if is_mounted(mountpoint):
+                detach(mountpoint)  # an aborted connection is left mounted: detach it
     finally:
         try:
             writer.write(queue.take())
         except (SecretfsError, sqlite3.Error) as exc:
             log.error("audit records lost at shutdown: %s", exc)
         writer.close()
+        watchdog.disarm()
 
 
 async def _main(
@@ -368,9 +465,10 @@ async def _main(
     ready: Callable[[], None],
     queue: AuditQueue,
     writer: AuditWriter,
+    watchdog: ShutdownWatchdog,
 ) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_signals)
+        nursery.start_soon(_signals, watchdog)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
         nursery.start_soon(_announce_ready, mountpoint, ready)
