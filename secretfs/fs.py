@@ -117,6 +117,10 @@ class SecretFS(pyfuse3.Operations):
         entry = _entry_attributes(self.tree.attr(node))
         if node.kind == "status":
             entry.attr_timeout = 0  # its size changes with what it says
+        elif node.kind in ("field", "fielddir"):
+            # Reached only through a `.d/` lookup that checks the caller: a cached entry
+            # would let the next caller past that check, so every walk asks again.
+            entry.entry_timeout = entry.attr_timeout = 0
         return entry
 
     def _check(self, node: Node, ctx: Any, want: int) -> None:
@@ -266,10 +270,18 @@ class SecretFS(pyfuse3.Operations):
         if handle is not None and handle.data is not None:
             crypto.wipe(handle.data)
 
+    def _check_xattr(self, node: Node, ctx: Any) -> None:
+        # What they say (version, fingerprint, expiry) is about the value: readers only.
+        if node.secret is not None and not self.tree.may_read(
+            self.tree.current(node), self._caller(ctx)
+        ):
+            _fail(errno.EACCES)
+
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         node = self._get(inode)
         if node.secret is None:
             return []
+        self._check_xattr(node, ctx)
         meta = self.tree.current(node)
         names = [*XATTRS]
         if meta.expires_ns is not None:
@@ -287,6 +299,7 @@ class SecretFS(pyfuse3.Operations):
             _fail(errno.EOPNOTSUPP)
         if node.secret is None or not key.startswith(XATTR_PREFIX):
             _fail(pyfuse3.ENOATTR)
+        self._check_xattr(node, ctx)
         return xattr_value(self.tree, node, key[len(XATTR_PREFIX) :])
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
