@@ -17,7 +17,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyfuse3
@@ -28,6 +28,8 @@ from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.snapshots import VerifiedVersions
 from secretfs.store.base import Backend
+from secretfs.store.sqlite import SqliteBackend
+from secretfs.timeutil import iso_time
 from secretfs.tree import Invalidation, Owner, Tree
 from secretfs.vault import Vault
 
@@ -266,18 +268,55 @@ class ShutdownWatchdog:
         os._exit(1)
 
 
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def verify_store(vault: Vault) -> None:
+    """What a store file put in place while mounted must pass before it is served; raises
+    SecretfsError to refuse it. The store's own rollback and tamper checks belong here."""
+    vault.refresh_data_keys()
+
+
 class Watcher:
     """Brings the tree up to date with the store and tells the kernel what went stale."""
 
-    def __init__(self, vault: Vault, tree: Tree) -> None:
+    def __init__(self, vault: Vault, tree: Tree, writer: AuditWriter | None = None) -> None:
         self.vault = vault
         self.tree = tree
+        self.writer = writer
         # The versions opens are served from, verified: what the store changes is dropped.
         self.versions = VerifiedVersions(vault.sealed_version)
         self.seq = 0
         self.access_seq = -1
         self._data_version = -1
         self._pending = Invalidation()
+        # Set once the store can no longer be served: every open then answers EIO.
+        self.problem: str | None = None
+        self._problem_since: str | None = None
+        # A SQLite store's file, to notice a restore putting another file at its path.
+        backend = vault.backend
+        self._path = backend.path if isinstance(backend, SqliteBackend) else None
+        self._identity = None if self._path is None else _file_identity(self._path)
+        self._missing = False
+
+    def status(self) -> dict[str, object]:
+        """The backend's status, or why this mount stopped serving."""
+        if self.problem is None:
+            return self.vault.backend.status()
+        return {
+            "backend": "sqlite",
+            "store": self.vault.name,
+            "connected": False,
+            "serving": False,
+            "last_revision": self.seq,
+            "stale_since": self._problem_since,
+            "problem": self.problem,
+        }
 
     def catch_up(self) -> bool:
         """Refresh now, from a request handler; the watch task tells the kernel later."""
@@ -294,7 +333,66 @@ class Watcher:
         pending, self._pending = self._pending, Invalidation()
         return pending
 
+    def check_store(self) -> Invalidation | None:
+        """Whether the store path still names the file served; if a restore replaced it,
+        serve the new file when it is the same store and passes `verify_store`, else stop
+        serving (every open EIO, said in status and the log)."""
+        if self._path is None:
+            return None
+        identity = _file_identity(self._path)
+        if identity is None:
+            if not self._missing:
+                log.warning("store file %s is gone: still serving the one open", self._path)
+            self._missing = True
+            return None
+        self._missing = False
+        if identity == self._identity:
+            return None
+        self._identity = identity
+        log.warning("store file %s was replaced by another file: re-opening it", self._path)
+        # Closed first, the WAL emptied: SQLite must not read the old -wal into the new file.
+        if self.writer is not None:
+            self.writer.suspend()
+        old = self.vault.backend
+        assert isinstance(old, SqliteBackend)
+        old.close_replaced()
+        self.versions.clear()
+        try:
+            backend = SqliteBackend.open(self._path)
+        except SecretfsError as exc:
+            return self._stop(f"the store file was replaced and cannot be opened: {exc}")
+        if backend.meta_get("store_id") != self.vault.store_id:
+            backend.close()
+            return self._stop("the store file was replaced by a different store")
+        self.vault.backend = backend
+        if self.writer is not None:
+            self.writer.resume(backend.open_another())
+        try:
+            verify_store(self.vault)
+            return self._reload()
+        except SecretfsError as exc:
+            return self._stop(f"the store file was replaced and does not verify: {exc}")
+
+    def _stop(self, problem: str) -> Invalidation | None:
+        log.error("%s: no longer serving %s (remount to serve the new store)", problem, self._path)
+        self.problem = problem
+        self._problem_since = iso_time(time.time_ns())
+        return None
+
+    def _reload(self) -> Invalidation:
+        """Bring the tree to the re-opened store: what it no longer holds goes."""
+        self.problem = None
+        self.seq, self.access_seq, self._data_version = 0, -1, -1
+        present = {m.secret_id for m in self.vault.backend.list_meta()}
+        gone = [replace(m, deleted=True) for m in self.tree.known() if m.secret_id not in present]
+        out = self.tree.apply(gone, time.time_ns())
+        out.extend(self.refresh() or Invalidation())
+        log.info("serving the re-opened store %s", self._path)
+        return out
+
     def refresh(self) -> Invalidation | None:
+        if self.problem is not None:
+            return None
         backend = self.vault.backend
         data_version = backend.data_version()
         if data_version == self._data_version:
@@ -322,19 +420,41 @@ class AuditWriter:
     be written from a worker thread while the FUSE loop keeps reading."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+        self.backend: Backend | None = backend
         self._seen = backend.data_version()
+        # A re-open (the store file replaced) must not close the connection mid-batch.
+        self._lock = threading.Lock()
+
+    def suspend(self) -> None:
+        """Close the connection until `resume`; batches wait in the queue meanwhile."""
+        with self._lock:
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
+
+    def resume(self, backend: Backend) -> None:
+        with self._lock:
+            self.backend = backend
+            self._seen = backend.data_version()
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise StoreError("the store is being re-opened")
+        return self.backend
 
     def write(self, batch: list[AuditRecord]) -> None:
         if batch:
-            with self.backend.transaction():
-                self.backend.append_audit(batch)
+            with self._lock:
+                backend = self._backend()
+                with backend.transaction():
+                    backend.append_audit(batch)
 
     def others_wrote(self) -> bool:
         """Whether anyone else changed the store since last asked. On SQLite, data_version
         leaves out what this connection wrote, so the mount's own audit batches do not
         count; any other commit does, a damaging one by hand included."""
-        now = self.backend.data_version()
+        with self._lock:
+            now = self._backend().data_version()
         changed, self._seen = now != self._seen, now
         return changed
 
@@ -345,7 +465,7 @@ class AuditWriter:
         return others
 
     def close(self) -> None:
-        self.backend.close()
+        self.suspend()
 
 
 async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
@@ -388,11 +508,13 @@ def _invalidate_inodes(inodes: list[int]) -> None:
                 log.warning("invalidate inode %d: %s", inode, exc)
 
 
-async def _watch(watcher: Watcher) -> None:
+async def _watch(watcher: Watcher, ops: SecretFS) -> None:
     while True:
         await trio.sleep(POLL_SECONDS)
         inval = watcher.take_pending()
         try:
+            inval.extend(watcher.check_store() or Invalidation())
+            ops.refusing = watcher.problem
             inval.extend(watcher.refresh() or Invalidation())
         except SecretfsError as exc:
             log.error("reading store changes: %s", exc)
@@ -428,11 +550,17 @@ def serve(
     clear_stale_mount(mountpoint)
     # Reads come from memory from here on (etcd: a copy kept current by a watch).
     vault.backend.follow()
-    tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=vault.backend.status)
-    watcher = Watcher(vault, tree)
+    writer = AuditWriter(vault.backend.open_another())
+    watcher: Watcher
+
+    def status() -> dict[str, object]:
+        # The watcher's: it knows when a replaced store file stopped this mount serving.
+        return watcher.status()
+
+    tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=status)
+    watcher = Watcher(vault, tree, writer)
     watcher.refresh()
     queue = AuditQueue()
-    writer = AuditWriter(vault.backend.open_another())
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
     try:
@@ -441,7 +569,7 @@ def serve(
         watchdog.device = mount_device(mountpoint)
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer, watchdog)
+            trio.run(_main, watcher, ops, mountpoint, ready, queue, writer, watchdog)
             watchdog.arm()
             # From here on nothing answers the mount: never stat it, read mountinfo.
             unmounted = not is_mounted(mountpoint)
@@ -461,6 +589,7 @@ def serve(
 
 async def _main(
     watcher: Watcher,
+    ops: SecretFS,
     mountpoint: Path,
     ready: Callable[[], None],
     queue: AuditQueue,
@@ -469,7 +598,7 @@ async def _main(
 ) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, watchdog)
-        nursery.start_soon(_watch, watcher)
+        nursery.start_soon(_watch, watcher, ops)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
         nursery.start_soon(_announce_ready, mountpoint, ready)
         await pyfuse3.main()

@@ -92,6 +92,8 @@ class SecretFS(pyfuse3.Operations):
         self._catch_up = catch_up
         self.audit = audit if audit is not None else _audit.AuditQueue()
         self._handles: dict[int, _Handle] = {}
+        # Set by the daemon when the store can no longer be served: every open is EIO.
+        self.refusing: str | None = None
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
 
@@ -218,6 +220,9 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if self.refusing is not None:
+            self._record("open", node, ctx, _audit.ERROR, "EIO: store not served")
+            _fail(errno.EIO)
         caller = self._caller(ctx)
         if not self.tree.may(node, caller, READ) and not (
             self._catch_up() and self.tree.may(node, caller, READ)

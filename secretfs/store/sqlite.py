@@ -242,6 +242,13 @@ class SqliteBackend:
     def close(self) -> None:
         self._conn.close()
 
+    def close_replaced(self) -> None:
+        """Close when the path now names another file (a restore): the WAL is emptied into
+        the old file first, or SQLite would read the old pages into the new one."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._conn.close()
+
     # -- the backend protocol (secretfs/store/base.py) beyond rows --------------------------
 
     @property
