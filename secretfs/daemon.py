@@ -26,6 +26,7 @@ import trio
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
+from secretfs.plainpool import DEFAULT_CAP, PlainPool
 from secretfs.snapshots import VerifiedVersions
 from secretfs.store.base import Backend
 from secretfs.store.sqlite import SqliteBackend
@@ -109,6 +110,7 @@ class MountOptions:
     gid: int = -1
     mode: int = 0o400
     extra: tuple[str, ...] = ()
+    max_plain: int = DEFAULT_CAP  # bytes of plaintext held for open files (plainpool.py)
 
     def fuse_options(self, store: str) -> set[str]:
         opts = {
@@ -561,7 +563,8 @@ def serve(
     watcher = Watcher(vault, tree, writer)
     watcher.refresh()
     queue = AuditQueue()
-    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
+    pool = PlainPool(options.max_plain)
+    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
     watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
