@@ -23,7 +23,9 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from secretfs.audit import AuditQueue, AuditRecord
+from secretfs.audit import OK as AUDIT_OK
+from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
+from secretfs.audit_retention import prune_by_max_age
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 FSNAME = "secretfs"
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
+AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
+AUDIT_FAIL = ("closed", "open")  # -o audit_fail=: refuse opens, or serve unaudited
 
 _PR_SET_DUMPABLE = 4
 _PR_GET_DUMPABLE = 3
@@ -111,6 +115,7 @@ class MountOptions:
     mode: int = 0o400
     extra: tuple[str, ...] = ()
     max_plain: int = DEFAULT_CAP  # bytes of plaintext held for open files (plainpool.py)
+    audit_fail: str = "closed"  # when audit records cannot be written: refuse opens
 
     def fuse_options(self, store: str) -> set[str]:
         opts = {
@@ -417,6 +422,14 @@ class Watcher:
         return out or None
 
 
+def _mount_note(detail: str) -> AuditRecord:
+    """A record of the mount's own doing (a prune), in the mount's name."""
+    return AuditRecord(
+        time.time_ns(), SOURCE_MOUNT, "audit", None, None, None, None, os.getpid(), None,
+        AUDIT_OK, detail,
+    )
+
+
 class AuditWriter:
     """Appends the mount's audit records through a connection of its own, so a batch can
     be written from a worker thread while the FUSE loop keeps reading."""
@@ -426,6 +439,7 @@ class AuditWriter:
         self._seen = backend.data_version()
         # A re-open (the store file replaced) must not close the connection mid-batch.
         self._lock = threading.Lock()
+        self._next_prune = 0.0
 
     def suspend(self) -> None:
         """Close the connection until `resume`; batches wait in the queue meanwhile."""
@@ -464,7 +478,25 @@ class AuditWriter:
         """Write `batch`; with `ask`, say whether others wrote to the store since asked."""
         others = ask and self.others_wrote()
         self.write(batch)
+        self._prune_if_due()
         return others
+
+    def prune_due(self) -> bool:
+        return time.monotonic() >= self._next_prune
+
+    def _prune_if_due(self) -> None:
+        """Apply the store's audit-max-age at start and then hourly."""
+        if not self.prune_due():
+            return
+        self._next_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
+        try:
+            with self._lock:
+                count = prune_by_max_age(self._backend(), time.time_ns(), _mount_note)
+        except (SecretfsError, sqlite3.Error) as exc:
+            log.error("cannot prune old audit records: %s", exc)
+            return
+        if count:
+            log.info("pruned %d audit records older than the store's audit-max-age", count)
 
     def close(self) -> None:
         self.suspend()
@@ -477,17 +509,28 @@ async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: Verifie
 
 
 async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
-    batch = queue.take() if len(queue) or queue.dropped else []
+    batch = queue.take() if queue.due(time.time_ns()) else []
     kept = len(versions) > 0
-    if not batch and not kept:
-        return  # nothing to write, nothing kept to verify again
+    if not batch and not kept and queue.failing is None and not writer.prune_due():
+        return  # nothing to write, nothing kept to verify again, no prune due
     try:
         # Not cancellable: a batch is written whole even when the mount is shutting down.
         others = await trio.to_thread.run_sync(writer.flush, batch, kept)
     except (SecretfsError, sqlite3.Error) as exc:
-        log.error("cannot write %d audit records yet: %s", len(batch), exc)
         queue.put_back(batch)
+        queue.failing = f"{exc}"
+        # Never silent: how many wait, and how many the bounded queue had to drop.
+        log.error(
+            "cannot write %d audit records (%d waiting, %d dropped so far): %s",
+            len(batch),
+            len(queue),
+            queue.dropped_total,
+            exc,
+        )
         return
+    if queue.failing is not None:
+        log.warning("audit records are written again (%d in this batch)", len(batch))
+        queue.failing = None
     if others:
         # Verify again what is served: a record changed by hand must not go unnoticed.
         versions.clear()
@@ -510,13 +553,12 @@ def _invalidate_inodes(inodes: list[int]) -> None:
                 log.warning("invalidate inode %d: %s", inode, exc)
 
 
-async def _watch(watcher: Watcher, ops: SecretFS) -> None:
+async def _watch(watcher: Watcher) -> None:
     while True:
         await trio.sleep(POLL_SECONDS)
         inval = watcher.take_pending()
         try:
             inval.extend(watcher.check_store() or Invalidation())
-            ops.refusing = watcher.problem
             inval.extend(watcher.refresh() or Invalidation())
         except SecretfsError as exc:
             log.error("reading store changes: %s", exc)
@@ -554,17 +596,27 @@ def serve(
     vault.backend.follow()
     writer = AuditWriter(vault.backend.open_another())
     watcher: Watcher
+    queue = AuditQueue()
+    closed = options.audit_fail == "closed"
+
+    def refusal() -> str | None:
+        """Why opens are refused (EIO) now: the store not served, or audit not written."""
+        if watcher.problem is not None:
+            return "store not served"
+        if closed and queue.failing is not None:
+            return "audit records cannot be written"
+        return None
 
     def status() -> dict[str, object]:
-        # The watcher's: it knows when a replaced store file stopped this mount serving.
-        return watcher.status()
+        # The watcher knows when a replaced store file stopped this mount serving.
+        return {**watcher.status(), "serving": refusal() is None, "audit": queue.status()}
 
     tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=status)
     watcher = Watcher(vault, tree, writer)
     watcher.refresh()
-    queue = AuditQueue()
     pool = PlainPool(options.max_plain)
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
+    ops.refusal = refusal
     watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
@@ -572,7 +624,7 @@ def serve(
         watchdog.device = mount_device(mountpoint)
         unmounted = False
         try:
-            trio.run(_main, watcher, ops, mountpoint, ready, queue, writer, watchdog)
+            trio.run(_main, watcher, mountpoint, ready, queue, writer, watchdog)
             watchdog.arm()
             # From here on nothing answers the mount: never stat it, read mountinfo.
             unmounted = not is_mounted(mountpoint)
@@ -582,17 +634,17 @@ def serve(
             if is_mounted(mountpoint):
                 detach(mountpoint)  # an aborted connection is left mounted: detach it
     finally:
+        batch = queue.take(final=True)
         try:
-            writer.write(queue.take())
+            writer.write(batch)
         except (SecretfsError, sqlite3.Error) as exc:
-            log.error("audit records lost at shutdown: %s", exc)
+            log.error("%d audit records lost at shutdown: %s", len(batch), exc)
         writer.close()
         watchdog.disarm()
 
 
 async def _main(
     watcher: Watcher,
-    ops: SecretFS,
     mountpoint: Path,
     ready: Callable[[], None],
     queue: AuditQueue,
@@ -601,7 +653,7 @@ async def _main(
 ) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_signals, watchdog)
-        nursery.start_soon(_watch, watcher, ops)
+        nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
         nursery.start_soon(_announce_ready, mountpoint, ready)
         await pyfuse3.main()

@@ -303,11 +303,13 @@ def _mounts(store: StoreLocation) -> list[Check]:
             )
             continue
         if status.get("serving") is False:
+            failing = (status.get("audit") or {}).get("failing")
+            problem = status.get("problem") or f"audit records cannot be written: {failing}"
             out.append(
                 Check(
                     name,
                     "fail",
-                    f"not serving {status.get('store')}: {status.get('problem')}"
+                    f"not serving {status.get('store')}: {problem}"
                     f" (since {status.get('stale_since')}); every open answers EIO",
                     f"check the store file, then remount: `secretfs umount {mountpoint}`"
                     f" and `secretfs mount {mountpoint}`",

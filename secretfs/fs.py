@@ -99,8 +99,9 @@ class SecretFS(pyfuse3.Operations):
         self._catch_up = catch_up
         self.audit = audit if audit is not None else _audit.AuditQueue()
         self._handles: dict[int, _Handle] = {}
-        # Set by the daemon when the store can no longer be served: every open is EIO.
-        self.refusing: str | None = None
+        # Why every open is refused (EIO) now, if it is: set by the daemon (store not
+        # served, audit records that cannot be written).
+        self.refusal: Callable[[], str | None] = lambda: None
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
 
@@ -227,8 +228,9 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        if self.refusing is not None:
-            self._record("open", node, ctx, _audit.ERROR, "EIO: store not served")
+        refused = self.refusal()
+        if refused is not None:
+            self._record("open", node, ctx, _audit.ERROR, f"EIO: {refused}")
             _fail(errno.EIO)
         caller = self._caller(ctx)
         if not self.tree.may(node, caller, READ) and not (

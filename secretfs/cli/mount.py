@@ -26,7 +26,7 @@ MOUNT8_OPTIONS = {
     *("users", "owner", "group", "_netdev", "nofail"),
 }
 VALUE_OPTIONS = ("store", "uid", "gid", "mode")  # -o forms of --store --uid --gid --mode
-DAEMON_OPTIONS = ("max_plain",)  # the daemon's own settings, never passed to FUSE
+DAEMON_OPTIONS = ("max_plain", "audit_fail")  # the daemon's own, never passed to FUSE
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
@@ -51,7 +51,7 @@ def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
             else:
                 raise UsageError(
                     f"unknown mount option {opt!r}: secretfs takes allow_other, store=PATH,"
-                    " uid=N, gid=N, mode=OCTAL, max_plain=SIZE"
+                    " uid=N, gid=N, mode=OCTAL, max_plain=SIZE, audit_fail=closed|open"
                     " (ro,nosuid,nodev,noexec are always on)"
                 )
     return allow_other, tuple(extra)
@@ -98,13 +98,17 @@ def _parse_size(key: str, text: str) -> int:
 
 
 def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
-    """-o max_plain=: checked here, handed to the daemon as given (the last one wins)."""
+    """-o max_plain=, audit_fail=: checked here, handed to the daemon as given (the last
+    one wins)."""
     out: dict[str, str] = {}
     for group in opts:
         for opt in filter(None, group.split(",")):
             key, sep, value = opt.partition("=")
             if sep and key in DAEMON_OPTIONS:
-                _parse_size(key, value)
+                if key == "max_plain":
+                    _parse_size(key, value)
+                elif value not in ("closed", "open"):
+                    raise UsageError(f"mount option audit_fail={value!r}: closed or open")
                 out[key] = value
     return out
 
@@ -120,7 +124,8 @@ def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
     metavar="OPT[,OPT]",
     help="Mount options: allow_other; store=PATH, uid=N, gid=N, mode=OCTAL; max_plain=SIZE:"
     " decrypted bytes held for open files at most, shared per secret version (default 64M;"
-    " K/M/G; past it each read decrypts again).",
+    " K/M/G; past it each read decrypts again); audit_fail=closed|open: when audit records"
+    " cannot be written, refuse new opens with EIO (closed, the default) or serve them.",
 )
 @click.option("--uid", type=click.IntRange(0, 2**32 - 2), help="Default owner of files.")
 @click.option("--gid", type=click.IntRange(0, 2**32 - 2), help="Default group of files.")
@@ -215,6 +220,7 @@ def _serve(
                 mode,
                 extra,
                 DEFAULT_CAP if max_plain is None else _parse_size("max_plain", max_plain),
+                daemon_opts.get("audit_fail", "closed"),
             )
             serve(vault, mountpoint.resolve(), opts, ready)
             notifier.notify("STOPPING=1", f"STATUS=unmounted {mountpoint}")
