@@ -425,8 +425,17 @@ class Watcher:
 def _mount_note(detail: str) -> AuditRecord:
     """A record of the mount's own doing (a prune), in the mount's name."""
     return AuditRecord(
-        time.time_ns(), SOURCE_MOUNT, "audit", None, None, None, None, os.getpid(), None,
-        AUDIT_OK, detail,
+        time.time_ns(),
+        SOURCE_MOUNT,
+        "audit",
+        None,
+        None,
+        None,
+        None,
+        os.getpid(),
+        None,
+        AUDIT_OK,
+        detail,
     )
 
 

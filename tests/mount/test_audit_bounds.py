@@ -55,7 +55,11 @@ def test_hammered_denials_are_one_record_plus_a_count(
     target = m.path / "deployment/db"
     subprocess.run(
         ["/usr/bin/python3", "-c", HAMMER, str(target), "3000"],
-        user=1001, group=1001, cwd="/", check=True, timeout=60,
+        user=1001,
+        group=1001,
+        cwd="/",
+        check=True,
+        timeout=60,
     )
     time.sleep(1.0)  # a flush or two
     mine = [r for r in _records(m.env) if r["uid"] == 1001]
