@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,3 +82,25 @@ def test_mount_device_reads_mountinfo(mounted: Mount, tmp_path: Path) -> None:
     dev = os.stat(mounted.path).st_dev
     assert mount_device(mounted.path) == (os.major(dev), os.minor(dev))
     assert mount_device(tmp_path / "not-a-mount") is None
+
+
+def test_a_store_locked_by_another_writer_cannot_hold_the_shutdown(
+    mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    log = tmp_path / "daemon.log"
+    m = mount_factory("--log-file", str(log), secrets={"db": b"x"})
+    (pid,) = m.daemon_pids()
+    # Another writer holds the store's write lock: the daemon's audit writes wait on it.
+    lock = sqlite3.connect(m.store, isolation_level=None, timeout=0)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        with _never_left_hanging(m, pid):
+            assert (m.path / "deployment/db").read_bytes() == b"x"  # a record to write
+            time.sleep(0.6)  # its flush is now waiting for the lock
+            os.kill(pid, signal.SIGTERM)
+            wait_for(lambda: not _alive(pid), timeout=5)
+            assert not _is_mounted(m.path)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert "audit records not written" in log.read_text()
