@@ -42,6 +42,7 @@ FSNAME = "secretfs"
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
+AUDIT_REPORT_SECONDS = 30.0  # audit records still not written are logged this often
 AUDIT_FAIL = ("closed", "open")  # -o audit_fail=: refuse opens, or serve unaudited
 
 _PR_SET_DUMPABLE = 4
@@ -449,6 +450,7 @@ class AuditWriter:
         # A re-open (the store file replaced) must not close the connection mid-batch.
         self._lock = threading.Lock()
         self._next_prune = 0.0
+        self.report_at = 0.0  # when to log again that records cannot be written
 
     def suspend(self) -> None:
         """Close the connection until `resume`; batches wait in the queue meanwhile."""
@@ -527,7 +529,11 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
         others = await trio.to_thread.run_sync(writer.flush, batch, kept)
     except (SecretfsError, sqlite3.Error) as exc:
         queue.put_back(batch)
+        now = time.monotonic()
+        if queue.failing is not None and now < writer.report_at:
+            return  # said already: once at the first failure, then every half minute
         queue.failing = f"{exc}"
+        writer.report_at = now + AUDIT_REPORT_SECONDS
         # Never silent: how many wait, and how many the bounded queue had to drop.
         log.error(
             "cannot write %d audit records (%d waiting, %d dropped so far): %s",
@@ -575,9 +581,13 @@ async def _watch(watcher: Watcher) -> None:
             await _invalidate(inval)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
 async def _signals(watchdog: ShutdownWatchdog) -> None:
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-    with trio.open_signal_receiver(*sigs) as received:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as received:
+        # Held back since the mount was made: one sent meanwhile is taken now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         async for signum in received:
             log.info("signal %s: unmounting", signal.Signals(signum).name)
             watchdog.arm()
@@ -627,6 +637,8 @@ def serve(
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
     ops.refusal = refusal
     watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
+    # A stop signal between mounting and the loop would kill us with the mount left dead.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
         # Known now, from mountinfo: a stuck shutdown aborts this connection by its number.
@@ -650,6 +662,7 @@ def serve(
             log.error("%d audit records lost at shutdown: %s", len(batch), exc)
         writer.close()
         watchdog.disarm()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 async def _main(
