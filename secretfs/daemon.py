@@ -43,7 +43,6 @@ POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
 AUDIT_REPORT_SECONDS = 30.0  # audit records still not written are logged this often
-AUDIT_FAIL = ("closed", "open")  # -o audit_fail=: refuse opens, or serve unaudited
 
 _PR_SET_DUMPABLE = 4
 _PR_GET_DUMPABLE = 3
@@ -679,4 +678,5 @@ async def _main(
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
         nursery.start_soon(_announce_ready, mountpoint, ready)
         await pyfuse3.main()
+        watchdog.arm()  # unmounted: the tasks left must end within the bound too
         nursery.cancel_scope.cancel()

@@ -72,9 +72,9 @@ def test_hammered_denials_are_one_record_plus_a_count(
 
 
 def test_prune_removes_old_records_and_records_itself(
-    mount_factory: Callable[..., Mount],
+    mount_factory: Callable[..., Mount], tmp_path: Path
 ) -> None:
-    m = mount_factory(secrets={"db": b"x"})
+    m = mount_factory("--log-file", str(tmp_path / "daemon.log"), secrets={"db": b"x"})
     (m.path / "deployment/db").read_bytes()
     wait_for(lambda: any(r["action"] == "open" for r in _records(m.env)), timeout=2)
     total = len(_records(m.env))
@@ -87,7 +87,7 @@ def test_prune_removes_old_records_and_records_itself(
     # Outside secretfs the log is as append-only as before.
     import sqlite3
 
-    conn = sqlite3.connect(m.store)
+    conn = sqlite3.connect(m.store, isolation_level=None)
     with pytest.raises(sqlite3.IntegrityError, match="cannot be deleted"):
         conn.execute("DELETE FROM audit")
     conn.close()
