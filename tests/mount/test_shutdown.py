@@ -84,8 +84,9 @@ def test_mount_device_reads_mountinfo(mounted: Mount, tmp_path: Path) -> None:
     assert mount_device(tmp_path / "not-a-mount") is None
 
 
+@pytest.mark.parametrize("stop", ["sigterm", "umount"])
 def test_a_store_locked_by_another_writer_cannot_hold_the_shutdown(
-    mount_factory: Callable[..., Mount], tmp_path: Path
+    mount_factory: Callable[..., Mount], tmp_path: Path, stop: str
 ) -> None:
     log = tmp_path / "daemon.log"
     m = mount_factory("--log-file", str(log), secrets={"db": b"x"})
@@ -97,7 +98,10 @@ def test_a_store_locked_by_another_writer_cannot_hold_the_shutdown(
         with _never_left_hanging(m, pid):
             assert (m.path / "deployment/db").read_bytes() == b"x"  # a record to write
             time.sleep(0.6)  # its flush is now waiting for the lock
-            os.kill(pid, signal.SIGTERM)
+            if stop == "sigterm":
+                os.kill(pid, signal.SIGTERM)
+            else:
+                m.cli("umount", str(m.path))
             wait_for(lambda: not _alive(pid), timeout=5)
             assert not _is_mounted(m.path)
     finally:
