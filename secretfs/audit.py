@@ -1,8 +1,9 @@
 """Audit records: who opened or changed what, when, and how it ended. Never a value.
 
 The mount records every `open()` of a secret or field file (allowed, denied or failed);
-the CLI records every write in the same transaction as the write. Records are only ever
-appended: the store's triggers refuse UPDATE and DELETE on the audit table.
+the CLI records every write in the same transaction as the write. Records are never
+changed (the store's triggers refuse UPDATE) and deleted only by `secretfs audit prune`,
+the store's audit-max-age, which records each prune.
 
 The mount keeps its records in an `AuditQueue` (memory only, no I/O on the read path);
 the daemon flushes the queue in batches from a background task.
@@ -168,18 +169,52 @@ def cli_record(
 MountEvent = tuple[int, str, str | None, int | None, int, int, int, str | None, str, str | None]
 
 
+AGGREGATE_SECONDS = 10.0  # repeats of one denial are summed up over this long
+_AGGREGATED = (DENIED, ERROR)
+_AGGREGATE_KEYS = 10_000  # distinct repeating denials followed at once, at most
+
+
+class _Repeats:
+    """Repeats of one denial after the first (which is written as it happens)."""
+
+    __slots__ = ("count", "first_ns", "last", "start_ns")
+
+    def __init__(self, start_ns: int) -> None:
+        self.start_ns = start_ns
+        self.count = 0
+        self.first_ns = 0
+        self.last: MountEvent | None = None
+
+
 class AuditQueue:
     """Records waiting to be written; bounded, so a store that stays locked cannot eat
-    the daemon's memory (what is dropped is counted and recorded once writing works)."""
+    the daemon's memory (what is dropped is counted, logged and recorded once writing
+    works).
 
-    def __init__(self, limit: int = 100_000) -> None:
+    A denial (or error) repeated by the same uid on the same ref with the same outcome
+    is written once as it happens; its repeats within `window` seconds become one
+    record whose detail says how many and from when to when, written when the window
+    ends. A uid hammering what it may not open adds a record every `window` seconds,
+    not one per attempt.
+    """
+
+    def __init__(self, limit: int = 100_000, window: float = AGGREGATE_SECONDS) -> None:
         self.limit = limit
+        self.window_ns = int(window * 1e9)
         self._pending: list[AuditRecord | MountEvent] = []
-        self.dropped = 0
+        self._repeats: dict[tuple[object, ...], _Repeats] = {}
+        self.dropped = 0  # not yet reported in a record
+        self.dropped_total = 0  # since the start, for status and the log
+        # Set while records cannot be written (why): new opens may be refused meanwhile.
+        self.failing: str | None = None
 
     def add(self, record: AuditRecord) -> None:
+        self._append(record)
+
+    def _append(self, record: AuditRecord | MountEvent) -> None:
         if len(self._pending) >= self.limit:
             self.dropped += 1
+            self.dropped_total += 1
             return
         self._pending.append(record)
 
@@ -198,18 +233,57 @@ class AuditQueue:
     ) -> None:
         """A mount's record, kept as a plain tuple until `take()`: building the record (a
         frozen dataclass, slow to make) is left to the batch, off the read path."""
-        if len(self._pending) >= self.limit:
-            self.dropped += 1
-            return
-        self._pending.append(
-            (time_ns, action, ref, version, uid, gid, pid, process, outcome, detail)
+        event = (time_ns, action, ref, version, uid, gid, pid, process, outcome, detail)
+        if outcome in _AGGREGATED:
+            key = (uid, ref, action, outcome, detail)
+            repeats = self._repeats.get(key)
+            if repeats is not None and time_ns - repeats.start_ns < self.window_ns:
+                if not repeats.count:
+                    repeats.first_ns = time_ns
+                repeats.count += 1
+                repeats.last = event
+                return
+            if repeats is not None:
+                self._summarise(repeats)
+            if len(self._repeats) >= _AGGREGATE_KEYS:
+                self._summarise_all()
+            self._repeats[key] = _Repeats(time_ns)
+        self._append(event)
+
+    def _summarise(self, repeats: _Repeats) -> None:
+        if repeats.count and repeats.last is not None:
+            last = repeats.last
+            note = (
+                f"repeated {repeats.count} times from {iso_time_ns(repeats.first_ns)}"
+                f" to {iso_time_ns(last[0])}"
+            )
+            self._append((*last[:9], f"{last[9]}; {note}" if last[9] else note))
+
+    def _summarise_all(self) -> None:
+        for repeats in self._repeats.values():
+            self._summarise(repeats)
+        self._repeats.clear()
+
+    def due(self, now_ns: int) -> bool:
+        """Whether anything waits to be taken now (records, a drop, an ended window)."""
+        return bool(self._pending or self.dropped) or any(
+            r.count and now_ns - r.start_ns >= self.window_ns for r in self._repeats.values()
         )
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + sum(1 for r in self._repeats.values() if r.count)
 
-    def take(self) -> list[AuditRecord]:
-        """Everything pending (plus a note of what was dropped); the queue is then empty."""
+    def take(self, final: bool = False) -> list[AuditRecord]:
+        """Everything pending (plus a note of what was dropped, and the repeats whose
+        window ended, or all of them when `final`); the queue is then empty of those."""
+        now = time.time_ns()
+        if final:
+            self._summarise_all()
+        else:
+            for key, repeats in list(self._repeats.items()):
+                if now - repeats.start_ns >= self.window_ns:
+                    self._summarise(repeats)
+                    del self._repeats[key]
         pending, self._pending = self._pending, []
         batch = [
             r if isinstance(r, AuditRecord) else AuditRecord(r[0], SOURCE_MOUNT, *r[1:])
@@ -239,4 +313,13 @@ class AuditQueue:
         merged: list[AuditRecord | MountEvent] = [*batch, *self._pending]
         overflow = max(0, len(merged) - self.limit)
         self.dropped += overflow
+        self.dropped_total += overflow
         self._pending = merged[overflow:]
+
+    def status(self) -> dict[str, object]:
+        """For `.secretfs-status`: what waits, what was lost, and whether writing fails."""
+        return {
+            "pending": len(self),
+            "dropped": self.dropped_total,
+            "failing": self.failing,
+        }

@@ -93,10 +93,19 @@ def candidates(req: Request) -> list[Ref]:
     return out
 
 
-def tree_lookup(tree: Tree, versions: VerifiedVersions, catch_up: Callable[[], bool]) -> Lookup:
-    """A Lookup over the mount's tree and verified versions: what an open would read."""
+def tree_lookup(
+    tree: Tree,
+    versions: VerifiedVersions,
+    catch_up: Callable[[], bool],
+    refusal: Callable[[], str | None] = lambda: None,
+) -> Lookup:
+    """A Lookup over the mount's tree and verified versions: what an open would read,
+    refused (StoreError) whenever the mount's opens are (`refusal`)."""
 
     def lookup(ref: Ref) -> tuple[int, bytes] | None:
+        refused = refusal()
+        if refused is not None:
+            raise StoreError(f"not serving: {refused}")
         catch_up()  # a version written since the last poll is the one served (one cheap query)
         meta = tree.meta(ref.scope.key, ref.name)
         if meta is None:

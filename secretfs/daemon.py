@@ -14,9 +14,10 @@ import resource
 import signal
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,12 +25,17 @@ import pyfuse3
 import trio
 
 from secretfs import credsock, sealing
-from secretfs.audit import AuditQueue, AuditRecord
+from secretfs.audit import OK as AUDIT_OK
+from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
+from secretfs.audit_retention import prune_by_max_age
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.hardening import no_core_dumps
+from secretfs.plainpool import DEFAULT_CAP, PlainPool
 from secretfs.snapshots import VerifiedVersions
 from secretfs.store.base import Backend
+from secretfs.store.sqlite import SqliteBackend
+from secretfs.timeutil import iso_time
 from secretfs.tree import Invalidation, Owner, Tree
 from secretfs.vault import Vault
 
@@ -41,6 +47,8 @@ log = logging.getLogger(__name__)
 FSNAME = "secretfs"
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
+AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
+AUDIT_REPORT_SECONDS = 30.0  # audit records still not written are logged this often
 
 _MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
 _CAP_IPC_LOCK = 14
@@ -106,6 +114,8 @@ class MountOptions:
     gid: int = -1
     mode: int = 0o400
     extra: tuple[str, ...] = ()
+    max_plain: int = DEFAULT_CAP  # bytes of plaintext held for open files (plainpool.py)
+    audit_fail: str = "closed"  # when audit records cannot be written: refuse opens
 
     def fuse_options(self, store: str) -> set[str]:
         opts = {
@@ -131,17 +141,32 @@ class MountOptions:
         )
 
 
-def is_mounted(mountpoint: Path) -> bool:
-    target = os.path.realpath(mountpoint)
+def mount_path(mountpoint: Path) -> str:
+    """The absolute path a mount is listed under, found without touching the mount itself:
+    only its parent is resolved (a dead mount would hang a stat of its root forever)."""
+    absolute = os.path.abspath(mountpoint)
+    parent, name = os.path.split(absolute)
+    return os.path.join(os.path.realpath(parent), name) if name else absolute
+
+
+def mount_device(mountpoint: Path) -> tuple[int, int] | None:
+    """(major, minor) of the mount on `mountpoint` from /proc/self/mountinfo, or None."""
+    target = mount_path(mountpoint)
+    found = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
             for line in fh:
                 fields = line.split()
                 if len(fields) > 4 and _unescape(fields[4]) == target:
-                    return True
-    except OSError:
-        return False
-    return False
+                    major, _, minor = fields[2].partition(":")
+                    found = (int(major), int(minor))  # the last one listed is on top
+    except (OSError, ValueError):
+        return None
+    return found
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    return mount_device(mountpoint) is not None
 
 
 def _unescape(text: str) -> str:
@@ -180,18 +205,125 @@ def clear_stale_mount(mountpoint: Path) -> None:
         raise StoreError(f"{mountpoint} is already a mount point: `secretfs umount` it first")
 
 
+FUSECTL = Path("/sys/fs/fuse/connections")
+SHUTDOWN_GRACE_SECONDS = 2.0  # then the FUSE connection is aborted; exit follows within 1 s
+_MNT_DETACH = 2
+
+
+def abort_connection(device: tuple[int, int] | None) -> bool:
+    """Abort a FUSE connection through fusectl (mounted here if needed, as root): every
+    request waiting on this daemon fails at once, so nothing stays blocked on it."""
+    if device is None:
+        return False
+    if not (FUSECTL / "version").exists() and os.geteuid() == 0:
+        subprocess.run(
+            ["mount", "-t", "fusectl", "fusectl", str(FUSECTL)], capture_output=True, check=False
+        )
+    # An anonymous device's connection is named by its dev_t: major 0, so the minor.
+    try:
+        (FUSECTL / str(os.makedev(*device)) / "abort").write_text("1")
+    except OSError as exc:
+        log.warning("cannot abort the FUSE connection: %s", exc.strerror)
+        return False
+    return True
+
+
+def detach(mountpoint: Path) -> None:
+    """Lazily detach a mount without waiting on its daemon (umount2 MNT_DETACH)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.umount2(os.fsencode(mountpoint), _MNT_DETACH) == 0:
+        return
+    try:
+        unmount(mountpoint, lazy=True)  # not root: fusermount3 may still do it
+    except StoreError as exc:
+        log.warning("%s", exc)
+
+
+class ShutdownWatchdog:
+    """Bounds every way out: once armed, if the daemon has not finished shutting down in
+    `grace` seconds, the FUSE connection is aborted and the mount detached; one second
+    later the process exits whatever still hangs. A stopped daemon never lingers."""
+
+    def __init__(
+        self, mountpoint: Path, pending: Callable[[], int], grace: float = SHUTDOWN_GRACE_SECONDS
+    ) -> None:
+        self.mountpoint = mountpoint
+        self.device: tuple[int, int] | None = None
+        self.grace = grace
+        self._pending = pending
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def arm(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="shutdown", daemon=True)
+            self._thread.start()
+
+    def disarm(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        if self._done.wait(self.grace):
+            return
+        log.error("shutdown stuck for %.0f s: aborting the FUSE connection", self.grace)
+        abort_connection(self.device)
+        if is_mounted(self.mountpoint):
+            detach(self.mountpoint)
+        if self._done.wait(1.0):
+            return
+        log.error("shutdown still stuck: exiting, %d audit records not written", self._pending())
+        os._exit(1)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def verify_store(vault: Vault) -> None:
+    """What a store file put in place while mounted must pass before it is served; raises
+    SecretfsError to refuse it. The store's own rollback and tamper checks belong here."""
+    vault.refresh_data_keys()
+
+
 class Watcher:
     """Brings the tree up to date with the store and tells the kernel what went stale."""
 
-    def __init__(self, vault: Vault, tree: Tree) -> None:
+    def __init__(self, vault: Vault, tree: Tree, writer: AuditWriter | None = None) -> None:
         self.vault = vault
         self.tree = tree
+        self.writer = writer
         # The versions opens are served from, verified: what the store changes is dropped.
         self.versions = VerifiedVersions(vault.sealed_version)
         self.seq = 0
         self.access_seq = -1
         self._data_version = -1
         self._pending = Invalidation()
+        # Set once the store can no longer be served: every open then answers EIO.
+        self.problem: str | None = None
+        self._problem_since: str | None = None
+        # A SQLite store's file, to notice a restore putting another file at its path.
+        backend = vault.backend
+        self._path = backend.path if isinstance(backend, SqliteBackend) else None
+        self._identity = None if self._path is None else _file_identity(self._path)
+        self._missing = False
+
+    def status(self) -> dict[str, object]:
+        """The backend's status, or why this mount stopped serving."""
+        if self.problem is None:
+            return self.vault.backend.status()
+        return {
+            "backend": "sqlite",
+            "store": self.vault.name,
+            "connected": False,
+            "serving": False,
+            "last_revision": self.seq,
+            "stale_since": self._problem_since,
+            "problem": self.problem,
+        }
 
     def catch_up(self) -> bool:
         """Refresh now, from a request handler; the watch task tells the kernel later."""
@@ -208,7 +340,66 @@ class Watcher:
         pending, self._pending = self._pending, Invalidation()
         return pending
 
+    def check_store(self) -> Invalidation | None:
+        """Whether the store path still names the file served; if a restore replaced it,
+        serve the new file when it is the same store and passes `verify_store`, else stop
+        serving (every open EIO, said in status and the log)."""
+        if self._path is None:
+            return None
+        identity = _file_identity(self._path)
+        if identity is None:
+            if not self._missing:
+                log.warning("store file %s is gone: still serving the one open", self._path)
+            self._missing = True
+            return None
+        self._missing = False
+        if identity == self._identity:
+            return None
+        self._identity = identity
+        log.warning("store file %s was replaced by another file: re-opening it", self._path)
+        # Closed first, the WAL emptied: SQLite must not read the old -wal into the new file.
+        if self.writer is not None:
+            self.writer.suspend()
+        old = self.vault.backend
+        assert isinstance(old, SqliteBackend)
+        old.close_replaced()
+        self.versions.clear()
+        try:
+            backend = SqliteBackend.open(self._path)
+        except SecretfsError as exc:
+            return self._stop(f"the store file was replaced and cannot be opened: {exc}")
+        if backend.meta_get("store_id") != self.vault.store_id:
+            backend.close()
+            return self._stop("the store file was replaced by a different store")
+        self.vault.backend = backend
+        if self.writer is not None:
+            self.writer.resume(backend.open_another())
+        try:
+            verify_store(self.vault)
+            return self._reload()
+        except SecretfsError as exc:
+            return self._stop(f"the store file was replaced and does not verify: {exc}")
+
+    def _stop(self, problem: str) -> Invalidation | None:
+        log.error("%s: no longer serving %s (remount to serve the new store)", problem, self._path)
+        self.problem = problem
+        self._problem_since = iso_time(time.time_ns())
+        return None
+
+    def _reload(self) -> Invalidation:
+        """Bring the tree to the re-opened store: what it no longer holds goes."""
+        self.problem = None
+        self.seq, self.access_seq, self._data_version = 0, -1, -1
+        present = {m.secret_id for m in self.vault.backend.list_meta()}
+        gone = [replace(m, deleted=True) for m in self.tree.known() if m.secret_id not in present]
+        out = self.tree.apply(gone, time.time_ns())
+        out.extend(self.refresh() or Invalidation())
+        log.info("serving the re-opened store %s", self._path)
+        return out
+
     def refresh(self) -> Invalidation | None:
+        if self.problem is not None:
+            return None
         backend = self.vault.backend
         data_version = backend.data_version()
         if data_version == self._data_version:
@@ -232,27 +423,68 @@ class Watcher:
         return out or None
 
 
+def _mount_note(detail: str) -> AuditRecord:
+    """A record of the mount's own doing (a prune), in the mount's name."""
+    return AuditRecord(
+        time.time_ns(),
+        SOURCE_MOUNT,
+        "audit",
+        None,
+        None,
+        None,
+        None,
+        os.getpid(),
+        None,
+        AUDIT_OK,
+        detail,
+    )
+
+
 class AuditWriter:
     """Appends the mount's audit records through a connection of its own, so a batch can
     be written from a worker thread while the FUSE loop keeps reading."""
 
     def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+        self.backend: Backend | None = backend
         self._seen = backend.data_version()
+        # A re-open (the store file replaced) must not close the connection mid-batch.
+        self._lock = threading.Lock()
+        self._next_prune = 0.0
+        self.report_at = 0.0  # when to log again that records cannot be written
+
+    def suspend(self) -> None:
+        """Close the connection until `resume`; batches wait in the queue meanwhile."""
+        with self._lock:
+            if self.backend is not None:
+                self.backend.close()
+                self.backend = None
+
+    def resume(self, backend: Backend) -> None:
+        with self._lock:
+            self.backend = backend
+            self._seen = backend.data_version()
+
+    def _backend(self) -> Backend:
+        if self.backend is None:
+            raise StoreError("the store is being re-opened")
+        return self.backend
 
     def write(self, batch: list[AuditRecord]) -> None:
         if batch:
             used = sealing.last_uses(batch)  # client keys' last use, with the batch
-            with self.backend.transaction():
-                self.backend.append_audit(batch)
-                if used:
-                    self.backend.touch_client_keys(used)
+            with self._lock:
+                backend = self._backend()
+                with backend.transaction():
+                    backend.append_audit(batch)
+                    if used:
+                        backend.touch_client_keys(used)
 
     def others_wrote(self) -> bool:
         """Whether anyone else changed the store since last asked. On SQLite, data_version
         leaves out what this connection wrote, so the mount's own audit batches do not
         count; any other commit does, a damaging one by hand included."""
-        now = self.backend.data_version()
+        with self._lock:
+            now = self._backend().data_version()
         changed, self._seen = now != self._seen, now
         return changed
 
@@ -260,10 +492,28 @@ class AuditWriter:
         """Write `batch`; with `ask`, say whether others wrote to the store since asked."""
         others = ask and self.others_wrote()
         self.write(batch)
+        self._prune_if_due()
         return others
 
+    def prune_due(self) -> bool:
+        return time.monotonic() >= self._next_prune
+
+    def _prune_if_due(self) -> None:
+        """Apply the store's audit-max-age at start and then hourly."""
+        if not self.prune_due():
+            return
+        self._next_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
+        try:
+            with self._lock:
+                count = prune_by_max_age(self._backend(), time.time_ns(), _mount_note)
+        except (SecretfsError, sqlite3.Error) as exc:
+            log.error("cannot prune old audit records: %s", exc)
+            return
+        if count:
+            log.info("pruned %d audit records older than the store's audit-max-age", count)
+
     def close(self) -> None:
-        self.backend.close()
+        self.suspend()
 
 
 async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
@@ -273,17 +523,32 @@ async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: Verifie
 
 
 async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
-    batch = queue.take() if len(queue) or queue.dropped else []
+    batch = queue.take() if queue.due(time.time_ns()) else []
     kept = len(versions) > 0
-    if not batch and not kept:
-        return  # nothing to write, nothing kept to verify again
+    if not batch and not kept and queue.failing is None and not writer.prune_due():
+        return  # nothing to write, nothing kept to verify again, no prune due
     try:
         # Not cancellable: a batch is written whole even when the mount is shutting down.
         others = await trio.to_thread.run_sync(writer.flush, batch, kept)
     except (SecretfsError, sqlite3.Error) as exc:
-        log.error("cannot write %d audit records yet: %s", len(batch), exc)
         queue.put_back(batch)
+        now = time.monotonic()
+        if queue.failing is not None and now < writer.report_at:
+            return  # said already: once at the first failure, then every half minute
+        queue.failing = f"{exc}"
+        writer.report_at = now + AUDIT_REPORT_SECONDS
+        # Never silent: how many wait, and how many the bounded queue had to drop.
+        log.error(
+            "cannot write %d audit records (%d waiting, %d dropped so far): %s",
+            len(batch),
+            len(queue),
+            queue.dropped_total,
+            exc,
+        )
         return
+    if queue.failing is not None:
+        log.warning("audit records are written again (%d in this batch)", len(batch))
+        queue.failing = None
     if others:
         # Verify again what is served: a record changed by hand must not go unnoticed.
         versions.clear()
@@ -314,6 +579,7 @@ async def _watch(watcher: Watcher) -> None:
         await trio.sleep(POLL_SECONDS)
         inval = watcher.take_pending()
         try:
+            inval.extend(watcher.check_store() or Invalidation())
             inval.extend(watcher.refresh() or Invalidation())
         except SecretfsError as exc:
             log.error("reading store changes: %s", exc)
@@ -321,18 +587,24 @@ async def _watch(watcher: Watcher) -> None:
             await _invalidate(inval)
 
 
-async def _signals() -> None:
-    sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-    with trio.open_signal_receiver(*sigs) as received:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+async def _signals(watchdog: ShutdownWatchdog) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as received:
+        # Held back since the mount was made: one sent meanwhile is taken now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
         async for signum in received:
             log.info("signal %s: unmounting", signal.Signals(signum).name)
+            watchdog.arm()
             pyfuse3.terminate()
             return
 
 
 async def _announce_ready(mountpoint: Path, ready: Callable[[], None]) -> None:
     # The stat goes through the kernel to our own loop: when it returns, the mount answers.
-    await trio.to_thread.run_sync(os.stat, mountpoint)
+    # Abandoned on cancel: a signal before the first answer must not wait for this stat.
+    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
     ready()
 
 
@@ -351,43 +623,73 @@ def serve(
     clear_stale_mount(mountpoint)
     # Reads come from memory from here on (etcd: a copy kept current by a watch).
     vault.backend.follow()
-    tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=vault.backend.status)
-    watcher = Watcher(vault, tree)
-    watcher.refresh()
+    writer = AuditWriter(vault.backend.open_another())
+    watcher: Watcher
     queue = AuditQueue()
+    closed = options.audit_fail == "closed"
+
+    def refusal() -> str | None:
+        """Why opens are refused (EIO) now: the store not served, or audit not written."""
+        if watcher.problem is not None:
+            return "store not served"
+        if closed and queue.failing is not None:
+            return "audit records cannot be written"
+        return None
+
+    def status() -> dict[str, object]:
+        # The watcher knows when a replaced store file stopped this mount serving.
+        return {**watcher.status(), "serving": refusal() is None, "audit": queue.status()}
+
+    tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=status)
+    watcher = Watcher(vault, tree, writer)
+    watcher.refresh()
+    pool = PlainPool(options.max_plain)
+    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
+    ops.refusal = refusal
     services: list[Callable[[], Awaitable[None]]] = []
     closers: list[Callable[[], None]] = []
     # Sockets are bound now: one that cannot be had fails the mount before it answers.
     if resolver is not None:
         from secretfs.resolver.server import resolver_task
 
-        serve_api, close_resolver = resolver_task(resolver, tree, watcher, queue)
+        serve_api, close_resolver = resolver_task(resolver, tree, watcher, queue, refusal)
         services.append(serve_api)
         closers.append(close_resolver)
     if credential_socket is not None:
-        lookup = credsock.tree_lookup(tree, watcher.versions, watcher.catch_up)
+        lookup = credsock.tree_lookup(tree, watcher.versions, watcher.catch_up, refusal)
         sock = credsock.bind(credential_socket)
         creds = credsock.CredentialServer(sock, credential_socket, lookup, queue)
         services.append(creds.serve)
         closers.append(creds.close)
-    writer = AuditWriter(vault.backend.open_another())
-    ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
+    watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
+    # A stop signal between mounting and the loop would kill us with the mount left dead.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
         pyfuse3.init(ops, str(mountpoint), options.fuse_options(vault.name))
+        # Known now, from mountinfo: a stuck shutdown aborts this connection by its number.
+        watchdog.device = mount_device(mountpoint)
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer, services)
+            trio.run(_main, watcher, mountpoint, ready, queue, writer, watchdog, services)
+            watchdog.arm()
+            # From here on nothing answers the mount: never stat it, read mountinfo.
             unmounted = not is_mounted(mountpoint)
         finally:
+            watchdog.arm()
             pyfuse3.close(unmount=not unmounted)
+            if is_mounted(mountpoint):
+                detach(mountpoint)  # an aborted connection is left mounted: detach it
     finally:
         for close in closers:
             close()
+        batch = queue.take(final=True)
         try:
-            writer.write(queue.take())
+            writer.write(batch)
         except (SecretfsError, sqlite3.Error) as exc:
-            log.error("audit records lost at shutdown: %s", exc)
+            log.error("%d audit records lost at shutdown: %s", len(batch), exc)
         writer.close()
+        watchdog.disarm()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 async def _main(
@@ -396,14 +698,16 @@ async def _main(
     ready: Callable[[], None],
     queue: AuditQueue,
     writer: AuditWriter,
+    watchdog: ShutdownWatchdog,
     services: Sequence[Callable[[], Awaitable[None]]] = (),
 ) -> None:
     async with trio.open_nursery() as nursery:
         for service in services:  # sockets bound already: they answer from here on
             nursery.start_soon(service)
-        nursery.start_soon(_signals)
+        nursery.start_soon(_signals, watchdog)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
         nursery.start_soon(_announce_ready, mountpoint, ready)
         await pyfuse3.main()
+        watchdog.arm()  # unmounted: the tasks left must end within the bound too
         nursery.cancel_scope.cancel()

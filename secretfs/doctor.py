@@ -61,7 +61,11 @@ def run(
         checks.append(_etcd_store(store))
         if checks[-1].status == "fail":
             return Report(checks)
-    checks.append(_key_source(store))
+    try:
+        checks.append(_key_source(store))
+    except SecretfsError as exc:  # not a store at all: say so beside what else was found
+        checks.append(Check("store", "fail", str(exc), "restore the store from its backup"))
+        return Report(checks)
     try:
         vault = Vault.open(store)
     except SecretfsError as exc:
@@ -295,6 +299,20 @@ def _mounts(store: StoreLocation) -> list[Check]:
                     "warn",
                     f"cannot read its status: {reason}",
                     "a mount of an older secretfs, or a dead one: `secretfs umount -z` it",
+                )
+            )
+            continue
+        if status.get("serving") is False:
+            failing = (status.get("audit") or {}).get("failing")
+            problem = status.get("problem") or f"audit records cannot be written: {failing}"
+            out.append(
+                Check(
+                    name,
+                    "fail",
+                    f"not serving {status.get('store')}: {problem}"
+                    f" (since {status.get('stale_since')}); every open answers EIO",
+                    f"check the store file, then remount: `secretfs umount {mountpoint}`"
+                    f" and `secretfs mount {mountpoint}`",
                 )
             )
             continue

@@ -2,9 +2,10 @@
 
 Each open takes a snapshot: the version's ciphertext, held by that handle alone (kept
 verified in memory by secretfs/snapshots.py, so a warm open runs no SQL and decrypts
-nothing). The first read on the handle decrypts into a buffer of its own, wiped on
-release; with the page cache warm the kernel sends no read at all. Every write
-operation answers EROFS.
+nothing). The first read decrypts into the plaintext pool (secretfs/plainpool.py): one
+copy per secret version and field shared by every handle on it, wiped when the last
+closes, its total capped (past the cap, each read decrypts for itself); with the page
+cache warm the kernel sends no read at all. Every write operation answers EROFS.
 
 Access is checked here on every lookup, opendir, open and access() from the request's
 uid, gid and groups (mode bits plus grants, see access.py); every open of a secret or
@@ -27,6 +28,7 @@ from secretfs import audit as _audit
 from secretfs import crypto, expiry, sealing
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
+from secretfs.plainpool import PlainPool
 from secretfs.refs import Ref, Scope
 from secretfs.snapshots import VerifiedVersions
 from secretfs.timeutil import iso_time
@@ -59,14 +61,16 @@ def _caller(ctx: Any) -> Caller:
 
 
 class _Handle:
-    """An open file: its node, its version sealed, and the plaintext once it is read."""
+    """An open file: its node, its version sealed, and the plaintext once it is read —
+    shared in the pool under `key` when `key` is set, else the handle's own."""
 
-    __slots__ = ("data", "node", "sealed")
+    __slots__ = ("data", "key", "node", "sealed")
 
     def __init__(self, node: Node, sealed: SealedValue | None, data: bytearray | None) -> None:
         self.node = node
         self.sealed = sealed
         self.data = data
+        self.key: tuple[int, int, tuple[str, ...]] | None = None
 
 
 class SecretFS(pyfuse3.Operations):
@@ -80,9 +84,12 @@ class SecretFS(pyfuse3.Operations):
         audit: _audit.AuditQueue | None = None,
         catch_up: Callable[[], bool] = lambda: False,
         versions: VerifiedVersions | None = None,
+        pool: PlainPool | None = None,
     ) -> None:
         super().__init__()
         self.tree = tree
+        # One plaintext per (secret, version, field) for all handles, capped in total.
+        self._pool = pool if pool is not None else PlainPool()
         # Without it, each open reads and decrypts its version from the store.
         self._versions = versions
         self._names = _audit.ProcessNames()
@@ -92,6 +99,9 @@ class SecretFS(pyfuse3.Operations):
         self._catch_up = catch_up
         self.audit = audit if audit is not None else _audit.AuditQueue()
         self._handles: dict[int, _Handle] = {}
+        # Why every open is refused (EIO) now, if it is: set by the daemon (store not
+        # served, audit records that cannot be written).
+        self.refusal: Callable[[], str | None] = lambda: None
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
 
@@ -117,6 +127,10 @@ class SecretFS(pyfuse3.Operations):
         entry = _entry_attributes(self.tree.attr(node))
         if node.kind == "status":
             entry.attr_timeout = 0  # its size changes with what it says
+        elif node.kind in ("field", "fielddir"):
+            # Reached only through a `.d/` lookup that checks the caller: a cached entry
+            # would let the next caller past that check, so every walk asks again.
+            entry.entry_timeout = entry.attr_timeout = 0
         return entry
 
     def _check(self, node: Node, ctx: Any, want: int) -> None:
@@ -214,6 +228,10 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        refused = self.refusal()
+        if refused is not None:
+            self._record("open", node, ctx, _audit.ERROR, f"EIO: {refused}")
+            _fail(errno.EIO)
         caller = self._caller(ctx)
         if not self.tree.may(node, caller, READ) and not (
             self._catch_up() and self.tree.may(node, caller, READ)
@@ -250,9 +268,24 @@ class SecretFS(pyfuse3.Operations):
         if node.sealed is not None:  # a sealed file's box is made at open
             plain = value if value is not None else sealed.open()
             return _Handle(node, None, bytearray(self.tree.content(node, plain)))
-        # Just decrypted to verify it: keep the content, a read is likely to follow.
-        data = None if value is None else bytearray(self.tree.content(node, value))
-        return _Handle(node, sealed, data)
+        handle = _Handle(node, sealed, None)
+        if value is not None:
+            # Just decrypted to verify it: keep the content, a read is likely to follow.
+            data = self._share(handle, lambda: self.tree.content(node, value))
+            if handle.key is None:
+                crypto.wipe(data)  # past the cap: the first read decrypts again
+        return handle
+
+    def _share(self, handle: _Handle, make: Callable[[], bytes]) -> bytearray:
+        """The handle's content: shared from the pool (kept on the handle), or past the
+        pool's cap this read's own copy, which the caller wipes."""
+        secret = handle.node.secret
+        assert secret is not None
+        key = (secret.secret_id, secret.version, handle.node.field)
+        data, shared = self._pool.acquire(key, make)
+        if shared:
+            handle.data, handle.key = data, key
+        return data
 
     def _content(self, sealed: SealedValue, node: Node) -> bytes:
         return self.tree.content(node, sealed.open())
@@ -261,10 +294,16 @@ class SecretFS(pyfuse3.Operations):
         handle = self._handles.get(fh)
         if handle is None:
             _fail(errno.EBADF)
-        if handle.data is None:
-            assert handle.sealed is not None
-            handle.data = bytearray(self._call(self._content, handle.sealed, handle.node))
-        return bytes(handle.data[off : off + size])
+        if handle.data is not None:
+            return bytes(handle.data[off : off + size])
+        assert handle.sealed is not None
+        sealed = handle.sealed
+        data = self._share(handle, lambda: self._call(self._content, sealed, handle.node))
+        try:
+            return bytes(data[off : off + size])
+        finally:
+            if handle.key is None:
+                crypto.wipe(data)  # past the cap: this read's copy only
 
     async def flush(self, fh: int) -> None:
         # Nothing to flush on a read-only file; ENOSYS makes the kernel stop asking.
@@ -272,13 +311,25 @@ class SecretFS(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if handle is not None and handle.data is not None:
+        if handle is None:
+            return
+        if handle.key is not None:
+            self._pool.release(handle.key)  # the last handle on it wipes it
+        elif handle.data is not None:
             crypto.wipe(handle.data)
+
+    def _check_xattr(self, node: Node, ctx: Any) -> None:
+        # What they say (version, fingerprint, expiry) is about the value: readers only.
+        if node.secret is not None and not self.tree.may_read(
+            self.tree.current(node), self._caller(ctx)
+        ):
+            _fail(errno.EACCES)
 
     async def listxattr(self, inode: int, ctx: Any) -> list[bytes]:
         node = self._get(inode)
         if node.secret is None:
             return []
+        self._check_xattr(node, ctx)
         meta = self.tree.current(node)
         names = [*XATTRS]
         if meta.expires_ns is not None:
@@ -296,6 +347,7 @@ class SecretFS(pyfuse3.Operations):
             _fail(errno.EOPNOTSUPP)
         if node.secret is None or not key.startswith(XATTR_PREFIX):
             _fail(pyfuse3.ENOATTR)
+        self._check_xattr(node, ctx)
         return xattr_value(self.tree, node, key[len(XATTR_PREFIX) :])
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:

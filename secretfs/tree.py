@@ -280,6 +280,10 @@ class Tree:
                 self._field_inodes.setdefault(ids, set()).add(inode)
         return self._nodes[inode]
 
+    def known(self) -> list[SecretMeta]:
+        """Every secret the tree serves (a re-opened store is compared with them)."""
+        return list(self._by_id.values())
+
     def get(self, inode: int) -> Node | None:
         return self._nodes.get(inode)
 

@@ -83,3 +83,15 @@ def test_a_scan_leaves_the_mounts_kept_versions_as_they_were(resolver: Resolver)
     assert kept == 1
     assert len(get(resolver, ROOT, "**")) == 3
     assert len(versions) == kept  # a `**` reads past the cache, and keeps nothing new
+
+
+def test_nothing_is_served_while_the_mounts_opens_are_refused(resolver: Resolver) -> None:
+    """A replaced store, or audit records that cannot be written (audit_fail=closed):
+    the resolver refuses exactly when the mount's opens answer EIO."""
+    why: list[str] = []
+    resolver._refusal = lambda: why[0] if why else None
+    assert get(resolver, ROOT, "deployment/db")[0].value == b"hunter2"
+    why.append("audit records cannot be written")
+    with pytest.raises(ConnectError) as refused:
+        get(resolver, ROOT, "deployment/db")
+    assert refused.value.code == "unavailable" and "audit records" in refused.value.message

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import click
 
-from secretfs.audit import AuditRecord
-from secretfs.cli import cli, emit_json, handle_errors, store_option, store_path
+from secretfs.audit import AuditRecord, iso_time_ns
+from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.cli.access import parse_target
 from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.cli.params import bounded_int
@@ -27,7 +27,7 @@ _MAX_NS = 2**63 - 1
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
-def parse_since(text: str, now_ns: int | None = None) -> int:
+def parse_since(text: str, now_ns: int | None = None, what: str = "--since") -> int:
     """A time as ns since the epoch: `30s`/`15m`/`2h`/`7d`/`1w` ago, or ISO 8601 (a time
     without a zone is UTC)."""
     now = time.time_ns() if now_ns is None else now_ns
@@ -38,7 +38,7 @@ def parse_since(text: str, now_ns: int | None = None) -> int:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise UsageError(
-            f"--since takes a duration (30s, 15m, 2h, 7d, 1w) or an ISO 8601 time"
+            f"{what} takes a duration (30s, 15m, 2h, 7d, 1w) or an ISO 8601 time"
             f" (2026-01-31, 2026-01-31T12:00:00Z); not {text!r}"
         ) from None
     if moment.tzinfo is None:
@@ -89,7 +89,7 @@ def _print(records: list[AuditRecord], as_json: bool, lines: bool) -> None:
         sys.stdout.flush()
 
 
-@cli.command()
+@cli.group(invoke_without_command=True)
 @click.option(
     "--ref",
     "ref",
@@ -102,8 +102,10 @@ def _print(records: list[AuditRecord], as_json: bool, lines: bool) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records until interrupted.")
 @click.option("--last", type=bounded_int(), metavar="N", help="Only the last N records.")
 @store_option
+@click.pass_context
 @handle_errors
 def audit(
+    ctx: click.Context,
     store: Path | None,
     ref: str | None,
     since: str | None,
@@ -114,9 +116,12 @@ def audit(
     """Show who opened or changed which secret, when, and how it ended (never values).
 
     Every open() through a mount (allowed, denied or failed) and every CLI write is
-    recorded; the log is append-only and survives restarts. Reading it needs access to
-    the store file but not the key.
+    recorded; records are never changed and survive restarts. Reading it needs access
+    to the store file but not the key. Repeats of one denial are summed up in one
+    record ("repeated N times from ... to ..."). `audit prune` removes old records.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     since_ns = parse_since(since) if since else None
     wanted = RefFilter(ref) if ref else None
     backend = open_backend(store_path(store), readonly=True)
@@ -156,3 +161,42 @@ def _query(
         after_id=after, since_ns=since_ns, ref_exact=wanted.exact, ref_prefixes=wanted.prefixes
     )
     return [r for r in found if wanted.keeps(r)]
+
+
+@audit.command()
+@click.option("--before", metavar="TIME", help="Remove records older than TIME: 90d or ISO 8601.")
+@click.option("--dry-run", is_flag=True, help="Only say how many records would go.")
+@store_option
+@handle_errors
+def prune(store: Path | None, before: str | None, dry_run: bool) -> None:
+    """Remove audit records older than --before (default: the store's audit-max-age).
+
+    Needs the key. Each prune is itself recorded ("pruned N audit records before ...").
+    Mounts apply audit-max-age (`secretfs config set audit-max-age 90d`) every hour.
+    """
+    from secretfs.audit import cli_record
+    from secretfs.audit_retention import NS, max_age_s
+    from secretfs.audit_retention import prune as prune_records
+
+    with open_vault(store) as vault:
+        now = time.time_ns()
+        if before is not None:
+            before_ns = parse_since(before, now, "--before")
+        else:
+            age = max_age_s(vault.backend)
+            if age is None:
+                raise UsageError(
+                    "give --before, or set a retention: `secretfs config set audit-max-age 90d`"
+                )
+            before_ns = now - age * NS
+        count = prune_records(
+            vault.backend,
+            before_ns,
+            lambda detail: cli_record("audit", None, detail=detail),
+            dry_run=dry_run,
+        )
+    when = iso_time_ns(before_ns)
+    if dry_run:
+        click.echo(f"{count} audit records before {when} would be removed")
+    else:
+        click.echo(f"removed {count} audit records before {when}")

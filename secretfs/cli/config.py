@@ -7,13 +7,13 @@ from pathlib import Path
 import click
 
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.cli.params import INT_MAX, bounded_int
 from secretfs.errors import UsageError
 from secretfs.vault import MAX_VERSIONS_LIMIT
 
 SETTINGS = {
     "max-versions": "versions kept per secret; a write over it prunes the oldest (audited)",
     "max-value-size": "largest value accepted, in bytes",
+    "audit-max-age": "audit records older than this are pruned (mounts: hourly); 0: kept",
 }
 MAX_VALUE_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -29,33 +29,47 @@ def config() -> None:
 @handle_errors
 def show(store: Path | None, as_json: bool) -> None:
     """Show every setting."""
+    from secretfs.audit_retention import max_age_s
+
     with open_vault(store) as vault:
-        values = {"max-versions": vault.max_versions, "max-value-size": vault.max_value_bytes}
+        age = max_age_s(vault.backend)
+        values: dict[str, object] = {
+            "max-versions": vault.max_versions,
+            "max-value-size": vault.max_value_bytes,
+            "audit-max-age": f"{age}s" if age else "0",
+        }
     if as_json:
         emit_json(values)
         return
     for name, value in values.items():
-        click.echo(f"{name:<15} {value:<10} {SETTINGS[name]}")
+        click.echo(f"{name:<15} {value!s:<10} {SETTINGS[name]}")
 
 
 @config.command(name="set")
 @click.argument("name", type=click.Choice(sorted(SETTINGS)))
-@click.argument("value", type=bounded_int(-INT_MAX - 1))
+@click.argument("value")
 @store_option
 @handle_errors
-def set_(store: Path | None, name: str, value: int) -> None:
+def set_(store: Path | None, name: str, value: str) -> None:
     """Change one setting.
 
     Lowering max-versions removes nothing at once: each secret is pruned at its next
-    write, or now with `secretfs secret prune --all`.
+    write, or now with `secretfs secret prune --all`. audit-max-age takes a duration
+    (90d, 12w) or 0 to keep every record.
     """
+    if name == "audit-max-age":
+        _set_audit_max_age(store, value)
+        return
+    if not value.isdigit():
+        raise UsageError(f"{name} takes a whole number, not {value[:40]!r}")
+    number = int(value)
     with open_vault(store) as vault:
         if name == "max-versions":
-            if not 1 <= value <= MAX_VERSIONS_LIMIT:
+            if not 1 <= number <= MAX_VERSIONS_LIMIT:
                 raise UsageError(f"max-versions must be between 1 and {MAX_VERSIONS_LIMIT}")
-            over = len(vault.backend.secrets_over(value))
-            vault.set_limits(max_versions=value)
-            click.echo(f"max-versions is now {value}")
+            over = len(vault.backend.secrets_over(number))
+            vault.set_limits(max_versions=number)
+            click.echo(f"max-versions is now {number}")
             if over:
                 click.echo(
                     f"{over} secret(s) keep more versions than that: they are pruned at their"
@@ -63,7 +77,18 @@ def set_(store: Path | None, name: str, value: int) -> None:
                     err=True,
                 )
         else:
-            if not 1 <= value <= MAX_VALUE_SIZE_LIMIT:
+            if not 1 <= number <= MAX_VALUE_SIZE_LIMIT:
                 raise UsageError(f"max-value-size must be between 1 and {MAX_VALUE_SIZE_LIMIT}")
-            vault.set_limits(max_value_bytes=value)
-            click.echo(f"max-value-size is now {value} bytes")
+            vault.set_limits(max_value_bytes=number)
+            click.echo(f"max-value-size is now {number} bytes")
+
+
+def _set_audit_max_age(store: Path | None, value: str) -> None:
+    from secretfs.audit_retention import MAX_AGE_META
+    from secretfs.expiry import parse_duration
+
+    seconds = 0 if value.strip() == "0" else parse_duration(value, "audit-max-age")
+    with open_vault(store) as vault, vault.backend.transaction():
+        vault.backend.meta_set(MAX_AGE_META, str(seconds).encode())
+        vault.audit("config", None, detail=f"audit-max-age {seconds}s")
+    click.echo(f"audit-max-age is now {value}" if seconds else "audit records are now all kept")

@@ -34,6 +34,8 @@ MOUNT8_OPTIONS = {
     *("users", "owner", "group", "_netdev", "nofail"),
 }
 VALUE_OPTIONS = ("store", "uid", "gid", "mode")  # -o forms of --store --uid --gid --mode
+DAEMON_OPTIONS = ("max_plain", "audit_fail")  # the daemon's own, never passed to FUSE
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
 
 
 def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
@@ -45,8 +47,8 @@ def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
                 allow_other = True
             elif opt in MOUNT8_OPTIONS or opt.startswith(("x-", "comment=")):
                 continue
-            elif opt.partition("=")[0] in VALUE_OPTIONS and "=" in opt:
-                continue  # taken by _option_values
+            elif opt.partition("=")[0] in (*VALUE_OPTIONS, *DAEMON_OPTIONS) and "=" in opt:
+                continue  # taken by _option_values, _daemon_options
             elif opt == "default_permissions":
                 raise UsageError(
                     "-o default_permissions is not supported: the kernel would then check"
@@ -57,7 +59,8 @@ def _parse_options(opts: tuple[str, ...]) -> tuple[bool, tuple[str, ...]]:
             else:
                 raise UsageError(
                     f"unknown mount option {opt!r}: secretfs takes allow_other, store=PATH,"
-                    " uid=N, gid=N, mode=OCTAL (ro,nosuid,nodev,noexec are always on)"
+                    " uid=N, gid=N, mode=OCTAL, max_plain=SIZE, audit_fail=closed|open"
+                    " (ro,nosuid,nodev,noexec are always on)"
                 )
     return allow_other, tuple(extra)
 
@@ -95,12 +98,42 @@ def _option_values(
     return store, uid, gid, given.get("mode", mode)
 
 
+def _parse_size(key: str, text: str) -> int:
+    number, unit = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if not number.isdigit() or unit not in _SIZE_UNITS:
+        raise UsageError(f"mount option {key}={text!r}: a size is needed, e.g. 64M")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
+    """-o max_plain=, audit_fail=: checked here, handed to the daemon as given (the last
+    one wins)."""
+    out: dict[str, str] = {}
+    for group in opts:
+        for opt in filter(None, group.split(",")):
+            key, sep, value = opt.partition("=")
+            if sep and key in DAEMON_OPTIONS:
+                if key == "max_plain":
+                    _parse_size(key, value)
+                elif value not in ("closed", "open"):
+                    raise UsageError(f"mount option audit_fail={value!r}: closed or open")
+                out[key] = value
+    return out
+
+
 @cli.command()
 @click.argument("mountpoint", type=click.Path(path_type=Path, readable=False))
 @store_option
 @click.option("--foreground", "-f", is_flag=True, help="Serve in this process until unmounted.")
 @click.option(
-    "-o", "options", multiple=True, metavar="OPT[,OPT]", help="Mount options: allow_other."
+    "-o",
+    "options",
+    multiple=True,
+    metavar="OPT[,OPT]",
+    help="Mount options: allow_other; store=PATH, uid=N, gid=N, mode=OCTAL; max_plain=SIZE:"
+    " decrypted bytes held for open files at most, shared per secret version (default 64M;"
+    " K/M/G; past it each read decrypts again); audit_fail=closed|open: when audit records"
+    " cannot be written, refuse new opens with EIO (closed, the default) or serve them.",
 )
 @click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Default owner of files.")
 @click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Default group of files.")
@@ -139,6 +172,7 @@ def mount(
     from secretfs.daemon import clear_stale_mount
 
     allow_other, extra = _parse_options(options)
+    daemon_opts = _daemon_options(options)
     store, uid, gid, mode = _option_values(options, store, uid, gid, mode)
     file_mode = parse_mode(mode)
     check_mount_setup(mountpoint)
@@ -150,6 +184,7 @@ def mount(
     if not foreground:
         args = [str(mountpoint), "--store", str(path), "--mode", f"{file_mode:04o}"]
         args += [f"-o{o}" for o in (*extra, *(["allow_other"] if allow_other else []))]
+        args += [f"-o{k}={v}" for k, v in daemon_opts.items()]
         args += [f"--{k}={v}" for k, v in (("uid", uid), ("gid", gid)) if v is not None]
         if log_file is not None:
             args += ["--log-file", str(log_file)]
@@ -160,7 +195,7 @@ def mount(
         return
     _serve(
         mountpoint, path, allow_other, extra, uid, gid, file_mode, log_file, ready_fd,
-        serve_api, credential_socket,
+        daemon_opts, serve_api, credential_socket,
     )  # fmt: skip
 
 
@@ -174,10 +209,12 @@ def _serve(
     mode: int,
     log_file: Path | None,
     ready_fd: int | None,
+    daemon_opts: dict[str, str],
     serve_api: ResolverConfig | None = None,
     credential_socket: Path | None = None,
 ) -> None:
     from secretfs.daemon import MountOptions, harden, serve
+    from secretfs.plainpool import DEFAULT_CAP
     from secretfs.sdnotify import Notifier
     from secretfs.vault import Vault
 
@@ -202,8 +239,15 @@ def _serve(
         harden()  # before the key is unwrapped into this process's memory
         vault = Vault.open(path)
         try:
+            max_plain = daemon_opts.get("max_plain")
             opts = MountOptions(
-                allow_other, -1 if uid is None else uid, -1 if gid is None else gid, mode, extra
+                allow_other,
+                -1 if uid is None else uid,
+                -1 if gid is None else gid,
+                mode,
+                extra,
+                DEFAULT_CAP if max_plain is None else _parse_size("max_plain", max_plain),
+                daemon_opts.get("audit_fail", "closed"),
             )
             try:
                 serve(vault, mountpoint.resolve(), opts, ready, serve_api, credential_socket)

@@ -462,9 +462,13 @@ def _error(exc: ConnectError, close: bool = False) -> _Reply:
 
 
 def resolver_task(
-    config: ResolverConfig, tree: Tree, watcher: Watcher, queue: AuditQueue
+    config: ResolverConfig,
+    tree: Tree,
+    watcher: Watcher,
+    queue: AuditQueue,
+    refusal: Callable[[], str | None] = lambda: None,
 ) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
     """For the daemon: bind now; return the task to run in its nursery and the cleanup."""
     listeners = listen(config)
-    resolver = Resolver(tree, watcher.versions, queue, watcher.catch_up)
+    resolver = Resolver(tree, watcher.versions, queue, watcher.catch_up, refusal=refusal)
     return functools.partial(serve, listeners, resolver, config.limits), listeners.close

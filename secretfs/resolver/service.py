@@ -108,8 +108,11 @@ class Resolver:
         audit: _audit.AuditQueue,
         catch_up: Callable[[], bool] = lambda: False,
         clock: Callable[[], int] = time.time_ns,
+        refusal: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.tree = tree
+        # Why the mount serves nothing now (store replaced, audit not written), as for opens.
+        self._refusal = refusal
         self._versions = versions  # the mount's: verified once, kept sealed
         self.audit = audit
         # Takes in store changes not yet polled (one cheap query when there are none).
@@ -235,6 +238,9 @@ class Resolver:
         secrets must not hold up the mount's reads.
         """
         opts = options or RequestOptions()
+        refused = self._refusal()
+        if refused is not None:
+            raise ConnectError("unavailable", f"not serving: {refused}")
         matches = self.plan(caller, text, opts)
         now = self._clock()
         out: list[Envelope] = []

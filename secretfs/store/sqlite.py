@@ -99,9 +99,17 @@ CREATE TABLE audit (
 CREATE INDEX audit_time ON audit (time_ns);
 CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit records cannot be changed'); END;
+CREATE TABLE audit_prune (before_ns INTEGER NOT NULL) STRICT;
 CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    WHEN NOT EXISTS (SELECT 1 FROM audit_prune WHERE OLD.time_ns < before_ns)
     BEGIN SELECT RAISE(ABORT, 'audit records cannot be deleted'); END;
 """
+# Deletes pass the trigger only below the bound a prune writes in its own transaction.
+_AUDIT_PRUNE_DDL = (
+    "CREATE TABLE IF NOT EXISTS audit_prune (before_ns INTEGER NOT NULL) STRICT",
+    "DROP TRIGGER IF EXISTS audit_no_delete",
+    _SCHEMA[_SCHEMA.index("CREATE TRIGGER audit_no_delete") :].strip().rstrip(";"),
+)
 
 # Sealed reads (secretfs/sealing.py): added to format 1 in place, so a store made before
 # them gets the table and the grants' form column when first opened for writing.
@@ -334,6 +342,13 @@ class SqliteBackend:
         return conn
 
     def close(self) -> None:
+        self._conn.close()
+
+    def close_replaced(self) -> None:
+        """Close when the path now names another file (a restore): the WAL is emptied into
+        the old file first, or SQLite would read the old pages into the new one."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self._conn.close()
 
     # -- the backend protocol (secretfs/store/base.py) beyond rows --------------------------
@@ -713,6 +728,21 @@ class SqliteBackend:
                 for r in records
             ],
         )
+
+    def prune_audit(self, before_ns: int, *, dry_run: bool = False) -> int:
+        """Delete the audit records older than `before_ns` (inside `transaction()`);
+        returns how many. A store made before pruning existed gets its trigger here."""
+        count: int = self._conn.execute(
+            "SELECT count(*) FROM audit WHERE time_ns < ?", (before_ns,)
+        ).fetchone()[0]
+        if dry_run or not count:
+            return count
+        for statement in _AUDIT_PRUNE_DDL:
+            self._conn.execute(statement)
+        self._conn.execute("INSERT INTO audit_prune (before_ns) VALUES (?)", (before_ns,))
+        self._conn.execute("DELETE FROM audit WHERE time_ns < ?", (before_ns,))
+        self._conn.execute("DELETE FROM audit_prune")
+        return count
 
     def read_audit(
         self,

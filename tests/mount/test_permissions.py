@@ -33,6 +33,12 @@ try:
             result = ["ok", fh.read().hex()]
     elif op == "list":
         result = ["ok", sorted(os.listdir(path))]
+    elif op == "stat":
+        st = os.stat(path)
+        result = ["ok", [st.st_size, st.st_mode]]
+    elif op == "xattr":
+        result = ["ok", sorted(os.listxattr(path))]
+        result[1] += [os.getxattr(path, "user.secretfs.fingerprint").decode()]
     else:
         raise SystemExit("unknown op " + op)
 except OSError as exc:
@@ -110,6 +116,24 @@ def test_other_uids_read_what_mode_bits_or_grants_allow(shared: Mount) -> None:
     m.cli("revoke", "@api/token", "--uid", "1000")
     wait_for(lambda: probe(1000, 1000, "read", token) == ("EACCES", None))
     assert probe(1002, 1002, "read", token, groups=(3000,)) == ("ok", b"tok-1000\n")
+
+
+def test_a_warm_kernel_cache_lets_no_other_uid_past_a_d_directory(shared: Mount) -> None:
+    m = shared
+    m.cli("grant", "@api/cfg", "--uid", "1000")
+    password = m.path / "@api/cfg.d/password"
+    # Cold: nobody has looked the field up yet.
+    assert probe(1001, 1001, "stat", password) == ("EACCES", None)
+    wait_for(lambda: probe(1000, 1000, "read", password) == ("ok", b"pw"))
+    assert probe(1000, 1000, "stat", password)[0] == "ok"
+    # Warm: the reader's lookup is in the kernel's cache; the check still holds.
+    assert probe(1001, 1001, "stat", password) == ("EACCES", None)
+    assert probe(1001, 1001, "xattr", password) == ("EACCES", None)
+    assert probe(1001, 1001, "list", m.path / "@api/cfg.d") == ("EACCES", None)
+    # Extended attributes speak of the value: readers only, whole secrets too.
+    assert probe(1000, 1000, "xattr", m.path / "@api/cfg")[0] == "ok"
+    assert probe(1001, 1001, "xattr", m.path / "@api/cfg") == ("EACCES", None)
+    assert probe(1001, 1001, "stat", m.path / "@api/cfg")[0] == "ok"  # as POSIX: see docs
 
 
 def test_root_is_an_ordinary_caller(shared: Mount) -> None:

@@ -1,0 +1,50 @@
+"""How long audit records are kept: `secretfs audit prune --before` and the store's
+`audit-max-age`, which every mount applies hourly. Each prune is itself recorded, in the
+same transaction as the delete; only SQLite stores can be pruned so far."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from secretfs.audit import AuditRecord, iso_time_ns
+from secretfs.errors import StoreError
+from secretfs.store.base import Backend
+
+MAX_AGE_META = "audit_max_age_s"  # meta key: seconds kept; absent or 0 keeps everything
+NS = 1_000_000_000
+
+
+def max_age_s(backend: Backend) -> int | None:
+    raw = backend.meta_get(MAX_AGE_META)
+    age = int(raw) if raw else 0
+    return age or None
+
+
+def prune(
+    backend: Backend,
+    before_ns: int,
+    record: Callable[[str], AuditRecord],
+    *,
+    dry_run: bool = False,
+) -> int:
+    """Delete the records older than `before_ns` and record that; returns how many."""
+    pruner: Callable[..., int] | None = getattr(backend, "prune_audit", None)
+    if pruner is None:
+        raise StoreError(f"{backend.name}: audit records can be pruned on SQLite stores only")
+    if dry_run:
+        return pruner(before_ns, dry_run=True)
+    with backend.transaction():
+        count = pruner(before_ns)
+        if count:
+            backend.append_audit(
+                [record(f"pruned {count} audit records before {iso_time_ns(before_ns)}")]
+            )
+    return count
+
+
+def prune_by_max_age(backend: Backend, now_ns: int, record: Callable[[str], AuditRecord]) -> int:
+    """Apply the store's audit-max-age (nothing when it is not set)."""
+    age = max_age_s(backend)
+    if age is None or not hasattr(backend, "prune_audit"):
+        return 0
+    return prune(backend, now_ns - age * NS, record)
