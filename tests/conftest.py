@@ -9,8 +9,10 @@ signals, children's environment, crashes, daemons, cores).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import resource
 import subprocess
 import sys
 import traceback
@@ -78,6 +80,15 @@ class _StderrAtEmit(logging.Handler):
         sys.stderr.write(self.format(record) + "\n")
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_GET_DUMPABLE = 3
+
+
+def _process_state() -> tuple[object, ...]:
+    """What hardening a process changes: its core size limit and whether it is dumpable."""
+    return resource.getrlimit(resource.RLIMIT_CORE), _LIBC.prctl(_PR_GET_DUMPABLE, 0, 0, 0, 0)
+
+
 # `run` execs the user's command (it would replace pytest) and forwards signals; `mount`
 # starts a daemon. A fault point armed by SECRETFS_TEST_* kills or stops its process.
 PROCESS_COMMANDS = frozenset({"run", "mount"})
@@ -100,10 +111,13 @@ def run_cli(
 
     os.environ is exactly `env` for the call; stdin is `input` (empty if None, as the
     /dev/null pytest gives a subprocess); an exception that escapes is a traceback on
-    stderr and exit 1, as the interpreter would make it.
+    stderr and exit 1, as the interpreter would make it. What `needs_a_process` names
+    runs as a process. This calls the click group, not `secretfs.cli.main()`: what
+    main() does to the process (hardening) must not happen to the test process.
     """
     if needs_a_process(args, env):
         return run_cli_process(*args, env=env, input=input, check=check)
+    before = _process_state()
     runner = ClickRunner()
     # CliRunner sets these for the call and restores them after; None removes a variable.
     call_env: dict[str, str | None] = {k: None for k in os.environ if k not in env}
@@ -117,6 +131,7 @@ def run_cli(
         )
     finally:
         root.removeHandler(handler)
+    assert _process_state() == before, "the CLI changed the test process: do that in main()"
     stderr = result.stderr_bytes
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         stderr += "".join(traceback.format_exception(result.exception)).encode()
