@@ -64,9 +64,7 @@ def test_import_killed_at_any_point_is_all_or_nothing(
 
     # How long one whole import takes here, measured on a store of its own.
     calib_env = {**cli_env, "SECRETFS_STORE": str(tmp_path / "calib.db")}
-    subprocess.run(
-        [sys.executable, "-m", "secretfs", "init"], env=calib_env, check=True, capture_output=True
-    )
+    cli("init", env=calib_env)
     source = tmp_path / "round.env"
     source.write_bytes(formats.render_dotenv(round_values(-1, rng)))
     started = time.monotonic()
