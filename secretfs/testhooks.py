@@ -1,12 +1,21 @@
-"""Crash points for the crash-safety tests: stop or kill this process at a named point.
+"""Fault points for the crash-safety tests: stop or kill this process at a named point.
 
-`SECRETFS_TEST_KILL=POINT[:N]` sends SIGKILL to this process the Nth time (default 1st)
+A test arms them in the environment of a process it starts:
+`SECRETFS_TEST_KILL=POINT[:N]` sends SIGKILL to that process the Nth time (default 1st)
 it reaches `checkpoint(POINT)`; `SECRETFS_TEST_STOP=POINT[:N]` sends it SIGSTOP there,
 so a test can look at the store mid-operation and then kill or continue it.
 
+Unarmed (production), a checkpoint does nothing. Importing this module reads nothing; the
+first checkpoint a process reaches reads the two variables once, and from then on an
+unarmed checkpoint tests one module global. Why the environment and not a call that
+arms: the crash tests kill the real `python -m secretfs`, whose only inputs a test
+controls are argv, stdin and the environment (a test-only option would be one more thing
+users see). Why lazily: the process's environment when it first writes decides, not
+whoever imported this module first (the test process, which runs the CLI in-process,
+imports it long before any test sets anything).
+
 This only ever stops or kills the process that carries the variable, which whoever sets
-its environment can do anyway: it changes nothing that is written, read or checked. With
-neither variable set (production), `checkpoint` is a dictionary lookup and nothing else.
+its environment can do anyway: it changes nothing that is written, read or checked.
 
 Points: `before-commit` / `after-commit` (every store write transaction), and the named
 steps of key rotation and re-encryption (see secretfs/rotation.py).
@@ -20,6 +29,10 @@ import signal
 ENV_KILL = "SECRETFS_TEST_KILL"
 ENV_STOP = "SECRETFS_TEST_STOP"
 
+# action ("kill" / "stop") -> (point, the Nth time); None until the first checkpoint.
+_armed: dict[str, tuple[str, int]] | None = None
+_seen: dict[str, int] = {}
+
 
 def _parse(text: str | None) -> tuple[str, int] | None:
     if not text:
@@ -30,22 +43,25 @@ def _parse(text: str | None) -> tuple[str, int] | None:
     return point, int(count)
 
 
-_ARMED: dict[str, tuple[str, int]] = {
-    action: parsed
-    for action, parsed in (
-        ("kill", _parse(os.environ.get(ENV_KILL))),
-        ("stop", _parse(os.environ.get(ENV_STOP))),
-    )
-    if parsed is not None
-}
-_seen: dict[str, int] = {}
+def _read_environment() -> dict[str, tuple[str, int]]:
+    global _armed
+    _armed = {
+        action: parsed
+        for action, parsed in (
+            ("kill", _parse(os.environ.get(ENV_KILL))),
+            ("stop", _parse(os.environ.get(ENV_STOP))),
+        )
+        if parsed is not None
+    }
+    return _armed
 
 
 def checkpoint(point: str) -> None:
     """Reached `point`: stop or kill this process if a test asked for it here."""
-    if not _ARMED:
+    armed = _read_environment() if _armed is None else _armed
+    if not armed:
         return
     _seen[point] = _seen.get(point, 0) + 1
-    for action, (wanted, nth) in _ARMED.items():
+    for action, (wanted, nth) in armed.items():
         if wanted == point and _seen[point] == nth:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)

@@ -31,7 +31,7 @@ from secretfs.refs import DEPLOYMENT, Scope, parse_ref, parse_scope
 from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
 from secretfs.tree import ROOT_INODE, Node, Owner, Tree
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 
 def caller(uid: int, gid: int, groups: tuple[int, ...] = ()) -> Caller:
@@ -501,7 +501,7 @@ def test_audit_queue_is_bounded_and_counts_what_it_dropped() -> None:
 # -- the CLI -----------------------------------------------------------------------------
 
 
-def test_permissions_cli_explains_readers(cli: CliRunner, initialized_store: Path) -> None:
+def test_permissions_cli_explains_readers(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "@api/token", "--from-stdin", "--mode", "0440", "--gid", "50", input=b"t")
     cli("secret", "chown", "@api", "1000")
     cli("grant", "@api/token", "--uid", "1001", "--gid", "3000")
@@ -539,7 +539,7 @@ def test_permissions_cli_explains_readers(cli: CliRunner, initialized_store: Pat
     assert {"who": "everyone", "id": None, "via": "other", "on": None} in plain["readers"]
 
 
-def test_grant_revoke_cli_messages_and_errors(cli: CliRunner, initialized_store: Path) -> None:
+def test_grant_revoke_cli_messages_and_errors(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "@api/token", "--from-stdin", input=b"t")
     out = cli("grant", "@api/token", check=False)
     assert out.returncode == 2 and b"--uid" in out.stderr
@@ -567,7 +567,7 @@ def test_grant_revoke_cli_messages_and_errors(cli: CliRunner, initialized_store:
     cli("secret", "rm", "@api/token", "--force")
 
 
-def test_chmod_chown_cli(cli: CliRunner, initialized_store: Path) -> None:
+def test_chmod_chown_cli(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "db", "--from-stdin", input=b"x")
     assert b"mode inherit -> 0440" in cli("secret", "chmod", "db", "440").stderr
     cli("secret", "chown", "db", "1000:2000")
@@ -584,7 +584,7 @@ def test_chmod_chown_cli(cli: CliRunner, initialized_store: Path) -> None:
         assert out.stderr.startswith(b"secretfs: error:"), out.stderr
 
 
-def test_audit_cli_filters_and_needs_no_key(cli: CliRunner, initialized_store: Path) -> None:
+def test_audit_cli_filters_and_needs_no_key(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "db", "--from-stdin", input=b"x")
     cli("secret", "set", "@api/db", "--from-stdin", input=b"y")
     cli("grant", "@api", "--gid", "50")

@@ -1,4 +1,4 @@
-"""The CLI as a user runs it: `python -m secretfs …` in a subprocess, on a real store."""
+"""The CLI as a user runs it (argv, stdin, stdout, stderr, exit code), on a real store."""
 
 from __future__ import annotations
 
@@ -9,15 +9,13 @@ import secrets
 import sqlite3
 import stat
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import cli_environment, run_cli
+from tests.conftest import Cli, cli_environment, run_cli
 
-CliRunner = Callable[..., "subprocess.CompletedProcess[bytes]"]
 MIB = 1024 * 1024
 LS_JSON_KEYS = {
     "ref",
@@ -59,18 +57,18 @@ def mode_of(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
-def put(cli: CliRunner, ref: str, value: bytes, *args: str) -> None:
+def put(cli: Cli, ref: str, value: bytes, *args: str) -> None:
     cli("secret", "set", ref, "--from-stdin", *args, input=value)
 
 
-def get(cli: CliRunner, ref: str, *args: str) -> bytes:
+def get(cli: Cli, ref: str, *args: str) -> bytes:
     return cli("secret", "get", ref, *args).stdout
 
 
 # --- init ---------------------------------------------------------------------------
 
 
-def test_init_creates_the_store_and_a_key_file(cli: CliRunner, store_path: Path) -> None:
+def test_init_creates_the_store_and_a_key_file(cli: Cli, store_path: Path) -> None:
     proc = cli("init")
     key_file = Path(f"{store_path}.key")
     assert f"created store {store_path}" in out(proc)
@@ -81,7 +79,7 @@ def test_init_creates_the_store_and_a_key_file(cli: CliRunner, store_path: Path)
     assert key_file.read_text().strip() not in out(proc) + err(proc), "the key is never printed"
 
 
-def test_init_with_secretfs_key(cli: CliRunner, cli_env: dict[str, str], store_path: Path) -> None:
+def test_init_with_secretfs_key(cli: Cli, cli_env: dict[str, str], store_path: Path) -> None:
     key = os.urandom(32).hex()
     env = {**cli_env, "SECRETFS_KEY": key}
     proc = cli("init", env=env)
@@ -95,7 +93,7 @@ def test_init_with_secretfs_key(cli: CliRunner, cli_env: dict[str, str], store_p
     assert "key file" in err(proc) and "SECRETFS_KEY" in err(proc)
 
 
-def test_init_with_password_then_wrong_password(cli: CliRunner, cli_env: dict[str, str]) -> None:
+def test_init_with_password_then_wrong_password(cli: Cli, cli_env: dict[str, str]) -> None:
     env = {**cli_env, "SECRETFS_PASSWORD": "right password"}
     assert "key from $SECRETFS_PASSWORD" in out(cli("init", env=env))
     cli("secret", "set", "db", "--from-stdin", input=b"v", env=env)
@@ -107,7 +105,7 @@ def test_init_with_password_then_wrong_password(cli: CliRunner, cli_env: dict[st
     assert "wrong one" not in err(proc)
 
 
-def test_init_refuses_an_existing_store(cli: CliRunner, initialized_store: Path) -> None:
+def test_init_refuses_an_existing_store(cli: Cli, initialized_store: Path) -> None:
     key_file = Path(f"{initialized_store}.key")
     key, db = key_file.read_bytes(), initialized_store.read_bytes()
     proc = cli("init", check=False)
@@ -116,7 +114,7 @@ def test_init_refuses_an_existing_store(cli: CliRunner, initialized_store: Path)
     assert key_file.read_bytes() == key and initialized_store.read_bytes() == db
 
 
-def test_init_refuses_an_orphan_key_file(cli: CliRunner, store_path: Path) -> None:
+def test_init_refuses_an_orphan_key_file(cli: Cli, store_path: Path) -> None:
     key_file = Path(f"{store_path}.key")
     key_file.write_text("11" * 32 + "\n")
     proc = cli("init", check=False)
@@ -127,7 +125,7 @@ def test_init_refuses_an_orphan_key_file(cli: CliRunner, store_path: Path) -> No
 
 
 def test_store_option_overrides_the_environment(
-    cli: CliRunner, tmp_path: Path, store_path: Path
+    cli: Cli, tmp_path: Path, store_path: Path
 ) -> None:
     other = tmp_path / "other" / "s.db"
     cli("init", "--store", str(other))
@@ -136,7 +134,7 @@ def test_store_option_overrides_the_environment(
     assert not store_path.exists()
 
 
-def test_init_max_value_size(cli: CliRunner) -> None:
+def test_init_max_value_size(cli: Cli) -> None:
     cli("init", "--max-value-size", "4")
     put(cli, "db", b"1234")
     proc = cli("secret", "set", "db", "--from-stdin", input=b"12345", check=False)
@@ -144,7 +142,7 @@ def test_init_max_value_size(cli: CliRunner) -> None:
     assert "limit is 4 bytes" in err(proc)
 
 
-def test_no_store_says_to_run_init(cli: CliRunner, store_path: Path) -> None:
+def test_no_store_says_to_run_init(cli: Cli, store_path: Path) -> None:
     for args in (
         ("secret", "ls"),
         ("secret", "get", "db"),
@@ -165,7 +163,7 @@ def test_no_store_says_to_run_init(cli: CliRunner, store_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_secret_lifecycle_and_exit_codes(cli: CliRunner) -> None:
+def test_secret_lifecycle_and_exit_codes(cli: Cli) -> None:
     proc = cli("secret", "create", "db", "--from-stdin", input=b"hunter2")
     assert proc.stdout == b""
     assert "created $S:db version 1 (7 bytes)" in err(proc)
@@ -202,7 +200,7 @@ def test_secret_lifecycle_and_exit_codes(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_missing_secret_is_exit_3(cli: CliRunner) -> None:
+def test_missing_secret_is_exit_3(cli: Cli) -> None:
     for args in (
         ("get", "nope"),
         ("get", "@api/nope"),
@@ -221,7 +219,7 @@ def test_missing_secret_is_exit_3(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_set_owner_options_show_in_ls(cli: CliRunner) -> None:
+def test_set_owner_options_show_in_ls(cli: Cli) -> None:
     cli("secret", "set", "db", "--generate", "--uid", "1000", "--gid", "0", "--mode", "0440")
     (record,) = json.loads(cli("secret", "ls", "--json").stdout)
     assert (record["uid"], record["gid"], record["mode"]) == (1000, 0, "0440")
@@ -233,21 +231,21 @@ def test_set_owner_options_show_in_ls(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_value_from_stdin_is_exact_bytes(cli: CliRunner) -> None:
+def test_value_from_stdin_is_exact_bytes(cli: Cli) -> None:
     for value in (bytes(range(256)), b"", b"trailing newline\n", b"\x00\xff\r\n"):
         put(cli, "db", value)
         assert get(cli, "db") == value
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_trailing_newline_is_kept_with_a_note(cli: CliRunner) -> None:
+def test_trailing_newline_is_kept_with_a_note(cli: Cli) -> None:
     proc = cli("secret", "set", "db", "--from-stdin", input=b"line\n")
     assert "newline" in err(proc)
     assert get(cli, "db") == b"line\n"
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_value_from_file(cli: CliRunner, tmp_path: Path) -> None:
+def test_value_from_file(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "value.bin"
     path.write_bytes(bytes(range(255, -1, -1)))
     cli("secret", "create", "a", "--from-file", str(path))
@@ -260,7 +258,7 @@ def test_value_from_file(cli: CliRunner, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_value_from_env(cli: CliRunner, cli_env: dict[str, str]) -> None:
+def test_value_from_env(cli: Cli, cli_env: dict[str, str]) -> None:
     env = {**cli_env, "MY_SECRET": "from the environment ✓"}
     proc = cli("secret", "create", "db", "--from", "env://MY_SECRET", env=env)
     assert "from the environment" not in out(proc) + err(proc)
@@ -271,7 +269,7 @@ def test_value_from_env(cli: CliRunner, cli_env: dict[str, str]) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_value_from_cmd(cli: CliRunner) -> None:
+def test_value_from_cmd(cli: Cli) -> None:
     cli("secret", "create", "db", "--from", "cmd://printf x")
     assert get(cli, "db") == b"x"
     cli("secret", "set", "db", "--from", "cmd://printf 'a b\\n'")
@@ -279,7 +277,7 @@ def test_value_from_cmd(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_a_failing_cmd_is_reported_without_its_output(cli: CliRunner) -> None:
+def test_a_failing_cmd_is_reported_without_its_output(cli: Cli) -> None:
     marker = new_marker().decode()
     command = f"cmd://echo {marker}; echo {marker} >&2; exit 3"
     proc = cli("secret", "create", "db", "--from", command, check=False)
@@ -290,7 +288,7 @@ def test_a_failing_cmd_is_reported_without_its_output(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_bad_from_uris(cli: CliRunner) -> None:
+def test_bad_from_uris(cli: Cli) -> None:
     for uri in ("nothing", "env://", "ftp://host/x"):
         proc = cli("secret", "create", "db", "--from", uri, check=False)
         assert proc.returncode == 2, uri
@@ -298,7 +296,7 @@ def test_bad_from_uris(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_generate(cli: CliRunner) -> None:
+def test_generate(cli: Cli) -> None:
     proc = cli("secret", "create", "a", "--generate")
     assert proc.stdout == b""
     value = get(cli, "a")
@@ -312,7 +310,7 @@ def test_generate(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_literal_value_works_with_a_warning(cli: CliRunner) -> None:
+def test_literal_value_works_with_a_warning(cli: Cli) -> None:
     proc = cli("secret", "create", "db", "literal-value")
     assert "warning" in err(proc) and "command line" in err(proc)
     assert "literal-value" not in err(proc)
@@ -320,7 +318,7 @@ def test_literal_value_works_with_a_warning(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_exactly_one_value_source(cli: CliRunner, tmp_path: Path) -> None:
+def test_exactly_one_value_source(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "v"
     path.write_bytes(b"v")
     proc = cli("secret", "create", "db", check=False, input=b"")
@@ -339,7 +337,7 @@ def test_exactly_one_value_source(cli: CliRunner, tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_over_the_size_limit(cli: CliRunner) -> None:
+def test_over_the_size_limit(cli: Cli) -> None:
     marker = new_marker()
     value = marker + b"x" * (MIB + 1 - len(marker))
     proc = cli("secret", "create", "big", "--from-stdin", input=value, check=False)
@@ -361,7 +359,7 @@ CONFIG = (
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_get_fields(cli: CliRunner) -> None:
+def test_get_fields(cli: Cli) -> None:
     put(cli, "@api/config", CONFIG)
     assert get(cli, "@api/config") == CONFIG
     assert get(cli, "@api/config", "--field", "user") == b"app"
@@ -384,7 +382,7 @@ def test_get_fields(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_get_field_of_an_older_version(cli: CliRunner) -> None:
+def test_get_field_of_an_older_version(cli: Cli) -> None:
     put(cli, "db", b'{"password":"old"}')
     put(cli, "db", b'{"password":"new"}')
     assert get(cli, "db/password") == b"new"
@@ -393,7 +391,7 @@ def test_get_field_of_an_older_version(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_get_field_of_a_raw_secret(cli: CliRunner) -> None:
+def test_get_field_of_a_raw_secret(cli: Cli) -> None:
     put(cli, "db", b"not json")
     proc = cli("secret", "get", "db/field", check=False)
     assert proc.returncode == 3
@@ -401,7 +399,7 @@ def test_get_field_of_a_raw_secret(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_field_references_cannot_be_written(cli: CliRunner) -> None:
+def test_field_references_cannot_be_written(cli: Cli) -> None:
     put(cli, "db", b'{"a":"1"}')
     proc = cli("secret", "set", "db/a", "--from-stdin", input=b"2", check=False)
     assert proc.returncode == 2
@@ -431,7 +429,7 @@ def scoped_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture
-def scoped(cli: CliRunner, scoped_env: dict[str, str]) -> CliRunner:
+def scoped(cli: Cli, scoped_env: dict[str, str]) -> Cli:
     """`cli` on the shared SCOPED store."""
 
     def run(*args: str, **kw: Any) -> subprocess.CompletedProcess[bytes]:
@@ -440,7 +438,7 @@ def scoped(cli: CliRunner, scoped_env: dict[str, str]) -> CliRunner:
     return run
 
 
-def test_ls_shows_metadata_only(scoped: CliRunner) -> None:
+def test_ls_shows_metadata_only(scoped: Cli) -> None:
     proc = scoped("secret", "ls")
     lines = out(proc).splitlines()
     assert lines[0].split() == ["REF", "VER", "SIZE", "KIND", "UPDATED"]
@@ -454,7 +452,7 @@ def test_ls_shows_metadata_only(scoped: CliRunner) -> None:
         assert_not_shown(as_json, value)
 
 
-def test_ls_json(scoped: CliRunner) -> None:
+def test_ls_json(scoped: Cli) -> None:
     records = json.loads(scoped("secret", "ls", "--json").stdout)
     assert len(records) == len(SCOPED)
     for record in records:
@@ -487,13 +485,13 @@ def test_ls_json(scoped: CliRunner) -> None:
         ("@nobody", set()),
     ],
 )
-def test_ls_scope_filter(scoped: CliRunner, scope: str, expected: set[str]) -> None:
+def test_ls_scope_filter(scoped: Cli, scope: str, expected: set[str]) -> None:
     records = json.loads(scoped("secret", "ls", scope, "--json").stdout)
     assert {r["ref"] for r in records} == expected
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_ls_empty(cli: CliRunner) -> None:
+def test_ls_empty(cli: Cli) -> None:
     proc = cli("secret", "ls")
     assert proc.stdout == b""
     assert "no secrets" in err(proc)
@@ -501,7 +499,7 @@ def test_ls_empty(cli: CliRunner) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_ls_invalid_scope(cli: CliRunner) -> None:
+def test_ls_invalid_scope(cli: Cli) -> None:
     for scope in ("bad scope", "a:b:c", "env", "@", "$S:deployment"):
         proc = cli("secret", "ls", scope, check=False)
         assert proc.returncode == 2, scope
@@ -529,12 +527,12 @@ def assert_ref_refused(proc: subprocess.CompletedProcess[bytes]) -> None:
         *("db/../x", "a:b:c/x", "::x", "$secret://staging", "x" * 254, "caf\u00e9"),
     ],
 )
-def test_invalid_refs_are_exit_2_saying_what_is_allowed(cli: CliRunner, ref: str) -> None:
+def test_invalid_refs_are_exit_2_saying_what_is_allowed(cli: Cli, ref: str) -> None:
     assert_ref_refused(cli("secret", "get", ref, check=False))
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_every_secret_command_refuses_invalid_refs(cli: CliRunner) -> None:
+def test_every_secret_command_refuses_invalid_refs(cli: Cli) -> None:
     for args in (
         ("create", "my db", "--from-stdin"),
         ("set", "db.d", "--from-stdin"),
@@ -551,7 +549,7 @@ def test_every_secret_command_refuses_invalid_refs(cli: CliRunner) -> None:
 
 @pytest.mark.usefixtures("initialized_store")
 def test_wrong_key_is_exit_5_and_names_the_source(
-    cli: CliRunner, cli_env: dict[str, str], store_path: Path
+    cli: Cli, cli_env: dict[str, str], store_path: Path
 ) -> None:
     marker = new_marker()
     put(cli, "db", marker)
@@ -569,7 +567,7 @@ def test_wrong_key_is_exit_5_and_names_the_source(
 
 
 @pytest.mark.usefixtures("initialized_store")
-def test_tampered_record_is_exit_6_without_the_value(cli: CliRunner, store_path: Path) -> None:
+def test_tampered_record_is_exit_6_without_the_value(cli: Cli, store_path: Path) -> None:
     marker = new_marker()
     put(cli, "db", marker)
     put(cli, "other", b"fine")
@@ -595,7 +593,7 @@ def test_tampered_record_is_exit_6_without_the_value(cli: CliRunner, store_path:
 
 @pytest.mark.usefixtures("initialized_store")
 def test_error_output_never_contains_the_value(
-    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+    cli: Cli, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     marker = new_marker()
     json_marker = b'{"f":"' + marker + b'","n":{"x":"' + marker + b'"}}'
@@ -646,7 +644,7 @@ def _subcommands(help_text: str) -> list[str]:
     return names
 
 
-def test_help_works_for_every_command(cli: CliRunner) -> None:
+def test_help_works_for_every_command(cli: Cli) -> None:
     seen, todo = [], [()]
     while todo:
         path = todo.pop()
@@ -662,7 +660,7 @@ def test_help_works_for_every_command(cli: CliRunner) -> None:
     assert out(cli("secret", "get", "-h")).startswith("Usage: secretfs secret get")
 
 
-def test_version_and_unknown_command(cli: CliRunner) -> None:
+def test_version_and_unknown_command(cli: Cli) -> None:
     assert "secretfs" in out(cli("--version"))
     proc = cli("secret", "frobnicate", check=False)
     assert proc.returncode == 2

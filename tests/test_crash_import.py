@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from secretfs import formats
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 N_SECRETS = 3000
 KILLS = 12
@@ -37,7 +37,7 @@ def import_command(path: Path) -> list[str]:
     return [sys.executable, "-m", "secretfs", "import", "--file", str(path), "--overwrite"]
 
 
-def store_state(cli: CliRunner, store: Path) -> tuple[dict[str, bytes], set[int]]:
+def store_state(cli: Cli, store: Path) -> tuple[dict[str, bytes], set[int]]:
     """Every value (each one decrypted) and the set of current version numbers."""
     db = sqlite3.connect(store)
     try:
@@ -56,7 +56,7 @@ def store_state(cli: CliRunner, store: Path) -> tuple[dict[str, bytes], set[int]
 
 
 def test_import_killed_at_any_point_is_all_or_nothing(
-    cli: CliRunner, cli_env: dict[str, str], initialized_store: Path, tmp_path: Path
+    cli: Cli, cli_env: dict[str, str], initialized_store: Path, tmp_path: Path
 ) -> None:
     seed = random.randrange(2**32)
     print(f"seed {seed}")  # shown on failure: rerun with random.Random(seed) to reproduce
@@ -64,9 +64,7 @@ def test_import_killed_at_any_point_is_all_or_nothing(
 
     # How long one whole import takes here, measured on a store of its own.
     calib_env = {**cli_env, "SECRETFS_STORE": str(tmp_path / "calib.db")}
-    subprocess.run(
-        [sys.executable, "-m", "secretfs", "init"], env=calib_env, check=True, capture_output=True
-    )
+    cli("init", env=calib_env)
     source = tmp_path / "round.env"
     source.write_bytes(formats.render_dotenv(round_values(-1, rng)))
     started = time.monotonic()
@@ -117,5 +115,5 @@ def test_import_killed_at_any_point_is_all_or_nothing(
     # The store still takes writes after all that.
     final = round_values(KILLS, rng)
     source.write_bytes(formats.render_dotenv(final))
-    subprocess.run(import_command(source), env=cli_env, check=True, capture_output=True)
+    cli(*import_command(source)[3:])
     assert store_state(cli, initialized_store) == (final, {committed_rounds + 1})

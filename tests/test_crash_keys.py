@@ -24,6 +24,7 @@ from secretfs import doctor, rotation
 from secretfs.errors import KeySourceError
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
+from tests.conftest import run_cli, run_cli_process
 from tests.lifecycle_helpers import key_file_store
 
 N_SECRETS = 3000
@@ -56,13 +57,15 @@ def env_for(cli_env: dict[str, str], store: Path, **extra: str) -> dict[str, str
 
 
 def run(env: dict[str, str], *args: str, kill_at: str | None = None) -> int:
-    if kill_at is not None:
-        env = {**env, "SECRETFS_TEST_KILL": kill_at}
+    """`secretfs ARGS` as a process SIGKILLed at `kill_at`; else to the end, in-process."""
+    if kill_at is None:
+        return run_cli(*args, env=env).returncode
     proc = subprocess.run(
-        [sys.executable, "-m", "secretfs", *args], env=env, capture_output=True, timeout=120
+        [sys.executable, "-m", "secretfs", *args],
+        env={**env, "SECRETFS_TEST_KILL": kill_at},
+        capture_output=True,
+        timeout=120,
     )
-    if kill_at is None and proc.returncode != 0:
-        raise AssertionError(f"secretfs {' '.join(args)}: {proc.stderr.decode()}")
     return proc.returncode
 
 
@@ -152,8 +155,8 @@ def test_reencrypt_killed_after_random_delays_then_resumed(
     env = env_for(cli_env, store)
     args = [sys.executable, "-m", "secretfs", "key", "rotate", "--reencrypt", "--batch-size", "100"]
     calib = copy_store(golden[0], tmp_path / "calib")
-    started = time.monotonic()
-    run(env_for(cli_env, calib), *args[3:])
+    started = time.monotonic()  # a whole run as a process: what the kills below interrupt
+    run_cli_process(*args[3:], env=env_for(cli_env, calib))
     full_run = time.monotonic() - started
     kills = 0
     for attempt in range(6):
@@ -192,9 +195,7 @@ def test_kek_rotation_killed_at_each_step(tmp_path: Path, cli_env: dict[str, str
         assert (key_text(store) != before) == replaced, point
         check_store(store, values)
         # Running it again finishes what was begun (or forgets it), never starts a second.
-        out = subprocess.run(
-            [sys.executable, "-m", "secretfs", "key", "rotate"], env=env, capture_output=True
-        )
+        out = run_cli("key", "rotate", env=env, check=False)
         assert out.returncode == 0, out.stderr
         check_store(store, values)
         assert not store.with_name("store.db.key.next").exists()

@@ -13,7 +13,7 @@ from secretfs import credentials as creds
 from secretfs.errors import ConflictError, NotFoundError, UsageError
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 # --------------------------------------------------------------------------- pure logic
 
@@ -143,7 +143,7 @@ def _auth(config: bytes, key: str) -> bytes:
     return base64.b64decode(json.loads(config)["auths"][key]["auth"])
 
 
-def test_registry_add_merges_and_ls_rm(cli: CliRunner, initialized_store: Path) -> None:
+def test_registry_add_merges_and_ls_rm(cli: Cli, initialized_store: Path) -> None:
     store = initialized_store
     out = cli("registry", "add", "ghcr.io", "-u", "alice", "--token-stdin", input=b"ghp_tok\n")
     assert b"added the login for ghcr.io (user alice) in $S:@registry/config.json" in out.stderr
@@ -171,7 +171,7 @@ def test_registry_add_merges_and_ls_rm(cli: CliRunner, initialized_store: Path) 
     assert proc.returncode == 3 and b"no login for" in proc.stderr
 
 
-def test_registry_secret_option_and_refusals(cli: CliRunner, initialized_store: Path) -> None:
+def test_registry_secret_option_and_refusals(cli: Cli, initialized_store: Path) -> None:
     cli("registry", "add", "quay.io", "-u", "u", "--password-stdin", "--secret", "@ci/pull",
         "--mode", "0440", "--gid", "1234", input=b"p")  # fmt: skip
     meta = {r["ref"]: r for r in json.loads(cli("secret", "ls", "--json").stdout)}
@@ -197,7 +197,7 @@ def test_registry_secret_option_and_refusals(cli: CliRunner, initialized_store: 
     assert proc.returncode == 3
 
 
-def test_git_add(cli: CliRunner, initialized_store: Path, tmp_path: Path) -> None:
+def test_git_add(cli: Cli, initialized_store: Path, tmp_path: Path) -> None:
     cli("git", "add", "github", "--pat-stdin", input=b"ghp_secret_token\n")
     assert _value(initialized_store, "@git/github") == b"ghp_secret_token"
     key = _ssh_keygen(tmp_path)

@@ -11,7 +11,7 @@ import pytest
 
 from secretfs import doctor
 from tests import lifecycle_helpers as helpers
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 
 def by_name(report: doctor.Report) -> dict[str, doctor.Check]:
@@ -25,7 +25,7 @@ def store(initialized_store: Path) -> Path:
     return initialized_store
 
 
-def test_a_healthy_store(cli: CliRunner, store: Path) -> None:
+def test_a_healthy_store(cli: Cli, store: Path) -> None:
     proc = cli("doctor")
     text = proc.stdout.decode()
     assert proc.returncode == 0 and text.splitlines()[-1].startswith("healthy")
@@ -47,7 +47,7 @@ def test_a_healthy_store(cli: CliRunner, store: Path) -> None:
     assert {c["status"] for c in mine} <= {"ok", "skip"}
 
 
-def test_modes_that_let_others_read_fail_with_the_fix(cli: CliRunner, store: Path) -> None:
+def test_modes_that_let_others_read_fail_with_the_fix(cli: Cli, store: Path) -> None:
     key = Path(f"{store}.key")
     key.chmod(0o640)
     store.chmod(0o644)
@@ -61,7 +61,7 @@ def test_modes_that_let_others_read_fail_with_the_fix(cli: CliRunner, store: Pat
 
 
 def test_wrong_key_and_missing_store(
-    cli: CliRunner, cli_env: dict[str, str], store: Path, tmp_path: Path
+    cli: Cli, cli_env: dict[str, str], store: Path, tmp_path: Path
 ) -> None:
     wrong = cli("doctor", "--json", env={**cli_env, "SECRETFS_KEY": "ab" * 32}, check=False)
     checks = {c["name"]: c for c in json.loads(wrong.stdout)["checks"]}

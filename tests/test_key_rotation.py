@@ -16,7 +16,7 @@ from secretfs import crypto
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
 from tests import lifecycle_helpers as helpers
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 from tests.lifecycle_helpers import raw_db
 
 FAST_KDF = {"t": 1, "m": 64, "p": 1}
@@ -66,7 +66,7 @@ def read_all(store: Path, values: dict[str, bytes]) -> None:
         vault.close()
 
 
-def status(cli: CliRunner, env: dict[str, str] | None = None) -> dict[str, object]:
+def status(cli: Cli, env: dict[str, str] | None = None) -> dict[str, object]:
     return json.loads(cli("key", "status", "--json", env=env).stdout)  # type: ignore[no-any-return]
 
 
@@ -77,7 +77,7 @@ def with_env(env: dict[str, str], **extra: str) -> dict[str, str]:
 # --- status -----------------------------------------------------------------------------
 
 
-def test_key_status_of_a_key_file_store(cli: CliRunner, initialized_store: Path) -> None:
+def test_key_status_of_a_key_file_store(cli: Cli, initialized_store: Path) -> None:
     fill(initialized_store, 2)
     info = status(cli)
     assert info["kek"] == {
@@ -96,7 +96,7 @@ def test_key_status_of_a_key_file_store(cli: CliRunner, initialized_store: Path)
 
 
 def test_key_status_says_when_the_key_is_wrong(
-    cli: CliRunner, cli_env: dict[str, str], initialized_store: Path
+    cli: Cli, cli_env: dict[str, str], initialized_store: Path
 ) -> None:
     wrong = with_env(cli_env, SECRETFS_KEY="11" * 32)
     proc = cli("key", "status", env=wrong, check=False)
@@ -109,7 +109,7 @@ def test_key_status_says_when_the_key_is_wrong(
 
 
 def test_key_rotate_replaces_the_key_file_and_rewraps_only(
-    cli: CliRunner, cli_env: dict[str, str], initialized_store: Path
+    cli: Cli, cli_env: dict[str, str], initialized_store: Path
 ) -> None:
     values = fill(initialized_store)
     old_key = key_file(initialized_store).read_text().strip()
@@ -138,7 +138,7 @@ def test_key_rotate_replaces_the_key_file_and_rewraps_only(
 
 
 def test_key_rotate_of_an_env_key_store_takes_the_new_key(
-    cli: CliRunner, cli_env: dict[str, str], store_path: Path
+    cli: Cli, cli_env: dict[str, str], store_path: Path
 ) -> None:
     old, new = "aa" * 32, "bb" * 32
     env = with_env(cli_env, SECRETFS_KEY=old)
@@ -169,7 +169,7 @@ def kdf_salt(store: Path) -> bytes:
 
 
 def test_key_rotate_of_a_password_store_is_a_new_salt(
-    cli: CliRunner, cli_env: dict[str, str], store_path: Path
+    cli: Cli, cli_env: dict[str, str], store_path: Path
 ) -> None:
     env = password_store(store_path, cli_env, "correct horse battery")
     salt, wrapped = kdf_salt(store_path), wrapped_keys(store_path)
@@ -180,7 +180,7 @@ def test_key_rotate_of_a_password_store_is_a_new_salt(
 
 
 def test_key_passwd_changes_the_password_and_salt(
-    cli: CliRunner, cli_env: dict[str, str], store_path: Path
+    cli: Cli, cli_env: dict[str, str], store_path: Path
 ) -> None:
     env = password_store(store_path, cli_env, "old password 123")
     salt = kdf_salt(store_path)
@@ -204,7 +204,7 @@ def test_key_passwd_changes_the_password_and_salt(
     )
 
 
-def test_key_passwd_refuses_a_key_file_store(cli: CliRunner, initialized_store: Path) -> None:
+def test_key_passwd_refuses_a_key_file_store(cli: Cli, initialized_store: Path) -> None:
     proc = cli("key", "passwd", input=b"whatever-long-enough\n", check=False)
     assert proc.returncode == 2 and "not a password" in err(proc)
 
@@ -213,7 +213,7 @@ def test_key_passwd_refuses_a_key_file_store(cli: CliRunner, initialized_store: 
 
 
 def test_reencrypt_seals_every_value_under_a_new_data_key(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     values = fill(initialized_store, 7)
     before = ciphertexts(initialized_store)
@@ -248,7 +248,7 @@ def test_reencrypt_seals_every_value_under_a_new_data_key(
 
 
 def test_a_damaged_version_stops_the_reencryption_and_keeps_its_old_key(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     values = fill(initialized_store, 4)
     with raw_db(initialized_store) as db:
@@ -282,7 +282,7 @@ def test_a_damaged_version_stops_the_reencryption_and_keeps_its_old_key(
 
 
 def test_only_one_key_operation_at_a_time(
-    cli: CliRunner, cli_env: dict[str, str], initialized_store: Path
+    cli: Cli, cli_env: dict[str, str], initialized_store: Path
 ) -> None:
     values = fill(initialized_store, 6)
     stopped = subprocess.Popen(
@@ -312,7 +312,7 @@ def test_only_one_key_operation_at_a_time(
 
 
 def test_writes_during_a_reencryption_use_the_new_generation(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     values = fill(initialized_store, 3)
     vault = Vault.open(initialized_store)  # opened before the re-encryption starts
@@ -328,7 +328,7 @@ def test_writes_during_a_reencryption_use_the_new_generation(
 
 @pytest.mark.parametrize("kind", ["key-file", "password"])
 def test_kek_rotation_then_reencryption_in_one_command(
-    cli: CliRunner, cli_env: dict[str, str], store_path: Path, kind: str
+    cli: Cli, cli_env: dict[str, str], store_path: Path, kind: str
 ) -> None:
     if kind == "key-file":
         env = cli_env
@@ -345,7 +345,7 @@ def test_kek_rotation_then_reencryption_in_one_command(
 
 
 def test_a_symlinked_key_file_stays_a_symlink_and_an_unwritable_one_changes_nothing(
-    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+    cli: Cli, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     keys_dir = tmp_path / "keys"
     keys_dir.mkdir()

@@ -19,7 +19,7 @@ from secretfs.cli.install import (
     render_mount_helper,
     render_systemd_unit,
 )
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGING = ROOT / "packaging"
@@ -97,7 +97,7 @@ def test_packaged_files_are_what_the_installer_writes() -> None:
     assert os.stat(HELPER).st_mode & 0o777 == 0o755
 
 
-def test_installed_unit_passes_systemd_analyze_verify(cli: CliRunner, tmp_path: Path) -> None:
+def test_installed_unit_passes_systemd_analyze_verify(cli: Cli, tmp_path: Path) -> None:
     cli("install", "systemd", "--dir", str(tmp_path))
     unit = tmp_path / "secretfs@.service"
     assert f"ExecStart={sys.executable} -m secretfs mount %f --foreground" in unit.read_text()
@@ -113,7 +113,7 @@ def test_installed_unit_passes_systemd_analyze_verify(cli: CliRunner, tmp_path: 
         assert (proc.returncode, proc.stdout + proc.stderr) == (0, "")
 
 
-def test_systemd_analyze_verify_reports_a_mistake(cli: CliRunner, tmp_path: Path) -> None:
+def test_systemd_analyze_verify_reports_a_mistake(cli: Cli, tmp_path: Path) -> None:
     cli("install", "systemd", "--dir", str(tmp_path))
     text = (tmp_path / "secretfs@.service").read_text()
     bad = tmp_path / "bad@.service"
@@ -139,7 +139,7 @@ def test_unit_is_type_notify_hardened_and_cleans_up() -> None:
     assert not NAMESPACE_DIRECTIVES & set(service)
 
 
-def test_install_refuses_what_a_unit_cannot_hold(cli: CliRunner, tmp_path: Path) -> None:
+def test_install_refuses_what_a_unit_cannot_hold(cli: Cli, tmp_path: Path) -> None:
     proc = cli(
         "install", "systemd", "--dir", str(tmp_path), "--command", "'/opt/my dir/secretfs'",
         check=False,
@@ -197,7 +197,7 @@ def test_mount_helper_maps_mount8_arguments(tmp_path: Path) -> None:
         assert proc.returncode != 0 and message in proc.stderr, args
 
 
-def test_mount_rejects_bad_mount8_options(cli: CliRunner, tmp_path: Path) -> None:
+def test_mount_rejects_bad_mount8_options(cli_process: Cli, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     for options, message in [
@@ -207,7 +207,7 @@ def test_mount_rejects_bad_mount8_options(cli: CliRunner, tmp_path: Path) -> Non
         (["--store", str(tmp_path / "a.db"), "-o", "store=/b.db"], b"--store and -o store="),
         (["-o", "nosuchoption"], b"unknown mount option 'nosuchoption'"),
     ]:
-        proc = cli("mount", str(mnt), *options, check=False)
+        proc = cli_process("mount", str(mnt), *options, check=False)
         assert proc.returncode == 2, (options, proc.stderr)
         assert message in proc.stderr, (options, proc.stderr)
 

@@ -18,7 +18,7 @@ import pytest
 
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 STARTUP_SECONDS = 30
 
@@ -145,11 +145,11 @@ def venv(cli_env: dict[str, str], bao: Bao, tmp_path: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def store(cli: CliRunner, initialized_store: Path) -> Path:
+def store(cli: Cli, initialized_store: Path) -> Path:
     return initialized_store
 
 
-def set_from(cli: CliRunner, env: dict[str, str], ref: str, uri: str) -> bytes:
+def set_from(cli: Cli, env: dict[str, str], ref: str, uri: str) -> bytes:
     """`secret set REF --from URI` through the CLI, then the stored value, read in-process."""
     cli("secret", "set", ref, "--from", uri, env=env)
     vault = Vault.open(Path(env["SECRETFS_STORE"]), readonly=True)
@@ -159,7 +159,7 @@ def set_from(cli: CliRunner, env: dict[str, str], ref: str, uri: str) -> bytes:
         vault.close()
 
 
-def test_kv2_field_and_whole_secret(cli: CliRunner, venv: dict[str, str], store: Path) -> None:
+def test_kv2_field_and_whole_secret(cli: Cli, venv: dict[str, str], store: Path) -> None:
     assert set_from(cli, venv, "db", "vault://secret/app#password") == b"hunter2"
     whole = set_from(cli, venv, "@api/app", "vault://secret/app")
     assert json.loads(whole) == {"password": "hunter2", "user": "app"}
@@ -167,7 +167,7 @@ def test_kv2_field_and_whole_secret(cli: CliRunner, venv: dict[str, str], store:
     assert cli("secret", "get", "@api/app/user", env=venv).stdout == b"app"
 
 
-def test_typed_fields(cli: CliRunner, venv: dict[str, str], store: Path) -> None:
+def test_typed_fields(cli: Cli, venv: dict[str, str], store: Path) -> None:
     assert set_from(cli, venv, "p", "vault://secret/typed#port") == b"5432"
     assert set_from(cli, venv, "t", "vault://secret/typed#tls") == b"true"
     assert set_from(cli, venv, "n", "vault://secret/typed#none") == b""
@@ -175,7 +175,7 @@ def test_typed_fields(cli: CliRunner, venv: dict[str, str], store: Path) -> None
 
 
 def test_kv1_and_nested_mounts_are_detected(
-    cli: CliRunner, venv: dict[str, str], store: Path
+    cli: Cli, venv: dict[str, str], store: Path
 ) -> None:
     assert set_from(cli, venv, "a", "vault://kv1/legacy#password") == b"v1-pass"
     assert set_from(cli, venv, "b", "vault://kv1/legacy?kv=1#password") == b"v1-pass"
@@ -184,7 +184,7 @@ def test_kv1_and_nested_mounts_are_detected(
 
 
 def test_fallback_without_mount_lookup(
-    cli: CliRunner, venv: dict[str, str], bao: Bao, store: Path
+    cli: Cli, venv: dict[str, str], bao: Bao, store: Path
 ) -> None:
     # This token may not ask which mount a path is in: KV v2 is tried, then KV v1.
     env = dict(venv, VAULT_TOKEN=bao.restricted_token)
@@ -192,7 +192,7 @@ def test_fallback_without_mount_lookup(
     assert set_from(cli, env, "b", "vault://kv1/legacy#password") == b"v1-pass"
 
 
-def test_versions(cli: CliRunner, venv: dict[str, str], store: Path) -> None:
+def test_versions(cli: Cli, venv: dict[str, str], store: Path) -> None:
     assert set_from(cli, venv, "v", "vault://secret/versions#v") == b"second"
     assert set_from(cli, venv, "v", "vault://secret/versions?version=1#v") == b"first"
     proc = cli("secret", "set", "x", "--from", "vault://secret/gone#v", env=venv, check=False)
@@ -201,7 +201,7 @@ def test_versions(cli: CliRunner, venv: dict[str, str], store: Path) -> None:
 
 
 def test_bao_variables_and_token_file(
-    cli: CliRunner, venv: dict[str, str], bao: Bao, store: Path, tmp_path: Path
+    cli: Cli, venv: dict[str, str], bao: Bao, store: Path, tmp_path: Path
 ) -> None:
     env = {k: v for k, v in venv.items() if not k.startswith("VAULT_")}
     assert set_from(cli, dict(env, BAO_ADDR=bao.addr, BAO_TOKEN=bao.root_token), "a",
@@ -211,7 +211,7 @@ def test_bao_variables_and_token_file(
 
 
 def test_errors_name_the_problem_and_never_a_value(
-    cli: CliRunner, venv: dict[str, str], bao: Bao, store: Path
+    cli: Cli, venv: dict[str, str], bao: Bao, store: Path
 ) -> None:
     def fail(uri: str, env: dict[str, str] = venv) -> tuple[int, str]:
         proc = cli("secret", "set", "x", "--from", uri, env=env, check=False)

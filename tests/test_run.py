@@ -1,4 +1,4 @@
-"""`secretfs run` and `secretfs inject` through the real CLI, on a real store."""
+"""`secretfs run` (a real process: it execs, forwards signals) and `inject`, on a real store."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 SECRETS: dict[str, bytes] = {
     "db": b"hunter2",
@@ -65,7 +65,7 @@ def child_env(out: bytes) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- run
 
 
-def test_run_resolves_every_form(cli: CliRunner, cli_env: dict[str, str], store: Path) -> None:
+def test_run_resolves_every_form(cli_process: Cli, cli_env: dict[str, str], store: Path) -> None:
     env = env_with(
         cli_env,
         DB="$S:db",
@@ -77,7 +77,7 @@ def test_run_resolves_every_form(cli: CliRunner, cli_env: dict[str, str], store:
         DSN="postgres://app:{{ $S:db }}@db:5432/{{$S:@api/config/user}}",
         PLAIN="no reference here {{ .Go }}",
     )
-    proc = cli("run", "--", sys.executable, "-c", DUMP_ENV, env=env)
+    proc = cli_process("run", "--", sys.executable, "-c", DUMP_ENV, env=env)
     got = child_env(proc.stdout)
     assert got["DB"] == b"hunter2"
     assert got["PW"] == b"pw-9f3k"
@@ -90,19 +90,19 @@ def test_run_resolves_every_form(cli: CliRunner, cli_env: dict[str, str], store:
     assert got["SECRETFS_STORE"] == str(store).encode()
 
 
-def test_values_never_reach_argv(cli: CliRunner, cli_env: dict[str, str], store: Path) -> None:
+def test_values_never_reach_argv(cli_process: Cli, cli_env: dict[str, str], store: Path) -> None:
     env = env_with(cli_env, DB="$S:db")
-    proc = cli("run", "--", sys.executable, "-c", DUMP_ENV, "$S:db", "$DB", env=env)
+    proc = cli_process("run", "--", sys.executable, "-c", DUMP_ENV, "$S:db", "$DB", env=env)
     assert json.loads(proc.stdout)["argv"][1:] == ["$S:db", "$DB"]  # not expanded
     # With --scrub, secretfs stays as the parent: its own argv holds no value either.
     show_parent = "import os; print(open(f'/proc/{os.getppid()}/cmdline','rb').read().hex())"
-    proc = cli("run", "--scrub", "--", sys.executable, "-c", show_parent, env=env)
+    proc = cli_process("run", "--scrub", "--", sys.executable, "-c", show_parent, env=env)
     parent_argv = bytes.fromhex(proc.stdout.decode().strip())
     assert b"secretfs" in parent_argv and b"hunter2" not in parent_argv
 
 
 def test_unresolvable_refs_are_all_listed_and_nothing_runs(
-    cli: CliRunner, cli_env: dict[str, str], store: Path, tmp_path: Path
+    cli_process: Cli, cli_env: dict[str, str], store: Path, tmp_path: Path
 ) -> None:
     marker = tmp_path / "ran"
     env = env_with(
@@ -114,7 +114,7 @@ def test_unresolvable_refs_are_all_listed_and_nothing_runs(
         E_RAW_FIELD="$S:db/x",
         OK="$S:db",
     )
-    proc = cli("run", "--", "touch", str(marker), env=env, check=False)
+    proc = cli_process("run", "--", "touch", str(marker), env=env, check=False)
     assert proc.returncode == 3
     err = proc.stderr.decode()
     assert "5 references could not be resolved" in err
@@ -131,38 +131,38 @@ def test_unresolvable_refs_are_all_listed_and_nothing_runs(
 
 
 def test_no_references_needs_no_store(
-    cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+    cli_process: Cli, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = env_with(cli_env, SECRETFS_STORE=str(tmp_path / "absent.db"), X="plain")
-    proc = cli("run", "--", sys.executable, "-c", DUMP_ENV, env=env)
+    proc = cli_process("run", "--", sys.executable, "-c", DUMP_ENV, env=env)
     assert child_env(proc.stdout)["X"] == b"plain"
 
 
 def test_embedded_bare_reference_warns(
-    cli: CliRunner, cli_env: dict[str, str], store: Path
+    cli_process: Cli, cli_env: dict[str, str], store: Path
 ) -> None:
     env = env_with(cli_env, URL="postgres://app:$S:db@host")
-    proc = cli("run", "--", sys.executable, "-c", DUMP_ENV, env=env)
+    proc = cli_process("run", "--", sys.executable, "-c", DUMP_ENV, env=env)
     assert child_env(proc.stdout)["URL"] == b"postgres://app:$S:db@host"
     assert b"$URL holds '$S:' inside a longer value" in proc.stderr
 
 
 def test_exit_status_and_missing_command(
-    cli: CliRunner, cli_env: dict[str, str], store: Path
+    cli_process: Cli, cli_env: dict[str, str], store: Path
 ) -> None:
     env = env_with(cli_env, DB="$S:db")
     for scrub in ([], ["--scrub"]):
-        proc = cli("run", *scrub, "--", "sh", "-c", "exit 7", env=env, check=False)
+        proc = cli_process("run", *scrub, "--", "sh", "-c", "exit 7", env=env, check=False)
         assert proc.returncode == 7
-        proc = cli("run", *scrub, "--", "no-such-command-xyz", env=env, check=False)
+        proc = cli_process("run", *scrub, "--", "no-such-command-xyz", env=env, check=False)
         assert proc.returncode == 127
         assert b"command not found: no-such-command-xyz" in proc.stderr
-    proc = cli("run", "--", env=env, check=False)
+    proc = cli_process("run", "--", env=env, check=False)
     assert proc.returncode == 2
 
 
 def test_scrub_hides_values_split_across_writes(
-    cli: CliRunner, cli_env: dict[str, str], store: Path
+    cli_process: Cli, cli_env: dict[str, str], store: Path
 ) -> None:
     env = env_with(cli_env, DB="$S:db", PW="$S:@api/config/password", TOK="$S::staging/token")
     script = (
@@ -175,17 +175,17 @@ def test_scrub_hides_values_split_across_writes(
         "w(1, b'tok=' + os.environb[b'TOK'].strip() + b' raw=' + os.environb[b'TOK'])\n"
         "w(1, b'hhunter2unter2\\n')\n"
     )
-    proc = cli("run", "--scrub", "--", sys.executable, "-c", script, env=env)
+    proc = cli_process("run", "--scrub", "--", sys.executable, "-c", script, env=env)
     assert proc.stdout == b"db=*** pw=***\ntok=*** raw=***h***unter2\n"
     assert proc.stderr == b"err *** and hunter and "
 
 
 def test_scrub_dies_of_the_childs_signal(
-    cli: CliRunner, cli_env: dict[str, str], store: Path
+    cli_process: Cli, cli_env: dict[str, str], store: Path
 ) -> None:
     env = env_with(cli_env, DB="$S:db")
     script = "import os, signal; print('bye', flush=True); os.kill(os.getpid(), signal.SIGTERM)"
-    proc = cli("run", "--scrub", "--", sys.executable, "-c", script, env=env, check=False)
+    proc = cli_process("run", "--scrub", "--", sys.executable, "-c", script, env=env, check=False)
     assert proc.returncode == -signal.SIGTERM
     assert proc.stdout == b"bye\n"
 
@@ -314,7 +314,7 @@ RENDERED = (
 )
 
 
-def test_inject_writes_0600_file(cli: CliRunner, store: Path, tmp_path: Path) -> None:
+def test_inject_writes_0600_file(cli: Cli, store: Path, tmp_path: Path) -> None:
     tpl = tmp_path / "app.tpl"
     tpl.write_bytes(TEMPLATE)
     out = tmp_path / "out" / "app.yaml"
@@ -331,7 +331,7 @@ def test_inject_writes_0600_file(cli: CliRunner, store: Path, tmp_path: Path) ->
 
 
 def test_inject_refuses_to_replace_without_force(
-    cli: CliRunner, store: Path, tmp_path: Path
+    cli: Cli, store: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "app.yaml"
     out.write_bytes(b"old")
@@ -348,7 +348,7 @@ def test_inject_refuses_to_replace_without_force(
 
 
 def test_inject_lists_every_failure_and_writes_nothing(
-    cli: CliRunner, store: Path, tmp_path: Path
+    cli: Cli, store: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "app.yaml"
     template = b"a: {{ $S:db }}\nb: {{ $S:missing }}\n\nc: {{ $S:@api/config/nope }} {{ $S:db }}\n"
@@ -364,6 +364,6 @@ def test_inject_lists_every_failure_and_writes_nothing(
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_inject_to_stdout(cli: CliRunner, store: Path) -> None:
+def test_inject_to_stdout(cli: Cli, store: Path) -> None:
     proc = cli("inject", input=b"pw={{ $S:@api/config/password }}")
     assert proc.stdout == b"pw=pw-9f3k"

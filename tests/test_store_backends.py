@@ -19,7 +19,7 @@ from secretfs.refs import parse_ref
 from secretfs.store import location
 from secretfs.store.location import EtcdLocation
 from secretfs.vault import Vault
-from tests.conftest import cli_environment, run_cli
+from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster
 
 MARKER = b"plaintext-marker-c0ffee"
@@ -447,7 +447,7 @@ def test_run_and_inject(store: Store, tmp_path: Path) -> None:
     store.cli("secret", "set", "db", "--from-stdin", input=b"hunter2")
     store.cli("secret", "set", "@api/config", "--from-stdin", input=b'{"pw":"p9"}')
     env = dict(store.env, DB="$S:db", PW="$S:@api/config/pw")
-    proc = store.cli(
+    proc = run_cli_process(
         "run", "--", sys.executable, "-c",
         "import os,sys; sys.stdout.write(os.environ['DB'] + '|' + os.environ['PW'])",
         env=env,

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from secretfs import formats
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 TRICKY = {
     "QUOTES": b'it\'s a "quote"',
@@ -32,12 +32,12 @@ TRICKY = {
 }
 
 
-def exported(cli: CliRunner, *args: str) -> dict[str, bytes]:
+def exported(cli: Cli, *args: str) -> dict[str, bytes]:
     out = cli("export", *args, "--format", "json").stdout
     return {e.name: e.value for e in formats.parse("json", out).entries}
 
 
-def ls(cli: CliRunner, scope: str = "deployment") -> dict[str, int]:
+def ls(cli: Cli, scope: str = "deployment") -> dict[str, int]:
     records = json.loads(cli("secret", "ls", scope, "--json").stdout)
     return {r["ref"]: r["version"] for r in records}
 
@@ -53,7 +53,7 @@ def write(tmp_path: Path, name: str, data: bytes | str) -> Path:
 
 @pytest.mark.parametrize("fmt", ["dotenv", "json", "k8s"])
 def test_every_format_round_trips_tricky_values_exactly(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path, fmt: str
+    cli: Cli, initialized_store: Path, tmp_path: Path, fmt: str
 ) -> None:
     source = write(tmp_path, "in", formats.render(fmt, TRICKY))  # type: ignore[arg-type]
     cli("import", "--format", fmt, "--file", str(source))
@@ -67,7 +67,7 @@ def test_every_format_round_trips_tricky_values_exactly(
 
 
 def test_binary_values_round_trip_through_json_and_k8s(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     blob = bytes(range(256))
     cli("secret", "set", "blob", "--from-stdin", input=blob)
@@ -83,7 +83,7 @@ def test_binary_values_round_trip_through_json_and_k8s(
 
 
 def test_dotenv_export_refuses_binary_per_key_and_writes_nothing(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     cli("secret", "set", "blob", "--from-stdin", input=b"\xff\xfeSECRET")
     cli("secret", "set", "ok", "--from-stdin", input=b"fine")
@@ -100,7 +100,7 @@ def test_dotenv_export_refuses_binary_per_key_and_writes_nothing(
 
 
 def test_one_bad_line_imports_nothing_and_names_the_line(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     source = write(tmp_path, "x.env", "A=1\nB=2\nSECRETVALUE\nC='unterminated\n")
     proc = cli("import", "--file", str(source), check=False)
@@ -113,7 +113,7 @@ def test_one_bad_line_imports_nothing_and_names_the_line(
 
 
 def test_partial_keeps_the_good_lines_and_fails(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     source = write(tmp_path, "x.env", "A=1\n-bad=2\nB=3\nno equals\n")
     proc = cli("import", "--file", str(source), "--partial", "--json", check=False)
@@ -127,7 +127,7 @@ def test_partial_keeps_the_good_lines_and_fails(
 
 
 def test_existing_names_conflict_unless_overwrite_or_skip(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     cli("secret", "set", "A", "--from-stdin", input=b"old")
     cli("secret", "set", "B", "--from-stdin", input=b"same")
@@ -156,7 +156,7 @@ def test_existing_names_conflict_unless_overwrite_or_skip(
     assert proc.returncode == 2
 
 
-def test_too_large_value_is_a_line_error(cli: CliRunner, store_path: Path, tmp_path: Path) -> None:
+def test_too_large_value_is_a_line_error(cli: Cli, store_path: Path, tmp_path: Path) -> None:
     cli("init", "--max-value-size", "16")
     source = write(tmp_path, "x.json", '{\n  "ok": "short",\n  "big": "' + "x" * 17 + '"\n}')
     proc = cli("import", "--file", str(source), check=False)
@@ -166,7 +166,7 @@ def test_too_large_value_is_a_line_error(cli: CliRunner, store_path: Path, tmp_p
 
 
 def test_import_is_audited_per_secret(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     cli("import", "--file", str(write(tmp_path, "x.env", "A=1\nB=2\n")))
     cli("export", "--format", "json")
@@ -180,7 +180,7 @@ def test_import_is_audited_per_secret(
 
 
 def test_import_reads_stdin_and_k8s_manifests(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     manifest = {
         "apiVersion": "v1",
@@ -199,7 +199,7 @@ def test_import_reads_stdin_and_k8s_manifests(
 
 
 def test_export_file_is_created_0600_and_never_replaced_without_force(
-    cli_env: dict[str, str], cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli_env: dict[str, str], cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     cli("secret", "set", "A", "--from-stdin", input=b"1")
     out = tmp_path / "out.env"
@@ -240,7 +240,7 @@ def test_export_file_is_created_0600_and_never_replaced_without_force(
     assert not link.is_symlink() and link.read_bytes() == b"A=1\n"
 
 
-def test_export_of_one_scope_and_bad_scope(cli: CliRunner, initialized_store: Path) -> None:
+def test_export_of_one_scope_and_bad_scope(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "@api/token", "--from-stdin", input=b"t")
     cli("secret", "set", "other", "--from-stdin", input=b"o")
     assert exported(cli, "@api") == {"token": b"t"}
@@ -276,7 +276,7 @@ text_values = st.lists(
     binary=st.dictionaries(names, st.binary(max_size=24), min_size=1, max_size=4),
 )
 def test_cli_round_trips_random_values_through_every_format(
-    cli: CliRunner,
+    cli: Cli,
     initialized_store: Path,
     tmp_path: Path,
     text: dict[str, str],

@@ -12,7 +12,7 @@ from secretfs import expiry
 from secretfs.errors import UsageError
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 
 def j(proc: object) -> object:
@@ -23,11 +23,11 @@ def err(proc: object) -> str:
     return proc.stderr.decode()  # type: ignore[attr-defined,no-any-return]
 
 
-def history(cli: CliRunner, ref: str) -> list[int]:
+def history(cli: Cli, ref: str) -> list[int]:
     return [r["version"] for r in j(cli("secret", "history", ref, "--json"))]  # type: ignore[index,union-attr]
 
 
-def audit_lines(cli: CliRunner) -> list[dict[str, object]]:
+def audit_lines(cli: Cli) -> list[dict[str, object]]:
     return j(cli("audit", "--json"))  # type: ignore[return-value]
 
 
@@ -46,7 +46,7 @@ def seed(store: Path, versions: dict[str, list[bytes]]) -> None:
 
 
 def test_rotate_prints_the_version_before_and_after(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     cli("secret", "create", "db", "--from-stdin", input=b"one")
     out = cli("secret", "rotate", "db", "--from-stdin", input=b"two")
@@ -65,7 +65,7 @@ def test_rotate_prints_the_version_before_and_after(
 
 
 def test_rotate_refuses_a_missing_secret_and_a_missing_value(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     missing = cli("secret", "rotate", "nope", "--generate", check=False)
     assert missing.returncode == 3 and "not found" in err(missing)
@@ -82,7 +82,7 @@ def test_rotate_refuses_a_missing_secret_and_a_missing_value(
 
 
 def test_rollback_makes_an_old_value_current_as_a_new_version(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     seed(initialized_store, {"db": [b"v1", b"v2", b"v3"]})
     out = cli("secret", "rollback", "db", "--to", "1")
@@ -104,7 +104,7 @@ def test_rollback_makes_an_old_value_current_as_a_new_version(
 
 
 def test_writes_over_the_bound_prune_the_oldest_and_say_so(
-    cli: CliRunner, store_path: Path
+    cli: Cli, store_path: Path
 ) -> None:
     cli("init", "--max-versions", "3")
     seed(store_path, {"db": [b"v1", b"v2"]})
@@ -126,7 +126,7 @@ def test_writes_over_the_bound_prune_the_oldest_and_say_so(
 
 
 def test_max_versions_changes_later_and_prune_is_explicit(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     assert j(cli("config", "show", "--json")) == {
         "max-versions": 10,
@@ -188,7 +188,7 @@ def test_relative_times_and_durations() -> None:
 
 
 def test_expired_secrets_are_listed_flagged_and_still_served(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     cli("secret", "create", "old", "--from-stdin", "--expires-at", "2001-02-03", input=b"o")
     cli("secret", "create", "fresh", "--from-stdin", "--expires-at", "+30d", input=b"f")
@@ -212,7 +212,7 @@ def test_expired_secrets_are_listed_flagged_and_still_served(
 
 
 def test_a_new_version_clears_the_expiry_and_keeps_the_rotation_period(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     cli(
         "secret", "create", "tok", "--from-stdin", "--expires-at", "2001-01-01",
@@ -245,7 +245,7 @@ def test_a_new_version_clears_the_expiry_and_keeps_the_rotation_period(
 
 
 def test_bad_schedule_values_are_refused_before_any_write(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     bad = cli("secret", "create", "x", "--generate", "--expires-at", "soon", check=False)
     assert bad.returncode == 2 and "ISO 8601" in err(bad)

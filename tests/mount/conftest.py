@@ -13,7 +13,7 @@ import pytest
 
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_process
 
 
 def _is_mounted(path: Path) -> bool:
@@ -43,7 +43,14 @@ class Mount:
     def cli(
         self, *args: str, input: bytes | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[bytes]:
+        """The CLI on this mount's store, in-process (`mount` itself runs as a process)."""
         return run_cli(*args, env=self.env, input=input, check=check)
+
+    def cli_process(
+        self, *args: str, input: bytes | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[bytes]:
+        """The CLI as a real process: for `mount`, which leaves a daemon behind."""
+        return run_cli_process(*args, env=self.env, input=input, check=check)
 
     def seed(self, secrets: dict[str, bytes]) -> None:
         """Write secrets in-process (fast); the CLI path has its own tests."""
@@ -81,7 +88,7 @@ def mount_factory(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Callable[
         if not m.store.exists():
             m.cli("init")
         m.seed(secrets or {})
-        m.cli("mount", str(path), *options)
+        m.cli_process("mount", str(path), *options)
         made.append(m)
         return m
 

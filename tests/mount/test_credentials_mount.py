@@ -9,7 +9,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 from tests.mount.conftest import Mount, wait_for
 
 
@@ -20,7 +20,7 @@ def _auths(path: Path) -> dict[str, bytes]:
 
 
 def test_registry_config_json_in_the_mount(
-    cli: CliRunner, mount_factory: Callable[..., Mount]
+    cli: Cli, mount_factory: Callable[..., Mount]
 ) -> None:
     cli("init")
     cli("registry", "add", "ghcr.io", "-u", "alice", "--token-stdin", input=b"ghp_tok\n")
@@ -44,7 +44,7 @@ def test_registry_config_json_in_the_mount(
 
 
 def test_git_credentials_in_the_mount(
-    cli: CliRunner, mount_factory: Callable[..., Mount], tmp_path: Path
+    cli: Cli, mount_factory: Callable[..., Mount], tmp_path: Path
 ) -> None:
     key = tmp_path / "id_ed25519"
     subprocess.run(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli_environment, run_cli
+from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster
 from tests.mount.conftest import Mount, _is_mounted, wait_for
 
@@ -43,7 +43,7 @@ def nodes(
         for mnt in mounts:
             mnt.mkdir()
             log = tmp_path / f"{mnt.name}.log"
-            run_cli("mount", str(mnt), "--log-file", str(log), env=env)
+            run_cli_process("mount", str(mnt), "--log-file", str(log), env=env)
         yield own_etcd_cluster, env, mounts
     finally:
         for mnt in mounts:

@@ -17,7 +17,7 @@ import pytest
 from secretfs.refs import parse_ref
 from secretfs.store import location
 from secretfs.vault import Vault
-from tests.conftest import cli_environment, run_cli
+from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster
 from tests.mount.conftest import SAMPLE, _is_mounted, wait_for
 
@@ -55,7 +55,7 @@ def etcd_mounted(
         vault.close()
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    run_cli("mount", str(mnt), "--log-file", str(tmp_path / "mount.log"), env=env)
+    run_cli_process("mount", str(mnt), "--log-file", str(tmp_path / "mount.log"), env=env)
     try:
         yield EtcdMount(mnt, url, env)
     finally:

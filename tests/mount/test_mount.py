@@ -242,12 +242,12 @@ def test_stale_mount_is_cleared_on_start(mount_factory: Callable[..., Mount]) ->
     with pytest.raises(OSError) as exc:
         os.listdir(m.path)
     assert exc.value.errno == errno.ENOTCONN
-    m.cli("mount", str(m.path))
+    m.cli_process("mount", str(m.path))
     assert (m.path / "deployment/db").read_bytes() == b"first"
 
 
 def test_second_mount_on_a_live_mount_is_refused(mounted: Mount) -> None:
-    out = mounted.cli("mount", str(mounted.path), check=False)
+    out = mounted.cli_process("mount", str(mounted.path), check=False)
     assert out.returncode != 0
     assert b"already a mount point" in out.stderr
     assert (mounted.path / "deployment/db").read_bytes() == b"hunter2"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 from tests.mount.conftest import _is_mounted, wait_for
 from tests.test_packaging import expand_command, parse_unit, systemd_escape_path
 
@@ -29,7 +29,7 @@ BUSYBOX = Path("/bin/busybox")
 
 
 @pytest.fixture
-def store(cli: CliRunner, initialized_store: Path) -> Path:
+def store(cli: Cli, initialized_store: Path) -> Path:
     cli("secret", "set", "db", "--from-stdin", input=SECRET)
     return initialized_store
 
@@ -127,13 +127,13 @@ def test_ready_is_sent_only_once_the_mount_answers(
 
 
 def test_a_background_mount_does_not_notify(
-    store: Path, mnt: Path, cli: CliRunner, cli_env: dict[str, str], tmp_path: Path
+    store: Path, mnt: Path, cli: Cli, cli_process: Cli, cli_env: dict[str, str], tmp_path: Path
 ) -> None:
     """Only a --foreground daemon is the service's main process; a forked one must not
     claim readiness (systemd would drop it, and log the stray message)."""
     sock = NotifySocket(tmp_path, abstract=False)
     try:
-        cli("mount", str(mnt), env={**cli_env, "NOTIFY_SOCKET": sock.address})
+        cli_process("mount", str(mnt), env={**cli_env, "NOTIFY_SOCKET": sock.address})
         assert (mnt / "deployment" / "db").read_bytes() == SECRET
         cli("umount", str(mnt))
         assert sock.pending() is None
@@ -142,7 +142,7 @@ def test_a_background_mount_does_not_notify(
 
 
 def test_unit_commands_start_stop_and_recover_from_a_kill(
-    store: Path, tmp_path: Path, cli: CliRunner, cli_env: dict[str, str]
+    store: Path, tmp_path: Path, cli: Cli, cli_env: dict[str, str]
 ) -> None:
     """Run the installed unit's own ExecStartPre/ExecStart/ExecStopPost lines the way
     systemd would (no systemd as PID 1 here): stopped or killed, no mount is left."""
@@ -216,7 +216,7 @@ def test_unit_commands_start_stop_and_recover_from_a_kill(
 
 
 @pytest.fixture
-def mount_helper(cli: CliRunner) -> Iterator[Path]:
+def mount_helper(cli: Cli) -> Iterator[Path]:
     """/sbin/mount.fuse.secretfs for this test's secretfs; whatever was there is put back.
     A lock keeps concurrent test runs on this machine from removing it under each other."""
     with open(HELPER_LOCK, "w") as lock:
@@ -328,7 +328,7 @@ def _propagation_bundle(directory: Path, source: Path, target: str, options: lis
 
 
 def test_a_restarted_daemon_reaches_running_containers_through_the_parent(
-    store: Path, cli: CliRunner, tmp_path: Path
+    store: Path, cli: Cli, cli_process: Cli, tmp_path: Path
 ) -> None:
     """The parent directory bound `rslave` (Kubernetes: HostToContainer) sees the new
     mount of a restarted daemon; a bind of the FUSE mount itself is left dead."""
@@ -346,7 +346,7 @@ def test_a_restarted_daemon_reaches_running_containers_through_the_parent(
         mnt.mkdir()
         (tmp_path / "ctl").mkdir()
         os.mkfifo(tmp_path / "ctl" / "go")
-        cli("mount", str(mnt))
+        cli_process("mount", str(mnt))
         for name, source, target, options in [
             ("parent", parent, "/run/secretfs", ["rbind", "ro", "rslave"]),
             ("direct", mnt, "/run/secretfs/mnt", ["rbind", "ro"]),
@@ -371,7 +371,7 @@ def test_a_restarted_daemon_reaches_running_containers_through_the_parent(
         ]
         os.kill(daemon_pid, signal.SIGKILL)  # a crash, an OOM kill, a node agent upgrade
         cli("secret", "set", "db", "--from-stdin", input=b"v2")
-        cli("mount", str(mnt))  # the restarted daemon clears the dead mount and mounts anew
+        cli_process("mount", str(mnt))  # the restarted daemon clears the dead mount, mounts anew
 
         with open(tmp_path / "ctl" / "go", "wb") as go:  # each container reads one line
             go.write(b"1\n2\n")

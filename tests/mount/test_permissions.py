@@ -278,7 +278,7 @@ def test_audit_log_survives_restart_and_cannot_be_edited(
     wait_for(lambda: not m.daemon_pids(), timeout=5)
     opens = [r for r in audit_records(m) if r["action"] == "open"]
     assert [(r["ref"], r["outcome"]) for r in opens] == [("$S:db", "allowed")]
-    m.cli("mount", str(m.path))
+    m.cli_process("mount", str(m.path))
     assert (m.path / "deployment/db").read_bytes() == b"x"
     m.cli("umount", str(m.path))
     wait_for(lambda: not m.daemon_pids(), timeout=5)

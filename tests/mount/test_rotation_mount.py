@@ -279,7 +279,7 @@ def test_damage_gives_eio_or_a_clear_error_and_never_kills_the_daemon(
     assert b"the wrapped data key of generation 1 is damaged" in listed.stderr
     second = mounted.path.parent / "mnt-b"
     second.mkdir()
-    refused = mounted.cli("mount", str(second), check=False)
+    refused = mounted.cli_process("mount", str(second), check=False)
     assert refused.returncode != 0 and b"generation 1 is damaged" in refused.stderr
     report = json.loads(mounted.cli("doctor", "--json", check=False).stdout)
     unlock = next(c for c in report["checks"] if c["name"] == "unlock")

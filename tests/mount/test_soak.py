@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from secretfs.refs import parse_ref
-from tests.conftest import cli_environment
+from tests.conftest import cli_environment, run_cli
 from tests.mount.conftest import Mount, wait_for
 
 WRITER_SECONDS = 40.0
@@ -282,13 +282,7 @@ def test_readers_see_only_committed_whole_values_while_everything_changes(
         else:
             value = base64.b64decode(b64)
             wait_for(lambda p=path, v=value: p.read_bytes() == v)
-    status = subprocess.run(
-        [sys.executable, "-m", "secretfs", "key", "status", "--json"],
-        env=env,
-        capture_output=True,
-        check=True,
-    )
-    keys = json.loads(status.stdout)
+    keys = json.loads(run_cli("key", "status", "--json", env=env).stdout)
     # The re-encryption finished: one data key generation (the new one) seals everything.
     assert [g["generation"] for g in keys["data_keys"]] == [2]
     assert keys["unlocks"] and keys["reencryption"] is None and keys["kek_rotation"] is None
