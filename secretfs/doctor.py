@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from secretfs import crypto, expiry, keys, rotation
+from secretfs import expiry, keyring, keys
 from secretfs.errors import IntegrityError, SecretfsError
 from secretfs.refs import Ref, Scope
 from secretfs.store.base import Backend
@@ -398,15 +398,15 @@ def _every_version_decrypts(vault: Vault) -> Check:
 def _key_operations(vault: Vault) -> list[Check]:
     backend = vault.backend
     out: list[Check] = []
-    holder = rotation.key_op_holder(backend)
-    if holder is not None and rotation._running(holder):
+    holder = keyring.key_op_holder(backend)
+    if holder is not None and keyring.running(holder):
         out.append(
             Check(
                 "key operation", "ok", f"`{holder.get('op')}` is running (pid {holder.get('pid')})"
             )
         )
         return out
-    if backend.meta_get(rotation.KEK_ROTATION) is not None:
+    if backend.meta_get(keyring.KEK_ROTATION) is not None:
         out.append(
             Check(
                 "key rotation",
@@ -415,7 +415,7 @@ def _key_operations(vault: Vault) -> list[Check]:
                 "run `secretfs key rotate` to finish it",
             )
         )
-    target = rotation.pending_reencryption(backend)
+    target = keyring.pending_reencryption(backend)
     if target is not None:
         left = backend.versions_not_under(target)
         out.append(
@@ -427,7 +427,7 @@ def _key_operations(vault: Vault) -> list[Check]:
                 "run `secretfs key rotate --reencrypt` to finish it",
             )
         )
-    elif holder is not None and backend.meta_get(rotation.KEK_ROTATION) is None:
+    elif holder is not None and backend.meta_get(keyring.KEK_ROTATION) is None:
         out.append(
             Check(
                 "key operation",
@@ -454,7 +454,7 @@ def _key_operations(vault: Vault) -> list[Check]:
         key_path = Path(vault.kek_source.description)
         stray = keys.leftover_key_files(key_path)
         next_path = keys.next_key_file_path(key_path)
-        if next_path.exists() and backend.meta_get(rotation.KEK_ROTATION) is None:
+        if next_path.exists() and backend.meta_get(keyring.KEK_ROTATION) is None:
             stray.append(next_path)
         if stray:
             out.append(
@@ -481,9 +481,9 @@ def _key_operations(vault: Vault) -> list[Check]:
     check = backend.meta_get("kek_check")
     if (
         check is not None
-        and vault._kek is not None
-        and not crypto.kek_matches(vault._kek, vault.store_id, check)
-        and backend.meta_get(rotation.KEK_NEXT_CHECK) is None
+        and vault.keyring.has_kek
+        and not vault.keyring.kek_matches(check)
+        and backend.meta_get(keyring.KEK_NEXT_CHECK) is None
     ):
         out.append(
             Check(

@@ -27,11 +27,11 @@ from secretfs import audit as _audit
 from secretfs import crypto, expiry
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
+from secretfs.keyring import SealedValue
 from secretfs.refs import Ref, Scope
 from secretfs.snapshots import VerifiedVersions
 from secretfs.timeutil import iso_time
 from secretfs.tree import Attr, Node, Tree
-from secretfs.vault import SealedValue
 
 log = logging.getLogger(__name__)
 
