@@ -120,9 +120,7 @@ def scope_row(meta: ScopeMeta) -> bytes:
 
 def grant_row(grant: GrantRecord) -> bytes:
     """Every field of a grant, by the dataclass's own field list: a new field is covered."""
-    return crypto.row_data(
-        "grant", *(getattr(grant, f.name) for f in dataclasses.fields(grant))
-    )
+    return crypto.row_data("grant", *(getattr(grant, f.name) for f in dataclasses.fields(grant)))
 
 
 def _state_row(store_id: bytes, state: AuthState) -> bytes:
@@ -333,8 +331,9 @@ class Keyring:
         fingerprint under that generation: (blob, fingerprint)."""
         value = self.open_value(record)
         key = self._data_keys[target]
-        blob = crypto.seal(key, value, self._value_aad(record.scope, record.name,
-                                                        record.version, target))
+        blob = crypto.seal(
+            key, value, self._value_aad(record.scope, record.name, record.version, target)
+        )
         fp = crypto.identity_fingerprint(key, self.store_id, record.scope, record.name, value)
         return blob, fp
 

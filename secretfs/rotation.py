@@ -399,11 +399,7 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
     if vault.kek_source.kind == keys.KIND_KEY_FILE:
         with contextlib.suppress(SecretfsError):
             candidate = keys.read_key_file(next_path)
-    if (
-        candidate is not None
-        and next_check
-        and vault.keyring.kek_matches(next_check, candidate)
-    ):
+    if candidate is not None and next_check and vault.keyring.kek_matches(next_check, candidate):
         _install(key_path)
         checkpoint("kek:key-file-replaced")
         _commit_next(vault, candidate)

@@ -756,14 +756,12 @@ class Vault:
             else:
                 candidates = self.backend.list_grants(meta.scope, meta.name)
             wanted = None if principals is None else set(principals)
-            removed = [
-                g for g in candidates if wanted is None or (g.kind, g.principal) in wanted
-            ]
+            removed = [g for g in candidates if wanted is None or (g.kind, g.principal) in wanted]
             seq = self.backend.next_seq()
             for g in removed:
                 self.backend.remove_grant(g, seq)
-                on: Target = Scope.from_key(g.scope) if not g.name else Ref(
-                    Scope.from_key(g.scope), g.name
+                on: Target = (
+                    Scope.from_key(g.scope) if not g.name else Ref(Scope.from_key(g.scope), g.name)
                 )
                 self.audit("revoke", on, None, audit_log.OK, f"{g.kind} {g.principal}")
             if not removed:
