@@ -504,6 +504,7 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
         if backend.versions_not_under(target):
             return False  # written concurrently under an old generation: another pass
         old = sorted(g for g in backend.data_keys() if g != target)
+        vault.auth.rekey()  # the metadata tags move to the new generation too
         for gen in old:
             backend.delete_data_key(gen)
         backend.meta_delete(REENCRYPT)

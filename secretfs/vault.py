@@ -19,8 +19,10 @@ from typing import Literal, ParamSpec, TypeVar
 
 from secretfs import audit as audit_log
 from secretfs import crypto, fields, keys
+from secretfs.authmeta import Authenticator, LastSeen, Problem
 from secretfs.errors import (
     ConflictError,
+    IntegrityError,
     KeySourceError,
     NotFoundError,
     SecretfsError,
@@ -109,6 +111,7 @@ class Vault:
     def __init__(self, backend: Backend, keyring: Keyring) -> None:
         self.backend = backend
         self.keyring = keyring
+        self.auth = Authenticator(backend, keyring)
         raw_versions = backend.meta_get("max_versions")
         self.max_versions = int(raw_versions) if raw_versions else DEFAULT_MAX_VERSIONS
         raw_limit = backend.meta_get("max_value_bytes")
@@ -204,10 +207,56 @@ class Vault:
     def open(cls, path: StoreLocation, *, readonly: bool = False) -> Vault:
         backend = open_backend(path, readonly=readonly)
         try:
-            return cls._unlock(backend)
+            vault = cls._unlock(backend)
+            if not readonly:
+                vault._authenticate_old_store()
+            return vault
         except BaseException:
             backend.close()
             raise
+
+    @_retried
+    def _authenticate_old_store(self) -> None:
+        """A store from before authenticated metadata gets its tags, once, audited."""
+        if not self.auth.needs_migration():
+            return
+        with self.backend.transaction():
+            if not self.auth.needs_migration():
+                return
+            rows = self.auth.migrate()
+            self.audit(
+                "auth-migrate",
+                None,
+                detail=f"{rows} access row(s) tagged; fingerprints keyed per secret",
+            )
+        log.warning("%s: access metadata authenticated for the first time", self.name)
+
+    def lastseen(self) -> LastSeen:
+        """This host's record of the newest store state it saw (beside the key file)."""
+        key_file = self.backend.key_file()
+        return LastSeen(key_file.with_name(f".{key_file.name.removesuffix('.key')}.seen"))
+
+    def verify_all(self) -> list[Problem]:
+        """Every authenticated row, the store's digest and the rollback marks."""
+        return self.auth.verify_all(self.lastseen())
+
+    def check_integrity(self) -> None:
+        """IntegrityError (exit 6) naming every row that fails verification."""
+        problems = self.verify_all()
+        if problems:
+            shown = "; ".join(str(p) for p in problems[:10])
+            more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise IntegrityError(
+                f"{len(problems)} integrity problem(s) in {self.name}: {shown}{more}"
+                " (`secretfs doctor` tells more)"
+            )
+        self.remember_state()
+
+    def remember_state(self) -> None:
+        """Note the store's authenticated serial as seen by this host (best effort)."""
+        state = self.keyring.read_state(self.backend)
+        if state is not None:
+            self.lastseen().record(self.store_id, state.serial)
 
     @classmethod
     def _unlock(cls, backend: Backend) -> Vault:
@@ -219,6 +268,8 @@ class Vault:
         return cls(backend, keyring)
 
     def close(self) -> None:
+        with contextlib.suppress(SecretfsError, sqlite3.Error):
+            self.remember_state()
         self.backend.close()
 
     # -- reading -------------------------------------------------------------------------
@@ -512,6 +563,7 @@ class Vault:
                 _pick(owner.get("mode"), base.mode if base else None),
                 seq,
             )
+        self.auth.update(secrets=[secret_id])
         old_expiry = current.expires_ns if exists and current is not None else None
         old_every = current.rotate_every_s if exists and current is not None else None
         new_expiry = schedule.expires_ns if schedule is not None else None
@@ -621,6 +673,7 @@ class Vault:
             for g in grants:
                 self.backend.remove_grant(g, seq)
             self.backend.remove_secret(meta.secret_id, seq)
+            self.auth.update(secrets=[meta.secret_id], removed=grants)
             detail = f"with {len(grants)} grant(s)" if grants else None
             self.audit("rm", ref, meta.version, detail=detail)
         return meta
@@ -697,8 +750,10 @@ class Vault:
             uid, gid, mode = after["uid"], after["gid"], after["mode"]
             if meta is None:
                 self.backend.set_scope_owner(_target_text(target), uid, gid, mode, seq)
+                self.auth.update(scopes=[_target_text(target)])
             else:
                 self.backend.set_owner(meta.secret_id, uid, gid, mode, seq)
+                self.auth.update(secrets=[meta.secret_id])
             detail = " ".join(
                 f"{k}={_show(k, before[k])}->{_show(k, after[k])}"
                 for k in OWNER_KEYS
@@ -734,6 +789,13 @@ class Vault:
             scope, name = (_target_text(target), "") if meta is None else (meta.scope, meta.name)
             seq = self.backend.next_seq()
             added = self.backend.add_grant(scope, name, kind, principal, time.time_ns(), seq)
+            if added:
+                new = [
+                    g
+                    for g in self.backend.list_grants(scope, name)
+                    if (g.kind, g.principal) == (kind, principal)
+                ]
+                self.auth.update(added=new)
             self.audit(
                 "grant",
                 target,
@@ -760,6 +822,8 @@ class Vault:
             seq = self.backend.next_seq()
             for g in removed:
                 self.backend.remove_grant(g, seq)
+            if removed:
+                self.auth.update(removed=removed)
                 on: Target = (
                     Scope.from_key(g.scope) if not g.name else Ref(Scope.from_key(g.scope), g.name)
                 )
