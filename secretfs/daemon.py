@@ -7,6 +7,7 @@ Every background task is a child of the one nursery in `serve`.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import logging
 import os
@@ -23,9 +24,12 @@ import pyfuse3
 import trio
 
 from secretfs.audit import AuditQueue, AuditRecord
-from secretfs.errors import SecretfsError, StoreError
+from secretfs.authmeta import TAMPER, Problem
+from secretfs.errors import IntegrityError, SecretfsError, StoreError
 from secretfs.fs import SecretFS
+from secretfs.keyring import SealedValue
 from secretfs.snapshots import VerifiedVersions
+from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
 from secretfs.store.base import Backend
 from secretfs.tree import Invalidation, Owner, Tree
 from secretfs.vault import Vault
@@ -187,8 +191,15 @@ class Watcher:
         self.vault = vault
         self.tree = tree
         # The versions opens are served from, verified: what the store changes is dropped.
-        self.versions = VerifiedVersions(vault.sealed_version)
+        self.versions = VerifiedVersions(self._load)
         self.seq = 0
+        # Rows that failed verification (served to nobody, EIO) and the newest version
+        # seen of each secret (an older one later is a rollback).
+        self.tampered: dict[int, str] = {}
+        self.high_water: dict[int, int] = {}
+        self.store_problem: str | None = None  # set: every open fails (EIO)
+        self.audit: AuditQueue | None = None
+        self._reports: list[Problem] = []
         self.access_seq = -1
         self._data_version = -1
         self._pending = Invalidation()
@@ -208,6 +219,98 @@ class Watcher:
         pending, self._pending = self._pending, Invalidation()
         return pending
 
+    def _load(self, secret_id: int, version: int) -> SealedValue:
+        """The verified-versions loader: nothing from a store or row that failed."""
+        if self.store_problem is not None:
+            raise IntegrityError(self.store_problem)
+        why = self.tampered.get(secret_id)
+        if why is not None:
+            raise IntegrityError(why)
+        return self.vault.sealed_version(secret_id, version)
+
+    def report(self, problem: Problem) -> None:
+        """Log a verification failure and audit it as tampering (once the queue exists)."""
+        log.error("integrity: %s", problem)
+        self._reports.append(problem)
+        self.report_pending()
+
+    def report_pending(self) -> None:
+        if self.audit is not None:
+            for p in self._reports:
+                self.audit.add_mount(
+                    time.time_ns(),
+                    "verify",
+                    p.what,
+                    None,
+                    os.getuid(),
+                    os.getgid(),
+                    os.getpid(),
+                    None,
+                    TAMPER,
+                    f"{p.kind}: {p.detail}"[:300],
+                )
+            self._reports.clear()
+
+    def verify_store(self) -> None:
+        """Full verification at load: a store-wide failure stops every open (EIO)."""
+        for problem in self.vault.auth.verify_all(self.vault.lastseen()):
+            if problem.kind == "store":
+                self.store_problem = f"the store fails verification: {problem.detail}"
+            self.report(problem)
+        if self.store_problem is None:
+            self.vault.remember_state()
+
+    def _verified(self, changes: list[SecretMeta]) -> list[SecretMeta]:
+        """Rows that fail their tag, or go back to an older version, are served to nobody."""
+        auth = self.vault.auth
+        tags = auth.backend.meta_scan("mac/s/") if len(changes) > 32 else None
+        out = []
+        for meta in changes:
+            why = None
+            if not auth.secret_ok(meta, tags):
+                why = "its row fails authentication (changed without the key)"
+            elif meta.version < self.high_water.get(meta.secret_id, 0):
+                why = (
+                    f"rolled back from version {self.high_water[meta.secret_id]} to {meta.version}"
+                )
+            if why is None:
+                self.tampered.pop(meta.secret_id, None)
+                self.high_water[meta.secret_id] = meta.version
+                out.append(meta)
+                continue
+            self.tampered[meta.secret_id] = f"secret #{meta.secret_id}: {why}"
+            self.report(Problem("secret", f"{meta.scope}/{meta.name}", why))
+            out.append(dataclasses.replace(meta, uid=0, gid=0, mode=0))
+        return out
+
+    def _verified_access(
+        self, scopes: list[ScopeMeta], grants: list[GrantRecord]
+    ) -> tuple[list[ScopeMeta], list[GrantRecord]]:
+        """A failing scope row (or one deleted) reads as mode 0; a failing grant is ignored."""
+        auth = self.vault.auth
+        tags = auth.backend.meta_scan("mac/")
+        good_scopes = []
+        for sm in scopes:
+            if auth.scope_ok(sm, tags):
+                good_scopes.append(sm)
+            else:
+                self.report(Problem("scope", sm.scope, "its defaults row fails authentication"))
+                good_scopes.append(ScopeMeta(sm.scope, 0, 0, 0, sm.seq))
+        for scope in auth.deleted_scopes(scopes):
+            self.report(Problem("scope", scope, "its defaults row was deleted"))
+            good_scopes.append(ScopeMeta(scope, 0, 0, 0, 0))
+        good_grants = []
+        for g in grants:
+            if auth.grant_ok(g, tags):
+                good_grants.append(g)
+            else:
+                self.report(
+                    Problem(
+                        "grant", f"{g.scope}/{g.name}", f"{g.kind} {g.principal}: not authentic"
+                    )
+                )
+        return good_scopes, good_grants
+
     def refresh(self) -> Invalidation | None:
         backend = self.vault.backend
         data_version = backend.data_version()
@@ -222,12 +325,13 @@ class Watcher:
         if access_seq != self.access_seq:
             # Scope defaults and grants are few: take them whole on any change.
             self.access_seq = access_seq
-            out.extend(self.tree.set_access(backend.list_scope_meta(), backend.list_grants()))
+            scopes, grants = self._verified_access(backend.list_scope_meta(), backend.list_grants())
+            out.extend(self.tree.set_access(scopes, grants))
         changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)
             self.versions.forget(c.secret_id for c in changes)
-            out.extend(self.tree.apply(changes, time.time_ns()))
+            out.extend(self.tree.apply(self._verified(changes), time.time_ns()))
         return out or None
 
 
@@ -342,8 +446,11 @@ def serve(
     vault.backend.follow()
     tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=vault.backend.status)
     watcher = Watcher(vault, tree)
+    watcher.verify_store()
     watcher.refresh()
     queue = AuditQueue()
+    watcher.audit = queue
+    watcher.report_pending()
     writer = AuditWriter(vault.backend.open_another())
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions)
     try:

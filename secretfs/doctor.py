@@ -44,12 +44,21 @@ class Report:
     def healthy(self) -> bool:
         return not any(c.status == "fail" for c in self.checks)
 
+    @property
+    def tampered(self) -> bool:
+        """An authenticated row or the store state failed (exit 6)."""
+        return any(c.status == "fail" and c.name == METADATA for c in self.checks)
+
     def to_json(self) -> dict[str, object]:
         return {"healthy": self.healthy, "checks": [asdict(c) for c in self.checks]}
 
 
 def run(
-    store: StoreLocation, *, allow_other: bool = False, fuse_conf: Path = FUSE_CONF
+    store: StoreLocation,
+    *,
+    allow_other: bool = False,
+    fuse_conf: Path = FUSE_CONF,
+    accept_restore: bool = False,
 ) -> Report:
     checks = [_fuse_device(), _fusermount(), _allow_other(allow_other, fuse_conf)]
     checks += _mounts(store)
@@ -81,6 +90,7 @@ def run(
             Check("unlock", "ok", f"the key from {vault.kek_source.description} opens it")
         )
         checks += _integrity(vault.backend)
+        checks += _metadata(vault, accept_restore)
         try:
             checks.append(_every_version_decrypts(vault))
             checks += _key_operations(vault)
@@ -494,6 +504,47 @@ def _key_operations(vault: Vault) -> list[Check]:
             )
         )
     return out
+
+
+METADATA = "metadata"
+
+
+def _metadata(vault: Vault, accept_restore: bool) -> list[Check]:
+    """Every access row's tag, the store's digest and serial (docs/security.md)."""
+    problems = vault.verify_all()
+    if problems and accept_restore:
+        with vault.backend.transaction():
+            rows = vault.auth.retag_all()
+            vault.audit(
+                "accept-restore",
+                None,
+                detail=f"{len(problems)} problem(s) accepted; {rows} row(s) tagged again: "
+                + "; ".join(str(p) for p in problems[:5]),
+            )
+        state = vault.keyring.read_state(vault.backend)
+        if state is not None:
+            vault.lastseen().record(vault.store_id, state.serial, force=True)
+        return [
+            Check(
+                METADATA,
+                "warn",
+                f"accepted the store as it is now ({len(problems)} problem(s) before):"
+                + "".join(f"\n  {p}" for p in problems),
+            )
+        ]
+    if not problems:
+        vault.remember_state()
+        return [Check(METADATA, "ok", "every access row and the store digest verify")]
+    return [
+        Check(
+            METADATA,
+            "fail",
+            f"{len(problems)} row(s) fail verification (changed, deleted or rolled back"
+            " without the key):" + "".join(f"\n  {p}" for p in problems),
+            "restore the store from a backup you trust; after a deliberate restore, or once"
+            " the rows shown are checked and right, `secretfs doctor --accept-restore`",
+        )
+    ]
 
 
 def _schedule(vault: Vault) -> Check:

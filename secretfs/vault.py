@@ -252,6 +252,22 @@ class Vault:
             )
         self.remember_state()
 
+    def check_secret(self, ref: Ref) -> None:
+        """IntegrityError (exit 6) if this secret's row, or the store's state, fails."""
+        meta = self.meta(ref)
+        problems: list[str] = []
+        if not self.auth.secret_ok(meta):
+            problems.append(f"the row of {ref} fails authentication")
+        state = self.keyring.read_state(self.backend)
+        if state is None:
+            problems.append("the authenticated store state is missing or not authentic")
+        else:
+            problems += [str(p) for p in self.lastseen().check(self.store_id, state, self.name)]
+        if problems:
+            raise IntegrityError(
+                f"{self.name}: {'; '.join(problems)} (`secretfs doctor` tells more)"
+            )
+
     def remember_state(self) -> None:
         """Note the store's authenticated serial as seen by this host (best effort)."""
         state = self.keyring.read_state(self.backend)

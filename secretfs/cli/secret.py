@@ -124,6 +124,7 @@ def get(store: Path | None, ref: str, field_path: str | None, version: int | Non
     if field_path:
         path = path + _ref(f"{parsed.without_field()}/{field_path}").field
     with open_vault(store) as vault:
+        vault.check_secret(parsed.without_field())
         value = vault.get_value(parsed.without_field(), version)
         meta = vault.meta(parsed.without_field())
     state = expiry.status(meta, time.time_ns())
@@ -160,6 +161,7 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
     now = time.time_ns()
     horizon = now + (expiry.parse_duration(within, "--within") * expiry.NS if within else 0)
     with open_vault(store) as vault:
+        vault.check_integrity()
         metas = vault.list_secrets(key)
     if due:
         metas = [m for m in metas if expiry.status(m, horizon).flagged]

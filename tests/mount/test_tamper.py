@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
@@ -95,3 +96,127 @@ def test_a_fingerprint_is_no_equality_oracle_across_secrets(shared: Mount) -> No
     # A new value of the same secret still changes its fingerprint.
     m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"other")
     wait_for(lambda: probe(1000, "fingerprint", visible)[1] not in (fp_visible, None))
+
+
+def sql(m: Mount, *statements: str) -> None:
+    """Edit the store as someone who can write the file but has no key (sqlite3)."""
+    conn = sqlite3.connect(m.store, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("BEGIN IMMEDIATE")
+        for statement in statements:
+            conn.execute(statement)
+        # Bump the counters the daemon follows, as an attacker who wants it seen would.
+        (seq,) = conn.execute("SELECT v FROM meta WHERE k = 'seq'").fetchone()
+        bumped = str(int(seq) + 1).encode()
+        for key in ("seq", "access_seq"):
+            conn.execute(
+                "INSERT INTO meta (k, v) VALUES (?, ?) ON CONFLICT (k) DO UPDATE SET v = ?",
+                (key, bumped, bumped),
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def bump_secret(name: str) -> str:
+    return f"UPDATE secrets SET seq = (SELECT max(seq) FROM secrets) + 1 WHERE name = '{name}'"
+
+
+def tamper_records(m: Mount) -> list[dict[str, Any]]:
+    records = json.loads(m.cli("audit", "--json").stdout)
+    return [r for r in records if r["outcome"] == "tamper"]
+
+
+def test_an_inserted_grant_row_gives_nothing(shared: Mount) -> None:
+    m = shared
+    hidden = m.path / "@svc/hidden"
+    sql(
+        m,
+        "INSERT INTO grants (scope, name, kind, principal, created_ns, seq)"
+        " VALUES ('@svc', 'hidden', 'uid', 1000, 1, 1)",
+    )
+    # The mount saw the change (a later legitimate grant shows it is current) ...
+    m.cli("grant", "@svc/db", "--uid", "1000")
+    wait_for(lambda: probe(1000, "read", m.path / "@svc/db") == ("ok", b"pw"), timeout=3)
+    # ... and still refuses the forged one, and says so.
+    assert probe(1000, "read", hidden) == ("EACCES", None)
+    wait_for(lambda: any("@svc/hidden" in (r["ref"] or "") for r in tamper_records(m)), 3)
+    doctor = m.cli("doctor", check=False)
+    assert doctor.returncode == 6
+    assert b"grant uid 1000 on @svc/hidden" in doctor.stdout
+    listing = m.cli("permissions", "@svc/hidden", check=False)
+    assert listing.returncode == 6 and b"grant" in listing.stderr
+
+
+def test_a_changed_mode_or_uid_column_gives_nothing(shared: Mount) -> None:
+    m = shared
+    hidden = m.path / "@svc/hidden"
+    sql(m, "UPDATE secrets SET mode = 292, uid = 1000 WHERE name = 'hidden'", bump_secret("hidden"))
+    m.cli("secret", "set", "@svc/db", "--from-stdin", input=b"pw2")  # the mount is current
+    wait_for(lambda: (m.path / "@svc/db").read_bytes() == b"pw2", timeout=3)
+    assert probe(1000, "read", hidden)[0] in ("EACCES", "EIO")
+    assert probe(1001, "read", hidden)[0] in ("EACCES", "EIO")
+    with pytest.raises(OSError):  # not even its owner reads a row that fails
+        hidden.read_bytes()
+    out = m.cli("secret", "get", "@svc/hidden", check=False)
+    assert out.returncode == 6 and b"@svc/hidden" in out.stderr and b"same-value" not in out.stdout
+    doctor = m.cli("doctor", check=False)
+    assert doctor.returncode == 6 and b"@svc/hidden" in doctor.stdout
+    ls = m.cli("secret", "ls", check=False)
+    assert ls.returncode == 6
+
+
+def test_a_deleted_scope_row_does_not_widen_access(shared: Mount) -> None:
+    m = shared
+    secret = m.path / "@svc/db"
+    m.cli("secret", "chmod", "@svc", "0400")
+    # Deleting @svc's 0400 defaults would leave the mount's default (readable by more).
+    m.cli("secret", "chown", "@svc", "0:0")
+    m.cli("secret", "chmod", "@pub/visible", "0440")
+    sql(m, "DELETE FROM scopes WHERE scope = '@svc'")
+    m.cli("grant", "@pub/visible", "--uid", "1001")
+    wait_for(lambda: probe(1001, "read", m.path / "@pub/visible")[0] == "ok", timeout=3)
+    assert probe(1000, "read", secret)[0] in ("EACCES", "EIO")
+    assert os.stat(secret).st_mode & 0o777 == 0
+    doctor = m.cli("doctor", check=False)
+    assert doctor.returncode == 6 and b"scope @svc" in doctor.stdout
+
+
+def test_a_rolled_back_version_is_refused(shared: Mount) -> None:
+    m = shared
+    db = m.path / "@svc/db"
+    m.cli("secret", "set", "@svc/db", "--from-stdin", input=b"pw2")
+    wait_for(lambda: db.read_bytes() == b"pw2", timeout=3)
+    # Point the secret back to version 1 (its tag cannot follow without the key).
+    sql(m, "UPDATE secrets SET version = 1 WHERE name = 'db'", bump_secret("db"))
+    m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"next")
+    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
+    with pytest.raises(OSError):
+        db.read_bytes()
+    assert m.cli("doctor", check=False).returncode == 6
+    assert m.cli("secret", "get", "@svc/db", check=False).returncode == 6
+
+
+def test_a_replayed_older_authentic_row_is_refused(shared: Mount) -> None:
+    m = shared
+    db = m.path / "@svc/db"
+    conn = sqlite3.connect(m.store)
+    (sid,) = conn.execute("SELECT id FROM secrets WHERE name = 'db'").fetchone()
+    (old_tag,) = conn.execute("SELECT v FROM meta WHERE k = ?", (f"mac/s/{sid}",)).fetchone()
+    conn.close()
+    m.cli("secret", "set", "@svc/db", "--from-stdin", input=b"pw2")
+    wait_for(lambda: db.read_bytes() == b"pw2", timeout=3)
+    # The old row AND its old (authentic) tag: each verifies alone, not with the rest.
+    sql(
+        m,
+        "UPDATE secrets SET version = 1 WHERE name = 'db'",
+        bump_secret("db"),
+        f"UPDATE meta SET v = x'{bytes(old_tag).hex()}' WHERE k = 'mac/s/{sid}'",
+    )
+    m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"next")
+    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
+    with pytest.raises(OSError):  # the mount saw version 2: an older one is a rollback
+        db.read_bytes()
+    doctor = m.cli("doctor", check=False)
+    assert doctor.returncode == 6 and b"digest" in doctor.stdout
