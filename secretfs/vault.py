@@ -220,6 +220,10 @@ class Vault:
         """A store from before authenticated metadata gets its tags, once, audited."""
         if not self.auth.needs_migration():
             return
+        if self.lastseen().read(self.store_id) is not None:
+            # This host saw the store authenticated: its tags were deleted, not never made.
+            log.error("%s: the authenticated store state is gone (`secretfs doctor`)", self.name)
+            return
         with self.backend.transaction():
             if not self.auth.needs_migration():
                 return
