@@ -25,7 +25,7 @@ import trio
 
 from secretfs.audit import AuditQueue, AuditRecord
 from secretfs.authmeta import TAMPER, Problem
-from secretfs.errors import IntegrityError, SecretfsError, StoreError
+from secretfs.errors import IntegrityError, NotFoundError, SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.keyring import SealedValue
 from secretfs.snapshots import VerifiedVersions
@@ -226,7 +226,15 @@ class Watcher:
         why = self.tampered.get(secret_id)
         if why is not None:
             raise IntegrityError(why)
-        return self.vault.sealed_version(secret_id, version)
+        try:
+            return self.vault.sealed_version(secret_id, version)
+        except NotFoundError:
+            meta = self.vault.backend.get_meta_by_id(secret_id)
+            if meta is None or meta.version != version:
+                raise  # an old version pruned since: not tampering
+            why = f"secret #{secret_id}: its current version {version} is missing"
+            self.report(Problem("version", f"{meta.scope}/{meta.name}", why))
+            raise IntegrityError(why) from None
 
     def report(self, problem: Problem) -> None:
         """Log a verification failure and audit it as tampering (once the queue exists)."""
@@ -253,7 +261,8 @@ class Watcher:
 
     def verify_store(self) -> None:
         """Full verification at load: a store-wide failure stops every open (EIO)."""
-        for problem in self.vault.auth.verify_all(self.vault.lastseen()):
+        # Version rows are checked per open (below): a load stays one pass over the rows.
+        for problem in self.vault.auth.verify_all(self.vault.lastseen(), versions=False):
             if problem.kind == "store":
                 self.store_problem = f"the store fails verification: {problem.detail}"
             self.report(problem)

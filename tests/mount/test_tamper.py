@@ -4,6 +4,7 @@ without the key, and rollbacks of a secret's version."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -220,3 +221,49 @@ def test_a_replayed_older_authentic_row_is_refused(shared: Mount) -> None:
         db.read_bytes()
     doctor = m.cli("doctor", check=False)
     assert doctor.returncode == 6 and b"digest" in doctor.stdout
+
+
+def test_a_deleted_newest_version_row_is_eio_and_audited(shared: Mount) -> None:
+    m = shared
+    db = m.path / "@svc/db"
+    m.cli("secret", "set", "@svc/db", "--from-stdin", input=b"pw2")
+    wait_for(lambda: db.read_bytes() == b"pw2", timeout=3)
+    sql(
+        m,
+        "DELETE FROM versions WHERE version = 2 AND secret_id ="
+        " (SELECT id FROM secrets WHERE name = 'db')",
+    )
+    m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"next")  # other writers
+    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
+
+    def eio() -> bool:
+        try:
+            db.read_bytes()
+        except OSError as exc:
+            return exc.errno == errno.EIO
+        return False
+
+    wait_for(eio, timeout=3)
+    wait_for(lambda: any("@svc/db" in (r["ref"] or "") for r in tamper_records(m)), 3)
+    assert m.cli("doctor", check=False).returncode == 6
+
+
+def test_a_store_restored_from_an_older_copy_is_not_served(
+    open_dir: Path, mount_factory: Callable[..., Mount], tmp_path: Path
+) -> None:
+    m = mount_factory(secrets={"db": b"v1"}, parent=open_dir)
+    m.cli("umount", str(m.path))
+    backup = tmp_path / "backup.db"
+    shutil.copy(m.store, backup)
+    m.cli("secret", "set", "db", "--from-stdin", input=b"v2")  # this host saw serial N+1
+    shutil.copy(backup, m.store)
+    for leftover in ("-wal", "-shm"):
+        Path(f"{m.store}{leftover}").unlink(missing_ok=True)
+    m.cli("mount", str(m.path))
+    with pytest.raises(OSError) as info:
+        (m.path / "deployment/db").read_bytes()
+    assert info.value.errno == errno.EIO
+    m.cli("umount", str(m.path))
+    assert m.cli("doctor", "--accept-restore").returncode == 0
+    m.cli("mount", str(m.path))
+    assert (m.path / "deployment/db").read_bytes() == b"v1"
