@@ -259,6 +259,10 @@ class Watcher:
                 )
             self._reports.clear()
 
+    def integrity(self) -> dict[str, object]:
+        """For the status file: whether the store verifies, and rows served to nobody."""
+        return {"integrity": self.store_problem or "ok", "tampered": len(self.tampered)}
+
     def verify_store(self) -> None:
         """Full verification at load: a store-wide failure stops every open (EIO)."""
         # Version rows are checked per open (below): a load stays one pass over the rows.
@@ -453,7 +457,12 @@ def serve(
     clear_stale_mount(mountpoint)
     # Reads come from memory from here on (etcd: a copy kept current by a watch).
     vault.backend.follow()
-    tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=vault.backend.status)
+    tree = Tree(
+        options.owner(),
+        vault.read_version,
+        time.time_ns(),
+        status=lambda: {**vault.backend.status(), **watcher.integrity()},
+    )
     watcher = Watcher(vault, tree)
     watcher.verify_store()
     watcher.refresh()

@@ -263,6 +263,8 @@ def test_a_store_restored_from_an_older_copy_is_not_served(
     with pytest.raises(OSError) as info:
         (m.path / "deployment/db").read_bytes()
     assert info.value.errno == errno.EIO
+    status = json.loads((m.path / ".secretfs-status").read_bytes())
+    assert "older than this host last saw" in status["integrity"]
     m.cli("umount", str(m.path))
     assert m.cli("doctor", "--accept-restore").returncode == 0
     m.cli("mount", str(m.path))
