@@ -55,6 +55,10 @@ class Problem:
         return f"{self.kind} {self.what}: {self.detail}"
 
 
+def _is_access(key: str) -> bool:
+    return key.startswith((SCOPE_TAG, GRANT_TAG))
+
+
 def secret_tag_key(secret_id: int) -> str:
     return f"{SECRET_TAG}{secret_id}"
 
@@ -95,17 +99,20 @@ class Authenticator:
         """Tag the rows a write changed and move the store's digest by their difference."""
         b, kr = self.backend, self.keyring
         state = kr.read_state(b) or AuthState(0, 0)  # a damaged state shows in verify_all
-        digest = state.digest
+        digest, access = state.digest, state.access
 
         def put(key: str, row: bytes | None) -> None:
-            nonlocal digest
-            digest -= tag_value(b.meta_get(key))
-            if row is None:
+            nonlocal digest, access
+            old = tag_value(b.meta_get(key))
+            tag = None if row is None else kr.tag(row)
+            if tag is None:
                 b.meta_delete(key)
-                return
-            tag = kr.tag(row)
-            b.meta_set(key, tag)
-            digest += tag_value(tag)
+            else:
+                b.meta_set(key, tag)
+            change = tag_value(tag) - old
+            digest += change
+            if _is_access(key):
+                access += change
 
         for sid in secrets:
             meta = b.get_meta_by_id(sid)
@@ -117,7 +124,7 @@ class Authenticator:
             put(grant_tag_key(g), None)
         for g in added:
             put(grant_tag_key(g), grant_row(g))
-        kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1))
+        kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1, access % DIGEST_MOD))
 
     def retag_all(self) -> int:
         """Tag every row afresh under the active generation (a new store state); rows
@@ -125,7 +132,7 @@ class Authenticator:
         b, kr = self.backend, self.keyring
         for key in b.meta_scan("mac/"):
             b.meta_delete(key)
-        digest, count = 0, 0
+        digest, access, count = 0, 0, 0
         rows: list[tuple[str, bytes]] = [
             (secret_tag_key(m.secret_id), secret_row(m)) for m in b.changes_since(0)
         ]
@@ -135,9 +142,12 @@ class Authenticator:
             tag = kr.tag(row)
             b.meta_set(key, tag)
             digest += tag_value(tag)
+            if _is_access(key):
+                access += tag_value(tag)
             count += 1
         old = kr.read_state(b)
-        kr.write_state(b, AuthState(digest % DIGEST_MOD, (old.serial if old else 0) + 1))
+        serial = (old.serial if old else 0) + 1
+        kr.write_state(b, AuthState(digest % DIGEST_MOD, serial, access % DIGEST_MOD))
         return count
 
     def rekey(self) -> int:
@@ -154,15 +164,18 @@ class Authenticator:
         ]
         rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
         rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
-        digest, count = state.digest, 0
+        digest, access, count = state.digest, state.access, 0
         for key, row in rows:
             old = tags.get(key)
             if kr.verify(row, old):
                 tag = kr.tag(row)
                 b.meta_set(key, tag)
-                digest += tag_value(tag) - tag_value(old)
+                change = tag_value(tag) - tag_value(old)
+                digest += change
+                if _is_access(key):
+                    access += change
                 count += 1
-        kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1))
+        kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1, access % DIGEST_MOD))
         return count
 
     def needs_migration(self) -> bool:
@@ -196,6 +209,14 @@ class Authenticator:
         key = grant_tag_key(g)
         stored = tags.get(key) if tags is not None else self.backend.meta_get(key)
         return self.keyring.verify(grant_row(g), stored)
+
+    def access_sum(
+        self, scopes: Iterable[ScopeMeta], grants: Iterable[GrantRecord], tags: dict[str, bytes]
+    ) -> int:
+        """The sum of the scope and grant rows' tags, to compare with `AuthState.access`."""
+        total = sum(tag_value(tags.get(scope_tag_key(s.scope))) for s in scopes)
+        total += sum(tag_value(tags.get(grant_tag_key(g))) for g in grants)
+        return total % DIGEST_MOD
 
     def deleted_scopes(self, scopes: Iterable[ScopeMeta]) -> list[str]:
         """Scopes whose defaults row is gone while its tag is still there (deleted by
@@ -237,13 +258,15 @@ class Authenticator:
                     )
                 )
         scopes = b.list_scope_meta()
+        grants = b.list_grants()
+        access = self.access_sum(scopes, grants, tags)
         for sm in scopes:
             digest += tag_value(tags.get(scope_tag_key(sm.scope)))
             if not self.scope_ok(sm, tags):
                 problems.append(Problem("scope", sm.scope, "its defaults row fails authentication"))
         for scope in self.deleted_scopes(scopes):
             problems.append(Problem("scope", scope, "its defaults row was deleted"))
-        for g in b.list_grants():
+        for g in grants:
             digest += tag_value(tags.get(grant_tag_key(g)))
             if not self.grant_ok(g, tags):
                 problems.append(Problem("grant", _grant_text(g), "the grant fails authentication"))
@@ -254,6 +277,15 @@ class Authenticator:
                     b.name,
                     "the rows do not add up to the authenticated digest: a row was deleted,"
                     " added or rolled back to an older authentic copy",
+                )
+            )
+        if state is not None and access != state.access:
+            problems.append(
+                Problem(
+                    "store",
+                    b.name,
+                    "the scope defaults and grants do not add up to their authenticated digest:"
+                    " one was deleted or replayed",
                 )
             )
         if state is not None and lastseen is not None:

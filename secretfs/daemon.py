@@ -322,6 +322,14 @@ class Watcher:
                         "grant", f"{g.scope}/{g.name}", f"{g.kind} {g.principal}: not authentic"
                     )
                 )
+        state = auth.keyring.read_state(auth.backend)
+        if state is None or auth.access_sum(scopes, grants, tags) != state.access:
+            # A row deleted or an older authentic one put back: which one is unknown, so
+            # no grant counts and every scope default reads as mode 0 until it adds up.
+            self.report(
+                Problem("store", auth.backend.name, "scope defaults and grants do not add up")
+            )
+            return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in good_scopes], []
         return good_scopes, good_grants
 
     def refresh(self) -> Invalidation | None:

@@ -81,6 +81,7 @@ class AuthState:
 
     digest: int
     serial: int
+    access: int = 0  # the sum of the scope and grant tags alone (a mount checks it often)
 
 
 def _gen_tag(gen: int, tag: bytes) -> bytes:
@@ -124,7 +125,7 @@ def grant_row(grant: GrantRecord) -> bytes:
 
 
 def _state_row(store_id: bytes, state: AuthState) -> bytes:
-    return crypto.row_data("auth_state", store_id, state.digest, state.serial)
+    return crypto.row_data("auth_state", store_id, state.digest, state.serial, state.access)
 
 
 class Keyring:
@@ -422,7 +423,7 @@ class Keyring:
             return None
         try:
             obj: Any = json.loads(raw)
-            state = AuthState(int(obj["digest"], 16), int(obj["serial"]))
+            state = AuthState(int(obj["digest"], 16), int(obj["serial"]), int(obj["access"], 16))
             tag = str(obj["tag"]).encode()
         except (ValueError, KeyError, TypeError):
             return None
@@ -433,7 +434,12 @@ class Keyring:
         backend.meta_set(
             "auth_state",
             json.dumps(
-                {"digest": f"{state.digest:x}", "serial": state.serial, "tag": tag},
+                {
+                    "digest": f"{state.digest:x}",
+                    "serial": state.serial,
+                    "access": f"{state.access:x}",
+                    "tag": tag,
+                },
                 sort_keys=True,
             ).encode(),
         )

@@ -176,8 +176,7 @@ def test_a_deleted_scope_row_does_not_widen_access(shared: Mount) -> None:
     m.cli("secret", "chown", "@svc", "0:0")
     m.cli("secret", "chmod", "@pub/visible", "0440")
     sql(m, "DELETE FROM scopes WHERE scope = '@svc'")
-    m.cli("grant", "@pub/visible", "--uid", "1001")
-    wait_for(lambda: probe(1001, "read", m.path / "@pub/visible")[0] == "ok", timeout=3)
+    wait_for(lambda: any(r["ref"] == "@svc" for r in tamper_records(m)), timeout=3)
     assert probe(1000, "read", secret)[0] in ("EACCES", "EIO")
     assert os.stat(secret).st_mode & 0o777 == 0
     doctor = m.cli("doctor", check=False)
@@ -269,3 +268,31 @@ def test_a_store_restored_from_an_older_copy_is_not_served(
     assert m.cli("doctor", "--accept-restore").returncode == 0
     m.cli("mount", str(m.path))
     assert (m.path / "deployment/db").read_bytes() == b"v1"
+
+
+def test_a_replayed_revoked_grant_gives_nothing(shared: Mount) -> None:
+    m = shared
+    hidden = m.path / "@svc/hidden"
+    m.cli("grant", "@svc/hidden", "--uid", "1000")
+    wait_for(lambda: probe(1000, "read", hidden) == ("ok", b"same-value"), timeout=3)
+    conn = sqlite3.connect(m.store)
+    grant = conn.execute(
+        "SELECT scope, name, kind, principal, created_ns, seq FROM grants"
+    ).fetchone()
+    tags = conn.execute("SELECT k, v FROM meta WHERE k LIKE 'mac/g/%'").fetchall()
+    conn.close()
+    m.cli("revoke", "@svc/hidden", "--uid", "1000")
+    wait_for(lambda: probe(1000, "read", hidden) == ("EACCES", None), timeout=3)
+    # Put the old row back with its old, authentic tag: each verifies, the set does not.
+    sql(
+        m,
+        "INSERT INTO grants (scope, name, kind, principal, created_ns, seq) VALUES"
+        f" ('{grant[0]}', '{grant[1]}', '{grant[2]}', {grant[3]}, {grant[4]}, {grant[5]})",
+        *(f"INSERT INTO meta (k, v) VALUES ('{k}', x'{bytes(v).hex()}')" for k, v in tags),
+    )
+    wait_for(
+        lambda: any(r["detail"] and "do not add up" in r["detail"] for r in tamper_records(m)), 3
+    )
+    assert probe(1000, "read", hidden)[0] in ("EACCES", "EIO")
+    doctor = m.cli("doctor", check=False)
+    assert doctor.returncode == 6 and b"replayed" in doctor.stdout
