@@ -280,7 +280,9 @@ class Watcher:
         out = []
         for meta in changes:
             why = None
-            if not auth.secret_ok(meta, tags):
+            if not auth.secret_ok(meta, tags) and (
+                not self.vault.refresh_data_keys() or not auth.secret_ok(meta, tags)
+            ):  # tagged under a generation this mount may not have loaded yet
                 why = "its row fails authentication (changed without the key)"
             elif meta.version < self.high_water.get(meta.secret_id, 0):
                 why = (

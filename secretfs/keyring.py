@@ -248,7 +248,8 @@ class Keyring:
                 log.error("cannot resolve the key-encryption key again: %s", exc)
             else:
                 self._unwrap(backend, missing, kek)
-            self._retry_at = time.monotonic() + KEY_RETRY_SECONDS
+            if any(g not in self._data_keys for g in missing):
+                self._retry_at = time.monotonic() + KEY_RETRY_SECONDS
         for gen in new:
             if gen not in self._data_keys and gen not in self.damaged:
                 self.damaged[gen] = (
