@@ -90,8 +90,8 @@ def run(
             Check("unlock", "ok", f"the key from {vault.kek_source.description} opens it")
         )
         checks += _integrity(vault.backend)
-        checks += _metadata(vault, accept_restore)
         try:
+            checks += _metadata(vault, accept_restore)
             checks.append(_every_version_decrypts(vault))
             checks += _key_operations(vault)
             checks.append(_schedule(vault))

@@ -240,13 +240,14 @@ class Vault:
         key_file = self.backend.key_file()
         return LastSeen(key_file.with_name(f".{key_file.name.removesuffix('.key')}.seen"))
 
-    def verify_all(self) -> list[Problem]:
-        """Every authenticated row, the store's digest and the rollback marks."""
-        return self.auth.verify_all(self.lastseen())
+    def verify_all(self, *, versions: bool = True) -> list[Problem]:
+        """Every authenticated row, the store's digest and the rollback marks (with
+        `versions`, also that each current version row is there)."""
+        return self.auth.verify_all(self.lastseen(), versions=versions)
 
     def check_integrity(self) -> None:
-        """IntegrityError (exit 6) naming every row that fails verification."""
-        problems = self.verify_all()
+        """IntegrityError (exit 6) naming every access row that fails verification."""
+        problems = self.verify_all(versions=False)
         if problems:
             shown = "; ".join(str(p) for p in problems[:10])
             more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
