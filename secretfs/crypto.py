@@ -43,13 +43,17 @@ __all__ = [
     "fingerprint",
     "fingerprint_key",
     "format_key_text",
+    "identity_fingerprint",
     "kdf_record_digest",
     "kek_check",
     "kek_matches",
+    "mac",
+    "mac_key",
     "new_salt",
     "open_sealed",
     "parse_key_text",
     "random_key",
+    "row_data",
     "seal",
     "unwrap_key",
     "value_aad",
@@ -77,6 +81,11 @@ _KDF_RECORD_PERSON = b"secretfs/kdf/v1"
 _FP_KEY_PERSON = b"secretfs/fpkey/1"
 _FP_PERSON = b"secretfs/fp/v1"
 _FP_HEX_CHARS = 32
+_FP2_KEY_PERSON = b"secretfs/fpkey/2"
+_FP2_TAG = b"secretfs/fp/v2"
+_MAC_KEY_PERSON = b"secretfs/mackey1"
+_MAC_PERSON = b"secretfs/mac/v1"
+MAC_BYTES = 32
 
 _KDF_ALG = "argon2id"
 _KDF_VERSION = 19  # Argon2 v1.3
@@ -313,6 +322,47 @@ def fingerprint(fp_key: bytes, value: bytes) -> str:
     """Keyed BLAKE2b-256 of ``value`` as 32 hex chars: comparable, not brute-forceable offline."""
     _check_key(fp_key, "fingerprint key")
     return _blake2b(value, fp_key, _FP_PERSON, 32).hex()[:_FP_HEX_CHARS]
+
+
+def identity_fingerprint(
+    data_key: bytes, store_id: bytes, scope_key: str, name: str, value: bytes
+) -> str:
+    """Fingerprint v2: keyed per store AND per secret, so it says nothing across secrets."""
+    _check_key(data_key, "data key")
+    fp_key = _blake2b(b"", data_key, _FP2_KEY_PERSON, KEY_BYTES)
+    identity = b"".join(
+        (_FP2_TAG, _field(store_id), _text_field(scope_key, "scope"), _text_field(name, "name"))
+    )
+    return _blake2b(identity + value, fp_key, _FP_PERSON, 32).hex()[:_FP_HEX_CHARS]
+
+
+def mac_key(data_key: bytes) -> bytes:
+    """Derive the metadata MAC subkey from a data key (its own personalization)."""
+    _check_key(data_key, "data key")
+    return _blake2b(b"", data_key, _MAC_KEY_PERSON, KEY_BYTES)
+
+
+def row_data(tag: str, *fields: str | int | bool | bytes | None) -> bytes:
+    """Encode a row unambiguously: a tag, then each field typed and length-prefixed."""
+    parts = [_text_field(tag, "tag")]
+    for value in fields:
+        if value is None:
+            parts.append(b"N")
+        elif isinstance(value, bool):
+            parts.append(b"B" + (b"\x01" if value else b"\x00"))
+        elif isinstance(value, int):
+            parts.append(b"I" + _field(str(value).encode()))
+        elif isinstance(value, bytes):
+            parts.append(b"Y" + _field(value))
+        else:
+            parts.append(b"S" + _text_field(value, "field"))
+    return b"".join(parts)
+
+
+def mac(key: bytes, data: bytes) -> bytes:
+    """Keyed BLAKE2b-256 of `data` under a MAC subkey."""
+    _check_key(key, "MAC key")
+    return _blake2b(data, key, _MAC_PERSON, MAC_BYTES)
 
 
 # --- key text -----------------------------------------------------------------

@@ -7,6 +7,7 @@ Every background task is a child of the one nursery in `serve`.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import logging
 import os
@@ -32,7 +33,11 @@ from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.hardening import no_core_dumps
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
+from secretfs.authmeta import TAMPER, Problem
+from secretfs.errors import IntegrityError, NotFoundError
+from secretfs.keyring import SealedValue
 from secretfs.snapshots import VerifiedVersions
+from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
 from secretfs.store.base import Backend
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.timeutil import iso_time
@@ -285,8 +290,13 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
 
 def verify_store(vault: Vault) -> None:
     """What a store file put in place while mounted must pass before it is served; raises
-    SecretfsError to refuse it. The store's own rollback and tamper checks belong here."""
+    SecretfsError to refuse it: its data keys, and the store-wide checks (tags add up, not
+    older than the state this host last verified: a restore is accepted only deliberately,
+    with `secretfs doctor --accept-restore`, then a remount)."""
     vault.refresh_data_keys()
+    for problem in vault.auth.verify_all(vault.lastseen(), versions=False):
+        if problem.kind == "store":
+            raise IntegrityError(f"the store fails verification: {problem.detail}")
 
 
 class Watcher:
@@ -297,8 +307,15 @@ class Watcher:
         self.tree = tree
         self.writer = writer
         # The versions opens are served from, verified: what the store changes is dropped.
-        self.versions = VerifiedVersions(vault.sealed_version)
+        self.versions = VerifiedVersions(self._load)
         self.seq = 0
+        # Rows that failed verification (served to nobody, EIO) and the newest version
+        # seen of each secret (an older one later is a rollback).
+        self.tampered: dict[int, str] = {}
+        self.high_water: dict[int, int] = {}
+        self.store_problem: str | None = None  # set: every open fails (EIO)
+        self.audit: AuditQueue | None = None
+        self._reports: list[Problem] = []
         self.access_seq = -1
         self._data_version = -1
         self._pending = Invalidation()
@@ -397,6 +414,122 @@ class Watcher:
         log.info("serving the re-opened store %s", self._path)
         return out
 
+
+    def _load(self, secret_id: int, version: int) -> SealedValue:
+        """The verified-versions loader: nothing from a store or row that failed."""
+        if self.store_problem is not None:
+            raise IntegrityError(self.store_problem)
+        why = self.tampered.get(secret_id)
+        if why is not None:
+            raise IntegrityError(why)
+        try:
+            return self.vault.sealed_version(secret_id, version)
+        except NotFoundError:
+            meta = self.vault.backend.get_meta_by_id(secret_id)
+            if meta is None or meta.version != version:
+                raise  # an old version pruned since: not tampering
+            why = f"secret #{secret_id}: its current version {version} is missing"
+            self.report(Problem("version", f"{meta.scope}/{meta.name}", why))
+            raise IntegrityError(why) from None
+
+    def report(self, problem: Problem) -> None:
+        """Log a verification failure and audit it as tampering (once the queue exists)."""
+        log.error("integrity: %s", problem)
+        self._reports.append(problem)
+        self.report_pending()
+
+    def report_pending(self) -> None:
+        if self.audit is not None:
+            for p in self._reports:
+                self.audit.add_mount(
+                    time.time_ns(),
+                    "verify",
+                    p.what,
+                    None,
+                    os.getuid(),
+                    os.getgid(),
+                    os.getpid(),
+                    None,
+                    TAMPER,
+                    f"{p.kind}: {p.detail}"[:300],
+                )
+            self._reports.clear()
+
+    def integrity(self) -> dict[str, object]:
+        """For the status file: whether the store verifies, and rows served to nobody."""
+        return {"integrity": self.store_problem or "ok", "tampered": len(self.tampered)}
+
+    def verify_store(self) -> None:
+        """Full verification at load: a store-wide failure stops every open (EIO)."""
+        # Version rows are checked per open (below): a load stays one pass over the rows.
+        for problem in self.vault.auth.verify_all(self.vault.lastseen(), versions=False):
+            if problem.kind == "store":
+                self.store_problem = f"the store fails verification: {problem.detail}"
+            self.report(problem)
+        if self.store_problem is None:
+            self.vault.remember_state()
+
+    def _verified(self, changes: list[SecretMeta]) -> list[SecretMeta]:
+        """Rows that fail their tag, or go back to an older version, are served to nobody."""
+        auth = self.vault.auth
+        tags = auth.backend.meta_scan("mac/s/") if len(changes) > 32 else None
+        out = []
+        for meta in changes:
+            why = None
+            if not auth.secret_ok(meta, tags) and (
+                not self.vault.refresh_data_keys() or not auth.secret_ok(meta, tags)
+            ):  # tagged under a generation this mount may not have loaded yet
+                why = "its row fails authentication (changed without the key)"
+            elif meta.version < self.high_water.get(meta.secret_id, 0):
+                why = (
+                    f"rolled back from version {self.high_water[meta.secret_id]} to {meta.version}"
+                )
+            if why is None:
+                self.tampered.pop(meta.secret_id, None)
+                self.high_water[meta.secret_id] = meta.version
+                out.append(meta)
+                continue
+            self.tampered[meta.secret_id] = f"secret #{meta.secret_id}: {why}"
+            self.report(Problem("secret", f"{meta.scope}/{meta.name}", why))
+            out.append(dataclasses.replace(meta, uid=0, gid=0, mode=0))
+        return out
+
+    def _verified_access(
+        self, scopes: list[ScopeMeta], grants: list[GrantRecord]
+    ) -> tuple[list[ScopeMeta], list[GrantRecord]]:
+        """A failing scope row (or one deleted) reads as mode 0; a failing grant is ignored."""
+        auth = self.vault.auth
+        tags = auth.backend.meta_scan("mac/")
+        good_scopes = []
+        for sm in scopes:
+            if auth.scope_ok(sm, tags):
+                good_scopes.append(sm)
+            else:
+                self.report(Problem("scope", sm.scope, "its defaults row fails authentication"))
+                good_scopes.append(ScopeMeta(sm.scope, 0, 0, 0, sm.seq))
+        for scope in auth.deleted_scopes(scopes):
+            self.report(Problem("scope", scope, "its defaults row was deleted"))
+            good_scopes.append(ScopeMeta(scope, 0, 0, 0, 0))
+        good_grants = []
+        for g in grants:
+            if auth.grant_ok(g, tags):
+                good_grants.append(g)
+            else:
+                self.report(
+                    Problem(
+                        "grant", f"{g.scope}/{g.name}", f"{g.kind} {g.principal}: not authentic"
+                    )
+                )
+        state = auth.keyring.read_state(auth.backend)
+        if state is None or auth.access_sum(scopes, grants, tags) != state.access:
+            # A row deleted or an older authentic one put back: which one is unknown, so
+            # no grant counts and every scope default reads as mode 0 until it adds up.
+            self.report(
+                Problem("store", auth.backend.name, "scope defaults and grants do not add up")
+            )
+            return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in good_scopes], []
+        return good_scopes, good_grants
+
     def refresh(self) -> Invalidation | None:
         if self.problem is not None:
             return None
@@ -413,13 +546,14 @@ class Watcher:
         if access_seq != self.access_seq:
             # Scope defaults and grants are few: take them whole on any change.
             self.access_seq = access_seq
-            out.extend(self.tree.set_access(backend.list_scope_meta(), backend.list_grants()))
+            scopes, grants = self._verified_access(backend.list_scope_meta(), backend.list_grants())
+            out.extend(self.tree.set_access(scopes, grants))
             out.extend(self.tree.set_client_keys(backend.list_client_keys()))
         changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)
             self.versions.forget(c.secret_id for c in changes)
-            out.extend(self.tree.apply(changes, time.time_ns()))
+            out.extend(self.tree.apply(self._verified(changes), time.time_ns()))
         return out or None
 
 
@@ -638,11 +772,19 @@ def serve(
 
     def status() -> dict[str, object]:
         # The watcher knows when a replaced store file stopped this mount serving.
-        return {**watcher.status(), "serving": refusal() is None, "audit": queue.status()}
+        return {
+            **watcher.status(),
+            **watcher.integrity(),
+            "serving": refusal() is None,
+            "audit": queue.status(),
+        }
 
     tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=status)
     watcher = Watcher(vault, tree, writer)
+    watcher.audit = queue
+    watcher.verify_store()
     watcher.refresh()
+    watcher.report_pending()
     pool = PlainPool(options.max_plain)
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
     ops.refusal = refusal

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from secretfs import crypto, expiry, keys, rotation
+from secretfs import expiry, keyring, keys
 from secretfs.errors import IntegrityError, SecretfsError
 from secretfs.refs import Ref, Scope
 from secretfs.store.base import Backend
@@ -44,12 +44,21 @@ class Report:
     def healthy(self) -> bool:
         return not any(c.status == "fail" for c in self.checks)
 
+    @property
+    def tampered(self) -> bool:
+        """An authenticated row or the store state failed (exit 6)."""
+        return any(c.status == "fail" and c.name == METADATA for c in self.checks)
+
     def to_json(self) -> dict[str, object]:
         return {"healthy": self.healthy, "checks": [asdict(c) for c in self.checks]}
 
 
 def run(
-    store: StoreLocation, *, allow_other: bool = False, fuse_conf: Path = FUSE_CONF
+    store: StoreLocation,
+    *,
+    allow_other: bool = False,
+    fuse_conf: Path = FUSE_CONF,
+    accept_restore: bool = False,
 ) -> Report:
     checks = [_fuse_device(), _fusermount(), _allow_other(allow_other, fuse_conf)]
     checks += _mounts(store)
@@ -86,6 +95,7 @@ def run(
         )
         checks += _integrity(vault.backend)
         try:
+            checks += _metadata(vault, accept_restore)
             checks.append(_every_version_decrypts(vault))
             checks += _key_operations(vault)
             checks.append(_schedule(vault))
@@ -416,15 +426,15 @@ def _every_version_decrypts(vault: Vault) -> Check:
 def _key_operations(vault: Vault) -> list[Check]:
     backend = vault.backend
     out: list[Check] = []
-    holder = rotation.key_op_holder(backend)
-    if holder is not None and rotation._running(holder):
+    holder = keyring.key_op_holder(backend)
+    if holder is not None and keyring.running(holder):
         out.append(
             Check(
                 "key operation", "ok", f"`{holder.get('op')}` is running (pid {holder.get('pid')})"
             )
         )
         return out
-    if backend.meta_get(rotation.KEK_ROTATION) is not None:
+    if backend.meta_get(keyring.KEK_ROTATION) is not None:
         out.append(
             Check(
                 "key rotation",
@@ -433,7 +443,7 @@ def _key_operations(vault: Vault) -> list[Check]:
                 "run `secretfs key rotate` to finish it",
             )
         )
-    target = rotation.pending_reencryption(backend)
+    target = keyring.pending_reencryption(backend)
     if target is not None:
         left = backend.versions_not_under(target)
         out.append(
@@ -445,7 +455,7 @@ def _key_operations(vault: Vault) -> list[Check]:
                 "run `secretfs key rotate --reencrypt` to finish it",
             )
         )
-    elif holder is not None and backend.meta_get(rotation.KEK_ROTATION) is None:
+    elif holder is not None and backend.meta_get(keyring.KEK_ROTATION) is None:
         out.append(
             Check(
                 "key operation",
@@ -472,7 +482,7 @@ def _key_operations(vault: Vault) -> list[Check]:
         key_path = Path(vault.kek_source.description)
         stray = keys.leftover_key_files(key_path)
         next_path = keys.next_key_file_path(key_path)
-        if next_path.exists() and backend.meta_get(rotation.KEK_ROTATION) is None:
+        if next_path.exists() and backend.meta_get(keyring.KEK_ROTATION) is None:
             stray.append(next_path)
         if stray:
             out.append(
@@ -499,9 +509,9 @@ def _key_operations(vault: Vault) -> list[Check]:
     check = backend.meta_get("kek_check")
     if (
         check is not None
-        and vault._kek is not None
-        and not crypto.kek_matches(vault._kek, vault.store_id, check)
-        and backend.meta_get(rotation.KEK_NEXT_CHECK) is None
+        and vault.keyring.has_kek
+        and not vault.keyring.kek_matches(check)
+        and backend.meta_get(keyring.KEK_NEXT_CHECK) is None
     ):
         out.append(
             Check(
@@ -512,6 +522,47 @@ def _key_operations(vault: Vault) -> list[Check]:
             )
         )
     return out
+
+
+METADATA = "metadata"
+
+
+def _metadata(vault: Vault, accept_restore: bool) -> list[Check]:
+    """Every access row's tag, the store's digest and serial (docs/security.md)."""
+    problems = vault.verify_all()
+    if problems and accept_restore:
+        with vault.backend.transaction():
+            rows = vault.auth.retag_all()
+            vault.audit(
+                "accept-restore",
+                None,
+                detail=f"{len(problems)} problem(s) accepted; {rows} row(s) tagged again: "
+                + "; ".join(str(p) for p in problems[:5]),
+            )
+        state = vault.keyring.read_state(vault.backend)
+        if state is not None:
+            vault.lastseen().record(vault.store_id, state.serial, force=True)
+        return [
+            Check(
+                METADATA,
+                "warn",
+                f"accepted the store as it is now ({len(problems)} problem(s) before):"
+                + "".join(f"\n  {p}" for p in problems),
+            )
+        ]
+    if not problems:
+        vault.remember_state()
+        return [Check(METADATA, "ok", "every access row and the store digest verify")]
+    return [
+        Check(
+            METADATA,
+            "fail",
+            f"{len(problems)} row(s) fail verification (changed, deleted or rolled back"
+            " without the key):" + "".join(f"\n  {p}" for p in problems),
+            "restore the store from a backup you trust; after a deliberate restore, or once"
+            " the rows shown are checked and right, `secretfs doctor --accept-restore`",
+        )
+    ]
 
 
 def _schedule(vault: Vault) -> Check:

@@ -28,12 +28,12 @@ from secretfs import audit as _audit
 from secretfs import crypto, expiry, sealing
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
+from secretfs.keyring import SealedValue
 from secretfs.plainpool import PlainPool
 from secretfs.refs import Ref, Scope
 from secretfs.snapshots import VerifiedVersions
 from secretfs.timeutil import iso_time
 from secretfs.tree import Attr, Node, Tree
-from secretfs.vault import SealedValue
 
 log = logging.getLogger(__name__)
 

@@ -52,18 +52,25 @@ from secretfs.errors import (
     SecretfsError,
     UsageError,
 )
+from secretfs.keyring import (
+    KEK_NEXT,
+    KEK_NEXT_CHECK,
+    KEK_ROTATION,
+    KEY_OP,
+    REENCRYPT,
+    Keyring,
+    key_op_holder,
+    pending_reencryption,
+    running,
+    start_ticks,
+)
 from secretfs.refs import Ref, Scope
 from secretfs.store.base import Backend
 from secretfs.store.location import StoreLocation, open_backend
 from secretfs.testhooks import checkpoint
 from secretfs.timeutil import iso_time
-from secretfs.vault import Vault, _resolve_kek, unwrap_data_keys
+from secretfs.vault import Vault
 
-KEY_OP = "key_op"
-KEK_ROTATION = "kek_rotation"
-KEK_NEXT = "kek_next:"
-KEK_NEXT_CHECK = "kek_next_check"
-REENCRYPT = "reencrypt"
 DEFAULT_BATCH = 500
 
 VALUE_CIPHER = "XChaCha20-Poly1305 (libsodium), 256-bit data key"
@@ -84,40 +91,14 @@ class Outcome:
 # -- one key operation at a time ----------------------------------------------------------
 
 
-def _start_ticks(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return int(fh.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _running(holder: dict[str, Any]) -> bool:
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
-        return False
-    return _start_ticks(pid) is not None and _start_ticks(pid) == holder.get("start")
-
-
-def key_op_holder(backend: Backend) -> dict[str, Any] | None:
-    raw = backend.meta_get(KEY_OP)
-    if not raw:
-        return None
-    try:
-        holder = json.loads(raw)
-    except ValueError:
-        return {"op": "unknown", "pid": None, "since_ns": 0}
-    return holder if isinstance(holder, dict) else None
-
-
 @contextlib.contextmanager
 def key_operation(vault: Vault, what: str, outcome: Outcome) -> Iterator[None]:
     """Hold the store's key-operation mark; refuse while another live process holds it."""
     backend = vault.backend
-    me = {"op": what, "pid": os.getpid(), "start": _start_ticks(os.getpid())}
+    me = {"op": what, "pid": os.getpid(), "start": start_ticks(os.getpid())}
     with backend.transaction():
         holder = key_op_holder(backend)
-        if holder is not None and _running(holder):
+        if holder is not None and running(holder):
             raise ConflictError(
                 f"another key operation (`{holder.get('op')}`, pid {holder.get('pid')}) is"
                 " running on this store: wait for it to finish"
@@ -135,27 +116,6 @@ def key_operation(vault: Vault, what: str, outcome: Outcome) -> Iterator[None]:
     finally:
         with backend.transaction():
             backend.meta_delete(KEY_OP)
-
-
-def unfinished(backend: Backend) -> list[str]:
-    """What a killed key operation left to finish (nothing while one is running)."""
-    holder = key_op_holder(backend)
-    if holder is not None and _running(holder):
-        return []
-    notes = []
-    if backend.meta_get(KEK_ROTATION) is not None:
-        notes.append(
-            f"a key rotation of {backend.name} was interrupted (the store opens with the old"
-            " and the new key): `secretfs key rotate` finishes it"
-        )
-    target = pending_reencryption(backend)
-    if target is not None:
-        notes.append(
-            f"a re-encryption of {backend.name} to data key generation {target} was"
-            " interrupted (every value still reads): `secretfs key rotate --reencrypt`"
-            " finishes it"
-        )
-    return notes
 
 
 # -- status ----------------------------------------------------------------------------
@@ -222,13 +182,11 @@ def _status(backend: Backend) -> tuple[dict[str, Any], SecretfsError | None]:
         info["operation"] = {
             "op": holder.get("op"),
             "pid": holder.get("pid"),
-            "running": _running(holder),
+            "running": running(holder),
         }
     error: SecretfsError | None = None
     try:
-        kek, used = _resolve_kek(backend)
-        store_id = backend.meta_get("store_id") or b""
-        _keys, damaged = unwrap_data_keys(backend, store_id, kek, used)
+        damaged = Keyring.unlock(backend).damaged
         for gen, problem in damaged.items():
             for record in info["data_keys"]:
                 if record["generation"] == gen:
@@ -306,8 +264,7 @@ def _kdf_params(backend: Backend) -> crypto.KdfParams:
 
 
 def _require_whole(vault: Vault) -> None:
-    wrapped = vault.backend.data_keys()
-    missing = sorted(set(wrapped) - set(vault._data_keys))
+    missing = vault.keyring.missing(vault.backend)
     if missing:
         raise IntegrityError(
             f"data key generation(s) {', '.join(map(str, missing))} cannot be unlocked, so they"
@@ -325,21 +282,20 @@ def _rewrap_in_one(
     salt: bytes | None = None,
     params: crypto.KdfParams | None = None,
 ) -> None:
-    backend = vault.backend
+    backend, keyring = vault.backend, vault.keyring
     with backend.transaction():
         now = time.time_ns()
-        for gen, data_key in sorted(vault._data_keys.items()):
+        for gen, wrapped in keyring.wrapped_keys(kek).items():
             if gen in backend.data_keys():
-                wrapped = crypto.wrap_key(kek, data_key, crypto.data_key_aad(vault.store_id, gen))
                 backend.put_data_key(gen, wrapped, now)
-        backend.meta_set("kek_check", crypto.kek_check(kek, vault.store_id))
+        backend.meta_set("kek_check", keyring.kek_check(kek))
         if salt is not None and params is not None:
             backend.meta_set("kdf_salt", salt)
             backend.meta_set("kdf_params", params.to_json().encode())
             backend.meta_set("kdf_check", crypto.kdf_record_digest(salt, params.to_json().encode()))
-        vault.audit(action, None, detail=f"{len(vault._data_keys)} data key(s) re-wrapped")
-    vault._kek = kek
-    outcome.data["rewrapped"] = len(vault._data_keys)
+        vault.audit(action, None, detail=f"{len(keyring.generations)} data key(s) re-wrapped")
+    keyring.use_kek(kek)
+    outcome.data["rewrapped"] = len(keyring.generations)
 
 
 def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
@@ -356,12 +312,9 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
         ) from None
     checkpoint("kek:next-written")
     with backend.transaction():
-        for gen, data_key in sorted(vault._data_keys.items()):
-            backend.meta_set(
-                f"{KEK_NEXT}{gen}",
-                crypto.wrap_key(new_kek, data_key, crypto.data_key_aad(vault.store_id, gen)),
-            )
-        backend.meta_set(KEK_NEXT_CHECK, crypto.kek_check(new_kek, vault.store_id))
+        for gen, wrapped in vault.keyring.wrapped_keys(new_kek).items():
+            backend.meta_set(f"{KEK_NEXT}{gen}", wrapped)
+        backend.meta_set(KEK_NEXT_CHECK, vault.keyring.kek_check(new_kek))
         backend.meta_set(
             KEK_ROTATION,
             json.dumps({"next": str(next_path), "since_ns": time.time_ns()}).encode(),
@@ -372,12 +325,12 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
     checkpoint("kek:key-file-replaced")
     _commit_next(vault, new_kek)
     outcome.notes.append(
-        f"new key-encryption key in {key_path}; {len(vault._data_keys)} data key(s)"
+        f"new key-encryption key in {key_path}; {len(vault.keyring.generations)} data key(s)"
         " re-wrapped: back the new key file up (backups of the store from before now need"
         " the old key file)"
     )
     outcome.data["key_file"] = str(key_path)
-    outcome.data["rewrapped"] = len(vault._data_keys)
+    outcome.data["rewrapped"] = len(vault.keyring.generations)
 
 
 def _key_file(vault: Vault) -> Path:
@@ -385,23 +338,22 @@ def _key_file(vault: Vault) -> Path:
     return Path(vault.kek_source.description).resolve()
 
 
-def _commit_next(vault: Vault, new_kek: bytes) -> None:
-    backend = vault.backend
+def _commit_next(vault: Vault, new_kek: bytes | None) -> None:
+    """The `.next` wrappings replace the old ones (`new_kek` None: the KEK held now)."""
+    backend, keyring = vault.backend, vault.keyring
     with backend.transaction():
         gens = backend.data_keys()
+        fresh = keyring.wrapped_keys(new_kek)
         for gen in gens:
-            wrapped = backend.meta_get(f"{KEK_NEXT}{gen}")
-            if wrapped is None:
-                # A generation added since step 2 (cannot happen under the key_op mark).
-                wrapped = crypto.wrap_key(
-                    new_kek, vault._data_keys[gen], crypto.data_key_aad(vault.store_id, gen)
-                )
+            # A generation added since step 2 cannot happen under the key_op mark.
+            wrapped = backend.meta_get(f"{KEK_NEXT}{gen}") or fresh[gen]
             backend.put_data_key(gen, wrapped, 0)
-        check = backend.meta_get(KEK_NEXT_CHECK) or crypto.kek_check(new_kek, vault.store_id)
+        check = backend.meta_get(KEK_NEXT_CHECK) or keyring.kek_check(new_kek)
         backend.meta_set("kek_check", check)
         _drop_next(backend)
         vault.audit("key-rotate", None, detail=f"{len(gens)} data key(s) re-wrapped")
-    vault._kek = new_kek
+    if new_kek is not None:
+        keyring.use_kek(new_kek)
 
 
 def _install(key_path: Path) -> None:
@@ -435,14 +387,9 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
         return False
     key_path = _key_file(vault)
     next_check = backend.meta_get(KEK_NEXT_CHECK)
-    current = vault._kek
-    if (
-        current is not None
-        and next_check
-        and crypto.kek_matches(current, vault.store_id, next_check)
-    ):
+    if next_check and vault.keyring.kek_matches(next_check):
         # Killed after the new key file was put in place: only the store is behind.
-        _commit_next(vault, current)
+        _commit_next(vault, None)
         outcome.notes.append(
             f"finished an interrupted key rotation: {key_path} holds the new key (back it up)"
         )
@@ -452,11 +399,7 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
     if vault.kek_source.kind == keys.KIND_KEY_FILE:
         with contextlib.suppress(SecretfsError):
             candidate = keys.read_key_file(next_path)
-    if (
-        candidate is not None
-        and next_check
-        and crypto.kek_matches(candidate, vault.store_id, next_check)
-    ):
+    if candidate is not None and next_check and vault.keyring.kek_matches(next_check, candidate):
         _install(key_path)
         checkpoint("kek:key-file-replaced")
         _commit_next(vault, candidate)
@@ -479,29 +422,18 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
 
 def start_reencryption(vault: Vault, outcome: Outcome) -> int:
     """Add a data key generation, make it the active one, mark the re-encryption."""
-    backend = vault.backend
-    if vault._kek is None:
-        raise KeySourceError("the key-encryption key is not at hand")
+    backend, keyring = vault.backend, vault.keyring
     _require_whole(vault)
-    data_key = crypto.random_key()
     with backend.transaction():
-        gens = backend.data_keys()
-        gen = max(gens) + 1 if gens else 1
-        wrapped = crypto.wrap_key(vault._kek, data_key, crypto.data_key_aad(vault.store_id, gen))
+        gen, wrapped = keyring.add_generation(list(backend.data_keys()))
         backend.put_data_key(gen, wrapped, time.time_ns())
         backend.meta_set("active_gen", str(gen).encode())
         backend.meta_set(REENCRYPT, str(gen).encode())
         vault.audit("key-reencrypt", None, detail=f"started: data key generation {gen}")
-    vault._data_keys[gen] = data_key
-    vault._sync_active_gen()
+    keyring.sync_active(backend)
     outcome.notes.append(f"new data key generation {gen}; new writes use it from now on")
     checkpoint("reencrypt:started")
     return gen
-
-
-def pending_reencryption(backend: Backend) -> int | None:
-    mark = backend.meta_get(REENCRYPT)
-    return None if mark is None else int(mark)
 
 
 def reencrypt(
@@ -514,15 +446,13 @@ def reencrypt(
 ) -> None:
     """Seal every version under generation `target`, `batch_size` per transaction, then
     delete the generations nothing uses any more."""
-    backend = vault.backend
-    if target not in vault._data_keys:
-        vault.refresh_data_keys()
-    new_key = vault._data_keys.get(target)
-    if new_key is None:
+    backend, keyring = vault.backend, vault.keyring
+    if not keyring.has(target):
+        keyring.refresh(backend)
+    if not keyring.has(target):
         raise KeySourceError(
             f"data key generation {target} (the re-encryption's target) cannot be unlocked"
         )
-    fp_key = crypto.fingerprint_key(new_key)
     total = backend.versions_not_under(target)
     done = 0
     damaged: list[str] = []
@@ -535,27 +465,13 @@ def reencrypt(
                     break
                 touched: list[int] = []
                 for sealed in batch:
-                    old_key = vault._data_keys.get(sealed.key_gen)
-                    old_aad = crypto.value_aad(
-                        vault.store_id, sealed.scope, sealed.name, sealed.version, sealed.key_gen
-                    )
                     try:
-                        if old_key is None:
-                            raise IntegrityError("its data key is not available")
-                        value = crypto.open_sealed(old_key, sealed.ciphertext, old_aad)
+                        blob, fp = keyring.reseal(sealed, target)
                     except IntegrityError:
                         ref = Ref(Scope.from_key(sealed.scope), sealed.name)
                         damaged.append(f"{ref} v{sealed.version}")
                         continue
-                    aad = crypto.value_aad(
-                        vault.store_id, sealed.scope, sealed.name, sealed.version, target
-                    )
-                    backend.reseal_version(
-                        sealed,
-                        target,
-                        crypto.seal(new_key, value, aad),
-                        crypto.fingerprint(fp_key, value),
-                    )
+                    backend.reseal_version(sealed, target, blob, fp)
                     touched.append(sealed.secret_id)
                 if touched:
                     # Same versions, new fingerprints: a mount picks up the new metadata.
@@ -588,6 +504,7 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
         if backend.versions_not_under(target):
             return False  # written concurrently under an old generation: another pass
         old = sorted(g for g in backend.data_keys() if g != target)
+        vault.auth.rekey()  # the metadata tags move to the new generation too
         for gen in old:
             backend.delete_data_key(gen)
         backend.meta_delete(REENCRYPT)
@@ -597,8 +514,7 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
             detail=f"done: generation {target}; removed generation(s)"
             f" {', '.join(map(str, old)) or 'none'}",
         )
-    for gen in old:
-        vault._data_keys.pop(gen, None)
+    vault.keyring.drop(old)
     outcome.notes.append(
         f"every value is sealed under data key generation {target}"
         + (f"; removed generation(s) {', '.join(map(str, old))}" if old else "")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from secretfs.vault import SealedValue
+from secretfs.keyring import SealedValue
 
 # Bytes of memory kept at most (ciphertext and bookkeeping): ~14,000 small secrets, or
 # ~1,800 of 4 KiB. Only what is opened again and again needs to stay.

@@ -19,6 +19,7 @@ from typing import Literal, ParamSpec, TypeVar
 
 from secretfs import audit as audit_log
 from secretfs import crypto, fields, keys
+from secretfs.authmeta import Authenticator, LastSeen, Problem
 from secretfs.errors import (
     ConflictError,
     IntegrityError,
@@ -31,6 +32,7 @@ from secretfs.errors import (
     WriteConflictError,
 )
 from secretfs.expiry import Schedule
+from secretfs.keyring import Keyring, SealedValue, unfinished
 from secretfs.refs import Ref, Scope
 from secretfs.store import GRANT_FORMS, GrantRecord, ScopeMeta, SecretMeta, VersionMeta
 from secretfs.store.base import Backend
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 DEFAULT_MAX_VERSIONS = 10  # versions kept per secret; older ones are pruned on write
 MAX_VERSIONS_LIMIT = 100_000
-KEY_RETRY_SECONDS = 5.0  # how often a mount retries a data key it could not unlock
 OWNER_KEYS = ("uid", "gid", "mode")
 
 Target = Ref | Scope  # what ownership and grants apply to: one secret or a whole scope
@@ -85,29 +86,6 @@ def value_kind(value: bytes) -> str:
 ExistingPolicy = Literal["fail", "overwrite", "skip"]
 
 
-@dataclass(frozen=True, slots=True, repr=False, eq=False)
-class SealedValue:
-    """One version's ciphertext with its data key and associated data: no plaintext.
-
-    `open()` decrypts (and so verifies) it each time. The mount keeps these for the
-    versions it serves (secretfs/snapshots.py), so an open needs no SQL.
-    """
-
-    key: bytes
-    blob: bytes
-    aad: bytes
-
-    def open(self) -> bytes:
-        """The plaintext; IntegrityError if the ciphertext does not verify."""
-        return crypto.open_sealed(self.key, self.blob, self.aad)
-
-    @property
-    def cost(self) -> int:
-        """Bytes of memory this and its place in a cache take, about (the key is the
-        vault's own, shared)."""
-        return len(self.blob) + len(self.aad) + 400
-
-
 @dataclass(frozen=True, slots=True)
 class BulkOutcome:
     """What `write_many` did with one secret (never its value)."""
@@ -130,30 +108,26 @@ class WriteResult:
 class Vault:
     """A store opened with its KEK: the data keys are unwrapped and held in memory."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        store_id: bytes,
-        data_keys: dict[int, bytes],
-        active_gen: int,
-        source: keys.KekSource,
-        kek: bytes | None = None,
-        damaged_gens: dict[int, str] | None = None,
-    ) -> None:
+    def __init__(self, backend: Backend, keyring: Keyring) -> None:
         self.backend = backend
-        self.store_id = store_id
-        self._data_keys = data_keys
-        self.active_gen = active_gen
-        self.kek_source = source
-        # Kept so that a data key generation added later (re-encryption) can be unwrapped.
-        self._kek = kek
-        self._damaged = dict(damaged_gens or {})
-        self._key_retry_at = 0.0
+        self.keyring = keyring
+        self.auth = Authenticator(backend, keyring)
         raw_versions = backend.meta_get("max_versions")
         self.max_versions = int(raw_versions) if raw_versions else DEFAULT_MAX_VERSIONS
-        self._fp_key = crypto.fingerprint_key(data_keys[active_gen])
         raw_limit = backend.meta_get("max_value_bytes")
         self.max_value_bytes = int(raw_limit) if raw_limit else DEFAULT_MAX_VALUE_BYTES
+
+    @property
+    def store_id(self) -> bytes:
+        return self.keyring.store_id
+
+    @property
+    def active_gen(self) -> int:
+        return self.keyring.active_gen
+
+    @property
+    def kek_source(self) -> keys.KekSource:
+        return self.keyring.kek_source
 
     @property
     def name(self) -> str:
@@ -201,25 +175,22 @@ class Vault:
             kek = keys.kek_from_password(salt, params)
 
         store_id = os.urandom(16)
-        data_key = crypto.random_key()
+        keyring = Keyring.create(store_id, kek, source)
         now = time.time_ns()
 
         def setup(backend: Backend) -> None:
             backend.meta_set("store_id", store_id)
             backend.meta_set("kek_kind", source.kind.encode())
-            backend.meta_set("active_gen", b"1")
             backend.meta_set("max_value_bytes", str(max_value_bytes).encode())
             backend.meta_set("max_versions", str(max_versions).encode())
             backend.meta_set("created_ns", str(now).encode())
-            backend.meta_set("kek_check", crypto.kek_check(kek, store_id))
             if salt is not None and params is not None:
                 backend.meta_set("kdf_salt", salt)
                 backend.meta_set("kdf_params", params.to_json().encode())
                 backend.meta_set(
                     "kdf_check", crypto.kdf_record_digest(salt, params.to_json().encode())
                 )
-            wrapped = crypto.wrap_key(kek, data_key, crypto.data_key_aad(store_id, 1))
-            backend.put_data_key(1, wrapped, now)
+            keyring.write_new_store(backend, now)
 
         if new_key_file is not None:
             keys.write_key_file(key_file_path(path), new_key_file)
@@ -236,33 +207,90 @@ class Vault:
     def open(cls, path: StoreLocation, *, readonly: bool = False) -> Vault:
         backend = open_backend(path, readonly=readonly)
         try:
-            return cls._unlock(backend)
+            vault = cls._unlock(backend)
+            if not readonly:
+                vault._authenticate_old_store()
+            return vault
         except BaseException:
             backend.close()
             raise
 
+    @_retried
+    def _authenticate_old_store(self) -> None:
+        """A store from before authenticated metadata gets its tags, once, audited."""
+        if not self.auth.needs_migration():
+            return
+        if self.lastseen().read(self.store_id) is not None:
+            # This host saw the store authenticated: its tags were deleted, not never made.
+            log.error("%s: the authenticated store state is gone (`secretfs doctor`)", self.name)
+            return
+        with self.backend.transaction():
+            if not self.auth.needs_migration():
+                return
+            rows = self.auth.migrate()
+            self.audit(
+                "auth-migrate",
+                None,
+                detail=f"{rows} access row(s) tagged; fingerprints keyed per secret",
+            )
+        log.warning("%s: access metadata authenticated for the first time", self.name)
+
+    def lastseen(self) -> LastSeen:
+        """This host's record of the newest store state it saw (beside the key file)."""
+        key_file = self.backend.key_file()
+        return LastSeen(key_file.with_name(f".{key_file.name.removesuffix('.key')}.seen"))
+
+    def verify_all(self, *, versions: bool = True) -> list[Problem]:
+        """Every authenticated row, the store's digest and the rollback marks (with
+        `versions`, also that each current version row is there)."""
+        return self.auth.verify_all(self.lastseen(), versions=versions)
+
+    def check_integrity(self) -> None:
+        """IntegrityError (exit 6) naming every access row that fails verification."""
+        problems = self.verify_all(versions=False)
+        if problems:
+            shown = "; ".join(str(p) for p in problems[:10])
+            more = f" and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise IntegrityError(
+                f"{len(problems)} integrity problem(s) in {self.name}: {shown}{more}"
+                " (`secretfs doctor` tells more)"
+            )
+        self.remember_state()
+
+    def check_secret(self, ref: Ref) -> None:
+        """IntegrityError (exit 6) if this secret's row, or the store's state, fails."""
+        meta = self.meta(ref)
+        problems: list[str] = []
+        if not self.auth.secret_ok(meta):
+            problems.append(f"the row of {ref} fails authentication")
+        state = self.keyring.read_state(self.backend)
+        if state is None:
+            problems.append("the authenticated store state is missing or not authentic")
+        else:
+            problems += [str(p) for p in self.lastseen().check(self.store_id, state, self.name)]
+        if problems:
+            raise IntegrityError(
+                f"{self.name}: {'; '.join(problems)} (`secretfs doctor` tells more)"
+            )
+
+    def remember_state(self) -> None:
+        """Note the store's authenticated serial as seen by this host (best effort)."""
+        state = self.keyring.read_state(self.backend)
+        if state is not None:
+            self.lastseen().record(self.store_id, state.serial)
+
     @classmethod
     def _unlock(cls, backend: Backend) -> Vault:
-        store_id = backend.meta_get("store_id")
-        active = backend.meta_get("active_gen")
-        if store_id is None or active is None:
-            raise StoreError(f"{backend.name} is not an initialized secretfs store")
-        kek, source = _resolve_kek(backend)
-        data_keys, damaged = unwrap_data_keys(backend, store_id, kek, source)
-        active_gen = int(active)
-        if active_gen in damaged:
-            raise IntegrityError(damaged[active_gen])
-        if active_gen not in data_keys:
-            raise StoreError(f"{backend.name}: the active data key is missing")
-        for problem in damaged.values():
+        keyring = Keyring.unlock(backend)
+        for problem in keyring.damaged.values():
             log.warning("%s", problem)
-        from secretfs.rotation import unfinished  # rotation builds on this module
-
         for note in unfinished(backend):
             log.warning("%s", note)
-        return cls(backend, store_id, data_keys, active_gen, source, kek, damaged)
+        return cls(backend, keyring)
 
     def close(self) -> None:
+        with contextlib.suppress(SecretfsError, sqlite3.Error):
+            self.remember_state()
         self.backend.close()
 
     # -- reading -------------------------------------------------------------------------
@@ -297,19 +325,10 @@ class Vault:
         sealed = self.backend.sealed(secret_id, version)
         if sealed is None:
             raise NotFoundError(f"no version {version} of secret #{secret_id}")
-        key = self._data_keys.get(sealed.key_gen)
-        if key is None:
+        if not self.keyring.has(sealed.key_gen):
             # Re-encryption added a generation since this vault was opened (a mount).
-            self.refresh_data_keys()
-            key = self._data_keys.get(sealed.key_gen)
-        if key is None:
-            problem = self._damaged.get(sealed.key_gen, "it cannot be unlocked")
-            raise IntegrityError(
-                f"secret #{secret_id} v{version}: its data key (generation {sealed.key_gen})"
-                f" is not available: {problem}"
-            )
-        aad = crypto.value_aad(self.store_id, sealed.scope, sealed.name, version, sealed.key_gen)
-        return SealedValue(key, sealed.ciphertext, aad)
+            self.keyring.refresh(self.backend)
+        return self.keyring.handle(sealed)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -446,72 +465,8 @@ class Vault:
     # -- data keys -----------------------------------------------------------------------
 
     def refresh_data_keys(self) -> list[int]:
-        """Unwrap data key generations added since this vault was opened; returns them.
-
-        With the KEK held since opening, else the KEK resolved again (a key file that
-        `key rotate` replaced, a password store's new salt), at most every
-        KEY_RETRY_SECONDS while some generation still does not unwrap.
-        """
-        wrapped = self.backend.data_keys()
-        new = {g: b for g, b in wrapped.items() if g not in self._data_keys}
-        if not new:
-            return []
-        loaded = self._unwrap_new(new, self._kek)
-        if new and time.monotonic() >= self._key_retry_at:
-            try:
-                kek = _resolve_kek(self.backend)[0]
-            except SecretfsError as exc:
-                log.error("cannot resolve the key-encryption key again: %s", exc)
-            else:
-                loaded += self._unwrap_new(new, kek)
-            if new:
-                self._key_retry_at = time.monotonic() + KEY_RETRY_SECONDS
-        for gen in new:
-            if gen not in self._damaged:
-                self._damaged[gen] = (
-                    f"data key generation {gen} does not unwrap with the key from"
-                    f" {self.kek_source.description}: the key-encryption key changed and this"
-                    " process cannot get the new one (restart it with the new key)"
-                )
-                log.error("%s", self._damaged[gen])
-        return loaded
-
-    def _unwrap_new(self, new: dict[int, bytes], kek: bytes | None) -> list[int]:
-        """Unwrap what `kek` opens of `new` (removing it from `new`)."""
-        loaded: list[int] = []
-        if kek is None:
-            return loaded
-        for gen, blob in list(new.items()):
-            aad = crypto.data_key_aad(self.store_id, gen)
-            for candidate in (blob, self.backend.meta_get(f"kek_next:{gen}")):
-                if candidate is None:
-                    continue
-                try:
-                    self._data_keys[gen] = crypto.unwrap_key(kek, candidate, aad)
-                except IntegrityError:
-                    continue
-                self._damaged.pop(gen, None)
-                self._kek = kek
-                loaded.append(gen)
-                del new[gen]
-                break
-        return loaded
-
-    def _sync_active_gen(self) -> int:
-        """The store's active generation now (re-encryption may have moved it on)."""
-        raw = self.backend.meta_get("active_gen")
-        gen = int(raw) if raw else self.active_gen
-        if gen != self.active_gen:
-            if gen not in self._data_keys:
-                self.refresh_data_keys()
-            if gen not in self._data_keys:
-                raise KeySourceError(
-                    f"cannot unlock the store's current data key (generation {gen}):"
-                    f" {self._damaged.get(gen, 'it is missing')}"
-                )
-            self.active_gen = gen
-            self._fp_key = crypto.fingerprint_key(self._data_keys[gen])
-        return gen
+        """Unwrap data key generations added since this vault was opened; returns them."""
+        return self.keyring.refresh(self.backend)
 
     @_retried
     def update(
@@ -607,8 +562,8 @@ class Vault:
             if not exists:
                 self.backend.revive_secret(secret_id, now, seq)
         version = last + 1
-        gen = self._sync_active_gen()
-        aad = crypto.value_aad(self.store_id, scope, name, version, gen)
+        self.keyring.sync_active(self.backend)
+        gen, blob = self.keyring.seal_value(scope, name, version, value)
         self.backend.put_version(
             secret_id,
             version,
@@ -616,8 +571,8 @@ class Vault:
             size=len(value),
             kind=value_kind(value),
             key_gen=gen,
-            fingerprint=crypto.fingerprint(self._fp_key, value),
-            ciphertext=crypto.seal(self._data_keys[gen], value, aad),
+            fingerprint=self.keyring.fingerprint(scope, name, value),
+            ciphertext=blob,
             seq=seq,
         )
         if owner and any(v is not None for v in owner.values()):
@@ -629,6 +584,7 @@ class Vault:
                 _pick(owner.get("mode"), base.mode if base else None),
                 seq,
             )
+        self.auth.update(secrets=[secret_id])
         old_expiry = current.expires_ns if exists and current is not None else None
         old_every = current.rotate_every_s if exists and current is not None else None
         new_expiry = schedule.expires_ns if schedule is not None else None
@@ -691,7 +647,8 @@ class Vault:
                     if existing == "skip":
                         outcomes.append(BulkOutcome(ref, "skipped", current.version))
                         continue
-                    if current.fingerprint == crypto.fingerprint(self._fp_key, value):
+                    fp = self.keyring.fingerprint(ref.scope.key, ref.name, value)
+                    if current.fingerprint == fp:
                         outcomes.append(BulkOutcome(ref, "unchanged", current.version))
                         continue
                 result = self._write_locked(
@@ -737,6 +694,7 @@ class Vault:
             for g in grants:
                 self.backend.remove_grant(g, seq)
             self.backend.remove_secret(meta.secret_id, seq)
+            self.auth.update(secrets=[meta.secret_id], removed=grants)
             detail = f"with {len(grants)} grant(s)" if grants else None
             self.audit("rm", ref, meta.version, detail=detail)
         return meta
@@ -813,8 +771,10 @@ class Vault:
             uid, gid, mode = after["uid"], after["gid"], after["mode"]
             if meta is None:
                 self.backend.set_scope_owner(_target_text(target), uid, gid, mode, seq)
+                self.auth.update(scopes=[_target_text(target)])
             else:
                 self.backend.set_owner(meta.secret_id, uid, gid, mode, seq)
+                self.auth.update(secrets=[meta.secret_id])
             detail = " ".join(
                 f"{k}={_show(k, before[k])}->{_show(k, after[k])}"
                 for k in OWNER_KEYS
@@ -862,6 +822,13 @@ class Vault:
             added = self.backend.add_grant(
                 scope, name, kind, principal, time.time_ns(), seq, form
             )
+            if added:
+                new = [
+                    g
+                    for g in self.backend.list_grants(scope, name)
+                    if (g.kind, g.principal) == (kind, principal)
+                ]
+                self.auth.update(added=new)
             self.audit(
                 "grant",
                 target,
@@ -884,14 +851,14 @@ class Vault:
             else:
                 candidates = self.backend.list_grants(meta.scope, meta.name)
             wanted = None if principals is None else set(principals)
-            removed = [
-                g for g in candidates if wanted is None or (g.kind, g.principal) in wanted
-            ]
+            removed = [g for g in candidates if wanted is None or (g.kind, g.principal) in wanted]
             seq = self.backend.next_seq()
             for g in removed:
                 self.backend.remove_grant(g, seq)
-                on: Target = Scope.from_key(g.scope) if not g.name else Ref(
-                    Scope.from_key(g.scope), g.name
+            if removed:
+                self.auth.update(removed=removed)
+                on: Target = (
+                    Scope.from_key(g.scope) if not g.name else Ref(Scope.from_key(g.scope), g.name)
                 )
                 self.audit("revoke", on, None, audit_log.OK, f"{g.kind} {g.principal}")
             if not removed:
@@ -925,53 +892,6 @@ def _schedule_detail(expires_ns: int | None, every: int | None) -> str:
     )
 
 
-def unwrap_data_keys(
-    backend: Backend, store_id: bytes, kek: bytes, source: keys.KekSource
-) -> tuple[dict[int, bytes], dict[int, str]]:
-    """Every data key generation the KEK opens, and a problem for each it does not.
-
-    A key rotation interrupted after the new key file was put in place leaves the data
-    keys wrapped under both keys (`kek_next:<gen>`): either key opens the store then.
-    KeySourceError when the KEK opens nothing (a wrong key); a generation that does not
-    open while others do is damaged, and named.
-    """
-    wrapped = backend.data_keys()
-    keys_out: dict[int, bytes] = {}
-    failed: list[int] = []
-    for gen, blob in sorted(wrapped.items()):
-        aad = crypto.data_key_aad(store_id, gen)
-        for candidate in (blob, backend.meta_get(f"kek_next:{gen}")):
-            if candidate is None:
-                continue
-            try:
-                keys_out[gen] = crypto.unwrap_key(kek, candidate, aad)
-                break
-            except IntegrityError:
-                continue
-        else:
-            failed.append(gen)
-    if not failed:
-        return keys_out, {}
-    checks = [backend.meta_get("kek_check"), backend.meta_get("kek_next_check")]
-    key_is_right = bool(keys_out) or any(
-        c is not None and crypto.kek_matches(kek, store_id, c) for c in checks
-    )
-    if not key_is_right:
-        damaged_hint = "" if checks[0] is not None else ", or a damaged key record"
-        raise KeySourceError(
-            f"the key from {source.description} does not unlock {backend.name}"
-            f" (wrong key or password{damaged_hint})"
-        )
-    damaged = {
-        gen: (
-            f"{backend.name}: the wrapped data key of generation {gen} is damaged (the key"
-            f" from {source.description} is right): restore the store from a backup"
-        )
-        for gen in failed
-    }
-    return keys_out, damaged
-
-
 def _pick(new: int | None, old: int | None) -> int | None:
     return old if new is None else new
 
@@ -985,27 +905,3 @@ def _show(key: str, value: int | None) -> str:
 def _target_text(target: Target) -> str:
     """A secret's canonical reference, or a scope's key (as audit records name them)."""
     return target.key if isinstance(target, Scope) else str(target)
-
-
-def _resolve_kek(backend: Backend) -> tuple[bytes, keys.KekSource]:
-    source = keys.env_source()
-    if source is not None and source.kind == keys.KIND_KEY:
-        return keys.kek_from_env_key(), source
-    if source is not None:
-        salt, params = backend.meta_get("kdf_salt"), backend.meta_get("kdf_params")
-        if salt is None or params is None:
-            raise KeySourceError(
-                f"${keys.ENV_PASSWORD} is set but {backend.name} was not initialized with a"
-                " password (unset it to use the store's key file or $SECRETFS_KEY)"
-            )
-        kdf_params = crypto.KdfParams.from_json(params.decode())
-        check = backend.meta_get("kdf_check")
-        if check is not None and check != crypto.kdf_record_digest(salt, params):
-            raise KeySourceError(
-                f"{backend.name}: the stored KDF salt or parameters that turn"
-                f" ${keys.ENV_PASSWORD} into the key are damaged (they do not match their"
-                " checksum): restore the store from a backup"
-            )
-        return keys.kek_from_password(salt, kdf_params), source
-    path = backend.key_file()
-    return keys.read_key_file(path), keys.KekSource(keys.KIND_KEY_FILE, str(path))

@@ -330,6 +330,7 @@ def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str)
     mode = parse_mode(mount_mode)
     mount = Layer(None, None, DEFAULT_MOUNT_MODE if mode is None else mode)
     with open_vault(store) as vault:
+        vault.check_integrity()
         if isinstance(parsed, Ref):
             meta = vault.meta(parsed)
             own, readers = _secret_permissions(vault, meta, mount)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from secretfs import crypto, keys, rotation
+from secretfs import crypto, keyring, keys, rotation
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.cli.params import bounded_int
 from secretfs.cli.values import resolve_uri
@@ -155,7 +155,7 @@ def rotate(
         op = "key rotate --reencrypt" if reencrypt else "key rotate"
         with rotation.key_operation(vault, op, outcome):
             finished = rotation.finish_kek_rotation(vault, outcome)
-            pending = rotation.pending_reencryption(vault.backend)
+            pending = keyring.pending_reencryption(vault.backend)
             if reencrypt and pending is not None:
                 outcome.notes.append(f"resuming the re-encryption to generation {pending}")
                 target = pending

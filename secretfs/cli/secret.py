@@ -154,6 +154,7 @@ def get(
     if (raw or bound) and sealed_to is None:
         raise UsageError("--raw and --bound go with --sealed-to")
     with open_vault(store) as vault:
+        vault.check_secret(parsed.without_field())
         # Refuse an unknown or revoked key before anything is decrypted.
         key = (
             None
@@ -208,6 +209,7 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
     now = time.time_ns()
     horizon = now + (expiry.parse_duration(within, "--within") * expiry.NS if within else 0)
     with open_vault(store) as vault:
+        vault.check_integrity()
         metas = vault.list_secrets(key)
     if due:
         metas = [m for m in metas if expiry.status(m, horizon).flagged]

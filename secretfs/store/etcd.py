@@ -536,6 +536,13 @@ class EtcdBackend:
     def meta_delete(self, key: str) -> None:
         self._delete(self._key("d/meta", key))
 
+    def meta_scan(self, prefix: str) -> dict[str, bytes]:
+        """Every meta entry whose key starts with `prefix`."""
+        base = self._key("d/meta", "")
+        return {
+            k[len(base) :].decode(): v for k, v in self._scan(self._key("d/meta", prefix))
+        }
+
     def _counter(self, key: str) -> int:
         value = self.meta_get(key)
         return int(value) if value else 0

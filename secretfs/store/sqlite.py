@@ -422,6 +422,13 @@ class SqliteBackend:
     def meta_delete(self, key: str) -> None:
         self._conn.execute("DELETE FROM meta WHERE k = ?", (key,))
 
+    def meta_scan(self, prefix: str) -> dict[str, bytes]:
+        """Every meta entry whose key starts with `prefix`."""
+        rows = self._conn.execute(
+            "SELECT k, v FROM meta WHERE substr(k, 1, ?) = ?", (len(prefix), prefix)
+        )
+        return {str(k): bytes(v) for k, v in rows}
+
     def next_seq(self) -> int:
         """Bump and return the store-wide change counter (inside a transaction)."""
         row = self._conn.execute("SELECT v FROM meta WHERE k = 'seq'").fetchone()

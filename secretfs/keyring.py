@@ -1,0 +1,535 @@
+"""The Keyring: the one object that holds a store's keys and does every keyed operation.
+
+Like pyca/cryptography's `Fernet`/`MultiFernet`, it is a recipe over private primitives
+(`secretfs.crypto`): given the store id, the data keys by generation, the active
+generation and the key-encryption key (KEK), it alone seals and opens values, wraps and
+unwraps data keys, fingerprints values, MACs the metadata rows that decide who may read,
+adds a generation, re-wraps and re-encrypts. Every associated data is built here; no
+other module sees a nonce, a raw key or an AAD.
+
+Metadata MACs (docs/security.md, "Authenticated metadata"): each row that decides access
+(a secret's scope/name/version/deleted/uid/gid/mode, a scope's defaults, a grant) gets a
+keyed BLAKE2b tag under a subkey of the active data key, stored with its generation as
+`<gen>:<hex tag>`. The store also keeps `auth_state`: the sum mod 2**256 of every row
+tag and a serial number counting authenticated writes, tagged itself, so a deleted or
+replayed row changes the sum and an older `auth_state` has a lower serial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from secretfs import crypto, keys
+from secretfs.errors import IntegrityError, KeySourceError, SecretfsError
+from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta
+
+if TYPE_CHECKING:
+    from secretfs.store.base import Backend
+
+log = logging.getLogger(__name__)
+
+KEY_RETRY_SECONDS = 5.0  # how often a mount retries a data key it could not unlock
+
+# Marks a key operation leaves in the store's meta (secretfs/rotation.py writes them).
+KEY_OP = "key_op"
+KEK_ROTATION = "kek_rotation"
+KEK_NEXT = "kek_next:"
+KEK_NEXT_CHECK = "kek_next_check"
+REENCRYPT = "reencrypt"
+
+# Fingerprint schemes: 1 keyed per store (an equality oracle across secrets), 2 keyed per
+# store and per secret identity. A store records 2 once every version carries one.
+FINGERPRINT_SCHEME = "fingerprint_scheme"
+
+
+class SealedValue:
+    """One version, sealed: an opaque handle that opens (and so verifies) it on demand.
+
+    It holds the keyring and the sealed record, never a raw key: what the mount and the
+    verified-versions cache keep for the versions they serve.
+    """
+
+    __slots__ = ("_keyring", "_record")
+
+    def __init__(self, keyring: Keyring, record: SealedVersion) -> None:
+        self._keyring = keyring
+        self._record = record
+
+    def open(self) -> bytes:
+        """The plaintext; IntegrityError if the ciphertext does not verify."""
+        return self._keyring.open_value(self._record)
+
+    @property
+    def cost(self) -> int:
+        """Bytes of memory this and its place in a cache take, about."""
+        r = self._record
+        return len(r.ciphertext) + len(r.scope) + len(r.name) + 400
+
+    def __repr__(self) -> str:
+        return f"<SealedValue #{self._record.secret_id} v{self._record.version}>"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthState:
+    """The store-wide high-water mark: sum of every row tag, and the write serial."""
+
+    digest: int
+    serial: int
+    access: int = 0  # the sum of the scope and grant tags alone (a mount checks it often)
+
+
+def _gen_tag(gen: int, tag: bytes) -> bytes:
+    return f"{gen}:{tag.hex()}".encode()
+
+
+def _parse_gen_tag(raw: bytes | None) -> tuple[int, bytes] | None:
+    if raw is None:
+        return None
+    try:
+        gen_text, hex_tag = raw.decode("ascii").split(":", 1)
+        tag = bytes.fromhex(hex_tag)
+        gen = int(gen_text)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return (gen, tag) if len(tag) == crypto.MAC_BYTES else None
+
+
+def secret_row(meta: SecretMeta) -> bytes:
+    """Every field of a secret row that decides who reads what (not seq, not times)."""
+    return crypto.row_data(
+        "secret",
+        meta.secret_id,
+        meta.scope,
+        meta.name,
+        meta.version,
+        meta.deleted,
+        meta.uid,
+        meta.gid,
+        meta.mode,
+    )
+
+
+def scope_row(meta: ScopeMeta) -> bytes:
+    return crypto.row_data("scope", meta.scope, meta.uid, meta.gid, meta.mode)
+
+
+def grant_row(grant: GrantRecord) -> bytes:
+    """Every field of a grant, by the dataclass's own field list: a new field is covered."""
+    return crypto.row_data("grant", *(getattr(grant, f.name) for f in dataclasses.fields(grant)))
+
+
+def _state_row(store_id: bytes, state: AuthState) -> bytes:
+    return crypto.row_data("auth_state", store_id, state.digest, state.serial, state.access)
+
+
+class Keyring:
+    """A store's keys: the store id, the data keys by generation, the active one, the KEK."""
+
+    def __init__(
+        self,
+        store_id: bytes,
+        data_keys: dict[int, bytes],
+        active_gen: int,
+        source: keys.KekSource,
+        kek: bytes | None = None,
+        damaged: dict[int, str] | None = None,
+    ) -> None:
+        self.store_id = store_id
+        self._data_keys = data_keys
+        self.active_gen = active_gen
+        self.kek_source = source
+        self._kek = kek  # kept so a generation added later (re-encryption) unwraps
+        self.damaged = dict(damaged or {})
+        self._retry_at = 0.0
+        self._mac_keys: dict[int, bytes] = {}
+
+    # -- opening -----------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, store_id: bytes, kek: bytes, source: keys.KekSource) -> Keyring:
+        """A new store's keyring: generation 1 active."""
+        return cls(store_id, {1: crypto.random_key()}, 1, source, kek)
+
+    def write_new_store(self, backend: Backend, now_ns: int) -> None:
+        """The key records of a new store (inside its first transaction)."""
+        backend.meta_set("active_gen", str(self.active_gen).encode())
+        backend.meta_set("kek_check", self.kek_check())
+        backend.meta_set(FINGERPRINT_SCHEME, b"2")
+        for gen, wrapped in self.wrapped_keys().items():
+            backend.put_data_key(gen, wrapped, now_ns)
+        self.write_state(backend, AuthState(0, 0))
+
+    @classmethod
+    def unlock(cls, backend: Backend) -> Keyring:
+        """Resolve the KEK and unwrap every data key generation of the store."""
+        store_id = backend.meta_get("store_id")
+        active = backend.meta_get("active_gen")
+        if store_id is None or active is None:
+            from secretfs.errors import StoreError
+
+            raise StoreError(f"{backend.name} is not an initialized secretfs store")
+        kek, source = resolve_kek(backend)
+        keyring = cls(store_id, {}, int(active), source, kek)
+        failed = keyring._unwrap(backend, backend.data_keys(), kek)
+        if failed:
+            keyring._diagnose(backend, failed)
+        if keyring.active_gen in keyring.damaged:
+            raise IntegrityError(keyring.damaged[keyring.active_gen])
+        if keyring.active_gen not in keyring._data_keys:
+            from secretfs.errors import StoreError
+
+            raise StoreError(f"{backend.name}: the active data key is missing")
+        return keyring
+
+    def _unwrap(self, backend: Backend, wrapped: dict[int, bytes], kek: bytes) -> list[int]:
+        """Unwrap what `kek` opens of `wrapped` (either wrapping left by an interrupted
+        KEK rotation); returns the generations it did not open."""
+        failed: list[int] = []
+        for gen, blob in sorted(wrapped.items()):
+            aad = crypto.data_key_aad(self.store_id, gen)
+            for candidate in (blob, backend.meta_get(f"{KEK_NEXT}{gen}")):
+                if candidate is None:
+                    continue
+                try:
+                    self._data_keys[gen] = crypto.unwrap_key(kek, candidate, aad)
+                except IntegrityError:
+                    continue
+                self.damaged.pop(gen, None)
+                self._kek = kek
+                break
+            else:
+                failed.append(gen)
+        return failed
+
+    def _diagnose(self, backend: Backend, failed: list[int]) -> None:
+        """A wrong KEK (KeySourceError) or damaged generations (named in `damaged`)."""
+        assert self._kek is not None
+        checks = [backend.meta_get("kek_check"), backend.meta_get(KEK_NEXT_CHECK)]
+        key_is_right = bool(self._data_keys) or any(
+            c is not None and crypto.kek_matches(self._kek, self.store_id, c) for c in checks
+        )
+        if not key_is_right:
+            damaged_hint = "" if checks[0] is not None else ", or a damaged key record"
+            raise KeySourceError(
+                f"the key from {self.kek_source.description} does not unlock {backend.name}"
+                f" (wrong key or password{damaged_hint})"
+            )
+        for gen in failed:
+            self.damaged[gen] = (
+                f"{backend.name}: the wrapped data key of generation {gen} is damaged (the"
+                f" key from {self.kek_source.description} is right): restore the store from"
+                " a backup"
+            )
+
+    def refresh(self, backend: Backend) -> list[int]:
+        """Unwrap generations added since unlocking; returns them.
+
+        With the KEK held, else the KEK resolved again (a key file `key rotate` replaced,
+        a password store's new salt), at most every KEY_RETRY_SECONDS while some
+        generation still does not unwrap.
+        """
+        new = {g: b for g, b in backend.data_keys().items() if g not in self._data_keys}
+        if not new:
+            return []
+        before = set(self._data_keys)
+        if self._kek is not None:
+            self._unwrap(backend, new, self._kek)
+        missing = {g: b for g, b in new.items() if g not in self._data_keys}
+        if missing and time.monotonic() >= self._retry_at:
+            try:
+                kek = resolve_kek(backend)[0]
+            except SecretfsError as exc:
+                log.error("cannot resolve the key-encryption key again: %s", exc)
+            else:
+                self._unwrap(backend, missing, kek)
+            if any(g not in self._data_keys for g in missing):
+                self._retry_at = time.monotonic() + KEY_RETRY_SECONDS
+        for gen in new:
+            if gen not in self._data_keys and gen not in self.damaged:
+                self.damaged[gen] = (
+                    f"data key generation {gen} does not unwrap with the key from"
+                    f" {self.kek_source.description}: the key-encryption key changed and"
+                    " this process cannot get the new one (restart it with the new key)"
+                )
+                log.error("%s", self.damaged[gen])
+        return sorted(set(self._data_keys) - before)
+
+    def sync_active(self, backend: Backend) -> int:
+        """The store's active generation now (a re-encryption may have moved it on)."""
+        raw = backend.meta_get("active_gen")
+        gen = int(raw) if raw else self.active_gen
+        if gen != self.active_gen:
+            if gen not in self._data_keys:
+                self.refresh(backend)
+            if gen not in self._data_keys:
+                raise KeySourceError(
+                    f"cannot unlock the store's current data key (generation {gen}):"
+                    f" {self.damaged.get(gen, 'it is missing')}"
+                )
+            self.active_gen = gen
+        return gen
+
+    # -- what the keyring holds --------------------------------------------------------
+
+    @property
+    def generations(self) -> list[int]:
+        return sorted(self._data_keys)
+
+    def has(self, gen: int) -> bool:
+        return gen in self._data_keys
+
+    def missing(self, backend: Backend) -> list[int]:
+        """Generations the store has that this keyring cannot open."""
+        return sorted(set(backend.data_keys()) - set(self._data_keys))
+
+    # -- values ------------------------------------------------------------------------
+
+    def _value_aad(self, scope: str, name: str, version: int, gen: int) -> bytes:
+        return crypto.value_aad(self.store_id, scope, name, version, gen)
+
+    def seal_value(self, scope: str, name: str, version: int, value: bytes) -> tuple[int, bytes]:
+        """Seal a new version under the active generation: (generation, blob)."""
+        gen = self.active_gen
+        aad = self._value_aad(scope, name, version, gen)
+        return gen, crypto.seal(self._data_keys[gen], value, aad)
+
+    def open_value(self, record: SealedVersion) -> bytes:
+        """Open one sealed version; IntegrityError if it does not verify."""
+        key = self._data_keys.get(record.key_gen)
+        if key is None:
+            problem = self.damaged.get(record.key_gen, "it cannot be unlocked")
+            raise IntegrityError(
+                f"secret #{record.secret_id} v{record.version}: its data key (generation"
+                f" {record.key_gen}) is not available: {problem}"
+            )
+        aad = self._value_aad(record.scope, record.name, record.version, record.key_gen)
+        return crypto.open_sealed(key, record.ciphertext, aad)
+
+    def handle(self, record: SealedVersion) -> SealedValue:
+        """An opaque handle on a sealed version (IntegrityError if its key is missing)."""
+        if record.key_gen not in self._data_keys:
+            problem = self.damaged.get(record.key_gen, "it cannot be unlocked")
+            raise IntegrityError(
+                f"secret #{record.secret_id} v{record.version}: its data key (generation"
+                f" {record.key_gen}) is not available: {problem}"
+            )
+        return SealedValue(self, record)
+
+    def fingerprint(self, scope: str, name: str, value: bytes) -> str:
+        """Keyed per store and per secret: did THIS secret change? Says nothing across
+        secrets (equal values in two secrets fingerprint differently)."""
+        return crypto.identity_fingerprint(
+            self._data_keys[self.active_gen], self.store_id, scope, name, value
+        )
+
+    def reseal(self, record: SealedVersion, target: int) -> tuple[bytes, str]:
+        """Open a version and seal it again under generation `target`, with its
+        fingerprint under that generation: (blob, fingerprint)."""
+        value = self.open_value(record)
+        key = self._data_keys[target]
+        blob = crypto.seal(
+            key, value, self._value_aad(record.scope, record.name, record.version, target)
+        )
+        fp = crypto.identity_fingerprint(key, self.store_id, record.scope, record.name, value)
+        return blob, fp
+
+    def refingerprint(self, record: SealedVersion) -> str:
+        """The version's fingerprint under its own generation (scheme 2)."""
+        value = self.open_value(record)
+        return crypto.identity_fingerprint(
+            self._data_keys[record.key_gen], self.store_id, record.scope, record.name, value
+        )
+
+    # -- data keys and the KEK ---------------------------------------------------------
+
+    @property
+    def has_kek(self) -> bool:
+        return self._kek is not None
+
+    def wrapped_keys(self, kek: bytes | None = None) -> dict[int, bytes]:
+        """Every held data key wrapped under `kek` (default: the keyring's own)."""
+        kek = self._require_kek() if kek is None else kek
+        return {
+            gen: crypto.wrap_key(kek, key, crypto.data_key_aad(self.store_id, gen))
+            for gen, key in sorted(self._data_keys.items())
+        }
+
+    def kek_check(self, kek: bytes | None = None) -> bytes:
+        return crypto.kek_check(self._require_kek() if kek is None else kek, self.store_id)
+
+    def kek_matches(self, check: bytes, kek: bytes | None = None) -> bool:
+        """Whether `check` was sealed under `kek` (default: the keyring's own KEK)."""
+        kek = self._kek if kek is None else kek
+        return kek is not None and crypto.kek_matches(kek, self.store_id, check)
+
+    def use_kek(self, kek: bytes) -> None:
+        """From now on this KEK wraps (after a rotation committed it)."""
+        self._kek = kek
+
+    def add_generation(self, existing: list[int]) -> tuple[int, bytes]:
+        """A new data key generation after `existing`, held here: (gen, wrapped)."""
+        kek = self._require_kek()
+        gen = max(existing) + 1 if existing else 1
+        key = crypto.random_key()
+        self._data_keys[gen] = key
+        return gen, crypto.wrap_key(kek, key, crypto.data_key_aad(self.store_id, gen))
+
+    def drop(self, gens: list[int]) -> None:
+        for gen in gens:
+            self._data_keys.pop(gen, None)
+            self._mac_keys.pop(gen, None)
+
+    def _require_kek(self) -> bytes:
+        if self._kek is None:
+            raise KeySourceError("the key-encryption key is not at hand")
+        return self._kek
+
+    # -- metadata MACs -----------------------------------------------------------------
+
+    def _mac_key(self, gen: int) -> bytes | None:
+        key = self._mac_keys.get(gen)
+        if key is None:
+            data_key = self._data_keys.get(gen)
+            if data_key is None:
+                return None
+            key = self._mac_keys[gen] = crypto.mac_key(data_key)
+        return key
+
+    def tag(self, row: bytes) -> bytes:
+        """`<gen>:<hex tag>` of an encoded row, under the active generation."""
+        key = self._mac_key(self.active_gen)
+        assert key is not None
+        return _gen_tag(self.active_gen, crypto.mac(key, row))
+
+    def verify(self, row: bytes, stored: bytes | None) -> bool:
+        """Whether `stored` (from `tag`) authenticates `row` (constant time)."""
+        import hmac
+
+        parsed = _parse_gen_tag(stored)
+        if parsed is None:
+            return False
+        key = self._mac_key(parsed[0])
+        return key is not None and hmac.compare_digest(crypto.mac(key, row), parsed[1])
+
+    def read_state(self, backend: Backend) -> AuthState | None:
+        """The store's high-water mark, or None if missing or not authentic."""
+        raw = backend.meta_get("auth_state")
+        if raw is None:
+            return None
+        try:
+            obj: Any = json.loads(raw)
+            state = AuthState(int(obj["digest"], 16), int(obj["serial"]), int(obj["access"], 16))
+            tag = str(obj["tag"]).encode()
+        except (ValueError, KeyError, TypeError):
+            return None
+        return state if self.verify(_state_row(self.store_id, state), tag) else None
+
+    def write_state(self, backend: Backend, state: AuthState) -> None:
+        tag = self.tag(_state_row(self.store_id, state)).decode()
+        backend.meta_set(
+            "auth_state",
+            json.dumps(
+                {
+                    "digest": f"{state.digest:x}",
+                    "serial": state.serial,
+                    "access": f"{state.access:x}",
+                    "tag": tag,
+                },
+                sort_keys=True,
+            ).encode(),
+        )
+
+
+def tag_value(stored: bytes | None) -> int:
+    """A stored tag's contribution to the store digest (0 for none or unparsable)."""
+    parsed = _parse_gen_tag(stored)
+    return 0 if parsed is None else int.from_bytes(parsed[1], "big")
+
+
+DIGEST_MOD = 2**256
+
+
+def resolve_kek(backend: Backend) -> tuple[bytes, keys.KekSource]:
+    """The KEK from $SECRETFS_KEY, $SECRETFS_PASSWORD (with the store's salt) or the key file."""
+    source = keys.env_source()
+    if source is not None and source.kind == keys.KIND_KEY:
+        return keys.kek_from_env_key(), source
+    if source is not None:
+        salt, params = backend.meta_get("kdf_salt"), backend.meta_get("kdf_params")
+        if salt is None or params is None:
+            raise KeySourceError(
+                f"${keys.ENV_PASSWORD} is set but {backend.name} was not initialized with a"
+                " password (unset it to use the store's key file or $SECRETFS_KEY)"
+            )
+        kdf_params = crypto.KdfParams.from_json(params.decode())
+        check = backend.meta_get("kdf_check")
+        if check is not None and check != crypto.kdf_record_digest(salt, params):
+            raise KeySourceError(
+                f"{backend.name}: the stored KDF salt or parameters that turn"
+                f" ${keys.ENV_PASSWORD} into the key are damaged (they do not match their"
+                " checksum): restore the store from a backup"
+            )
+        return keys.kek_from_password(salt, kdf_params), source
+    path = backend.key_file()
+    return keys.read_key_file(path), keys.KekSource(keys.KIND_KEY_FILE, str(path))
+
+
+# -- what a killed key operation left ------------------------------------------------------
+
+
+def start_ticks(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return int(fh.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def running(holder: dict[str, Any]) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    return start_ticks(pid) is not None and start_ticks(pid) == holder.get("start")
+
+
+def key_op_holder(backend: Backend) -> dict[str, Any] | None:
+    raw = backend.meta_get(KEY_OP)
+    if not raw:
+        return None
+    try:
+        holder = json.loads(raw)
+    except ValueError:
+        return {"op": "unknown", "pid": None, "since_ns": 0}
+    return holder if isinstance(holder, dict) else None
+
+
+def pending_reencryption(backend: Backend) -> int | None:
+    mark = backend.meta_get(REENCRYPT)
+    return None if mark is None else int(mark)
+
+
+def unfinished(backend: Backend) -> list[str]:
+    """What a killed key operation left to finish (nothing while one is running)."""
+    holder = key_op_holder(backend)
+    if holder is not None and running(holder):
+        return []
+    notes = []
+    if backend.meta_get(KEK_ROTATION) is not None:
+        notes.append(
+            f"a key rotation of {backend.name} was interrupted (the store opens with the old"
+            " and the new key): `secretfs key rotate` finishes it"
+        )
+    target = pending_reencryption(backend)
+    if target is not None:
+        notes.append(
+            f"a re-encryption of {backend.name} to data key generation {target} was"
+            " interrupted (every value still reads): `secretfs key rotate --reencrypt`"
+            " finishes it"
+        )
+    return notes
