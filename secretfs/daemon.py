@@ -29,13 +29,12 @@ from secretfs import credsock, sealing
 from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
-from secretfs.errors import SecretfsError, StoreError
+from secretfs.authmeta import TAMPER, Problem
+from secretfs.errors import IntegrityError, NotFoundError, SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.hardening import no_core_dumps
-from secretfs.plainpool import DEFAULT_CAP, PlainPool
-from secretfs.authmeta import TAMPER, Problem
-from secretfs.errors import IntegrityError, NotFoundError
 from secretfs.keyring import SealedValue
+from secretfs.plainpool import DEFAULT_CAP, PlainPool
 from secretfs.snapshots import VerifiedVersions
 from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
 from secretfs.store.base import Backend

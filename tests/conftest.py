@@ -29,8 +29,6 @@ pytest_plugins = ["tests.etcd_cluster"]
 
 # `cli(*args, input=None, env=None, check=True)` -> .returncode, .stdout, .stderr (bytes).
 Cli = Callable[..., "subprocess.CompletedProcess[bytes]"]
-# The old name, kept so tests written against it on other branches still merge.
-CliRunner = Cli
 
 
 def cli_environment(store: Path) -> dict[str, str]:

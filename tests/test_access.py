@@ -530,7 +530,7 @@ def test_permissions_cli_explains_readers(cli: Cli, initialized_store: Path) -> 
     assert "uid 0 (root) is not special" in text
     scope = json.loads(cli("permissions", "@api", "--json").stdout)
     assert scope["uid"] == 1000 and scope["uid_from"] == "scope"
-    assert scope["grants"] == [{"who": "uid", "id": 1002}]
+    assert scope["grants"] == [{"who": "uid", "id": 1002, "form": "plain"}]
     assert [s["ref"] for s in scope["secrets"]] == ["$S:@api/token"]
     # A mount default mode can be given to see who reads what inherits it.
     cli("secret", "set", "db", "--from-stdin", input=b"x")

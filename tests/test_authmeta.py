@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from secretfs.refs import parse_ref, parse_scope
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 from tests.etcd_cluster import EtcdCluster
 from tests.test_store_backends import Store, _new_store
 
@@ -140,7 +140,7 @@ def test_deleting_any_row_is_detected(seeded: Path, tmp_path: Path) -> None:
 
 
 def test_deleting_the_newest_version_row_is_detected(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     cli("secret", "set", "db", "--from-stdin", input=b"v1")
     cli("secret", "set", "db", "--from-stdin", input=b"v2")
@@ -153,7 +153,7 @@ def test_deleting_the_newest_version_row_is_detected(
 
 
 def test_an_old_store_is_authenticated_once_and_audited(
-    cli: CliRunner, initialized_store: Path
+    cli: Cli, initialized_store: Path
 ) -> None:
     cli("secret", "set", "a", "--from-stdin", input=b"same")
     cli("secret", "set", "b", "--from-stdin", input=b"same")
@@ -186,7 +186,7 @@ def test_an_old_store_is_authenticated_once_and_audited(
 
 
 def test_a_whole_store_restore_is_reported_and_can_be_accepted(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     cli("secret", "set", "db", "--from-stdin", input=b"v1")
     backup = tmp_path / "backup.db"

@@ -23,7 +23,7 @@ import pytest
 
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 KEY = bytes(range(32))
 KEY_TEXT = base64.b64encode(KEY).decode()  # given as base64; --scrub also hides its hex
@@ -55,7 +55,7 @@ def env_key_store(
 
 @pytest.mark.parametrize("scrub", [[], ["--scrub"]])
 def test_run_child_cannot_read_other_secrets(
-    cli: CliRunner, env_key_store: dict[str, str], scrub: list[str]
+    cli: Cli, env_key_store: dict[str, str], scrub: list[str]
 ) -> None:
     # The child is given $S:db only; it tries the whole store with the CLI.
     script = (
@@ -74,7 +74,7 @@ def test_run_child_cannot_read_other_secrets(
 
 
 def test_pass_key_env_is_explicit_and_scrub_masks_every_key_form(
-    cli: CliRunner, env_key_store: dict[str, str]
+    cli: Cli, env_key_store: dict[str, str]
 ) -> None:
     proc = cli("run", "--pass-key-env", "--", sys.executable, "-c", DUMP_ENV, env=env_key_store)
     assert json.loads(proc.stdout)["SECRETFS_KEY"] == KEY_TEXT
@@ -91,7 +91,7 @@ def test_pass_key_env_is_explicit_and_scrub_masks_every_key_form(
 
 
 def test_cmd_source_child_gets_no_key(
-    cli: CliRunner, env_key_store: dict[str, str], tmp_path: Path
+    cli: Cli, env_key_store: dict[str, str], tmp_path: Path
 ) -> None:
     out = tmp_path / "seen"
     cmd = f'cmd://printf "%s|%s" "${{SECRETFS_KEY-}}" "${{SECRETFS_PASSWORD-}}" > {out}; echo v'
@@ -184,7 +184,7 @@ def test_run_child_gets_the_users_core_limit_back(
 
 @pytest.mark.parametrize("scrub", [[], ["--scrub"]])
 def test_run_child_inherits_no_descriptor_of_ours(
-    cli: CliRunner, env_key_store: dict[str, str], scrub: list[str]
+    cli: Cli, env_key_store: dict[str, str], scrub: list[str]
 ) -> None:
     # The store was opened to resolve $S:db: its file must not stay open in the child.
     show = "import os; print(sorted(int(f) for f in os.listdir('/proc/self/fd')))"

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 VALUES = [b"hunter2-value", b"tok-value-9", b"prod-value-7"]
 
 
 @pytest.fixture
-def names(cli: CliRunner, initialized_store: Path) -> Path:
+def names(cli: Cli, initialized_store: Path) -> Path:
     """A store with a few secrets (db in 3 versions) and one removed secret."""
     for value in VALUES:
         cli("secret", "set", "db", "--from-stdin", input=value)
@@ -116,7 +116,7 @@ def _secretfs_on_path(tmp_path: Path) -> dict[str, str]:
 
 
 def test_bash_sources_the_script_and_completes_refs(
-    names: Path, cli_env: dict[str, str], cli: CliRunner, tmp_path: Path
+    names: Path, cli_env: dict[str, str], cli: Cli, tmp_path: Path
 ) -> None:
     script = tmp_path / "secretfs.bash"
     script.write_bytes(cli("completion", "bash").stdout)
@@ -143,7 +143,7 @@ printf 'reply:%s\\n' "${{COMPREPLY[@]}}"
 
 
 @pytest.mark.parametrize("shell", ["zsh", "fish"])
-def test_zsh_and_fish_scripts_parse(shell: str, cli: CliRunner, initialized_store: Path) -> None:
+def test_zsh_and_fish_scripts_parse(shell: str, cli: Cli, initialized_store: Path) -> None:
     out = cli("completion", shell).stdout
     assert b"_SECRETFS_COMPLETE" in out
     if shutil.which(shell) is None:
@@ -152,14 +152,14 @@ def test_zsh_and_fish_scripts_parse(shell: str, cli: CliRunner, initialized_stor
     assert (proc.returncode, proc.stderr) == (0, b"")
 
 
-def test_an_unknown_shell_is_a_usage_error(cli: CliRunner, initialized_store: Path) -> None:
+def test_an_unknown_shell_is_a_usage_error(cli: Cli, initialized_store: Path) -> None:
     proc = cli("completion", "tcsh", check=False)
     assert proc.returncode == 2
     assert b"tcsh" in proc.stderr
 
 
 def test_client_key_ids_complete_live_keys_only(
-    cli: CliRunner, initialized_store: Path, cli_env: dict[str, str]
+    cli: Cli, initialized_store: Path, cli_env: dict[str, str]
 ) -> None:
     from nacl.public import PrivateKey
 

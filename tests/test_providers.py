@@ -245,7 +245,7 @@ def test_errors_name_the_problem_and_never_a_value(
 
 
 def test_value_over_the_limit_is_refused_while_reading(
-    cli: CliRunner, venv: dict[str, str], bao: Bao, store: Path
+    cli: Cli, venv: dict[str, str], bao: Bao, store: Path
 ) -> None:
     bao.api("POST", "secret/data/small", {"data": {"v": "x" * 200}})
     bao.api("POST", "secret/data/huge", {"data": {"v": "y" * 100_000}})

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 
-def test_a_socket_under_the_mount_point_is_refused(cli: CliRunner, tmp_path: Path) -> None:
+def test_a_socket_under_the_mount_point_is_refused(cli: Cli, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = cli("mount", str(mnt), "--resolver-socket", str(mnt / "r.sock"), check=False)
@@ -16,7 +16,7 @@ def test_a_socket_under_the_mount_point_is_refused(cli: CliRunner, tmp_path: Pat
 
 
 def test_conflicting_or_bad_resolver_options_are_usage_errors(
-    cli: CliRunner, tmp_path: Path
+    cli: Cli, tmp_path: Path
 ) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()

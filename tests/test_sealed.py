@@ -18,7 +18,7 @@ from secretfs.errors import NotFoundError, UsageError
 from secretfs.store import ClientKeyRecord
 from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 from tests.test_store_backends import Store, store  # noqa: F401 - the fixture
 
 # crypto_box_seal_open from Debian's libsodium-dev: an implementation that is not PyNaCl.
@@ -74,7 +74,7 @@ def pub_b64(key: PrivateKey) -> str:
 
 
 @pytest.fixture
-def keyed(cli: CliRunner, initialized_store: Path) -> tuple[PrivateKey, str]:
+def keyed(cli: Cli, initialized_store: Path) -> tuple[PrivateKey, str]:
     """A store with @api/token and one registered client key: (private key, key id)."""
     cli("secret", "set", "@api/token", "--from-stdin", input=b"s3cret-value")
     key = PrivateKey.generate()
@@ -85,7 +85,7 @@ def keyed(cli: CliRunner, initialized_store: Path) -> tuple[PrivateKey, str]:
 
 
 def test_sealed_get_opens_with_pynacl_and_libsodium(
-    cli: CliRunner, keyed: tuple[PrivateKey, str], sodium_open: Path, tmp_path: Path
+    cli: Cli, keyed: tuple[PrivateKey, str], sodium_open: Path, tmp_path: Path
 ) -> None:
     key, key_id = keyed
     doc = json.loads(cli("secret", "get", "@api/token", "--sealed-to", key_id).stdout)
@@ -104,7 +104,7 @@ def test_sealed_get_opens_with_pynacl_and_libsodium(
 
 
 def test_flipped_byte_fails_to_open(
-    cli: CliRunner, keyed: tuple[PrivateKey, str], sodium_open: Path, tmp_path: Path
+    cli: Cli, keyed: tuple[PrivateKey, str], sodium_open: Path, tmp_path: Path
 ) -> None:
     key, key_id = keyed
     box = bytearray(cli("secret", "get", "@api/token", "--sealed-to", key_id, "--raw").stdout)
@@ -117,7 +117,7 @@ def test_flipped_byte_fails_to_open(
 
 
 def test_revoked_and_unknown_keys_are_refused(
-    cli: CliRunner, keyed: tuple[PrivateKey, str], store_path: Path
+    cli: Cli, keyed: tuple[PrivateKey, str], store_path: Path
 ) -> None:
     key, key_id = keyed
     cli("client-key", "rm", key_id)
@@ -138,7 +138,7 @@ def test_revoked_and_unknown_keys_are_refused(
 
 
 def test_client_key_add_inputs_and_ls(
-    cli: CliRunner, initialized_store: Path, tmp_path: Path
+    cli: Cli, initialized_store: Path, tmp_path: Path
 ) -> None:
     a, b = PrivateKey.generate(), PrivateKey.generate()
     f = tmp_path / "b.pub"
@@ -162,7 +162,7 @@ def test_client_key_add_inputs_and_ls(
     assert listed[two["key_id"]]["last_used_at"] and listed[one["key_id"]]["last_used_at"] is None
 
 
-def test_bound_form_carries_ref_and_version(cli: CliRunner, keyed: tuple[PrivateKey, str]) -> None:
+def test_bound_form_carries_ref_and_version(cli: Cli, keyed: tuple[PrivateKey, str]) -> None:
     key, key_id = keyed
     cli("secret", "set", "@api/token", "--from-stdin", input=b"second")
     doc = json.loads(
@@ -187,7 +187,7 @@ def test_bound_form_carries_ref_and_version(cli: CliRunner, keyed: tuple[Private
 
 
 def test_sealed_only_grant_is_stored_and_migrated(
-    cli: CliRunner, initialized_store: Path, store_path: Path
+    cli: Cli, initialized_store: Path, store_path: Path
 ) -> None:
     cli("secret", "set", "@api/token", "--from-stdin", input=b"x")
     cli("grant", "@api/token", "--uid", "1000", "--sealed-only")
@@ -206,7 +206,7 @@ def test_sealed_only_grant_is_stored_and_migrated(
 
 
 def test_older_store_gets_the_sealing_schema(
-    cli: CliRunner, initialized_store: Path, store_path: Path
+    cli: Cli, initialized_store: Path, store_path: Path
 ) -> None:
     cli("secret", "set", "@api/token", "--from-stdin", input=b"x")
     cli("grant", "@api/token", "--uid", "7")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 
 LIMIT = 1024 * 1024  # the store's max-value-size (the default)
 MAX_RSS_KB = 100 * 1024  # Python and the CLI take ~40 MB; reading 1 MiB adds ~2 MB
@@ -44,7 +44,7 @@ def measured(env: dict[str, str], *args: str, stdin: Path | None = None) -> dict
 
 
 @pytest.fixture
-def env(cli: CliRunner, cli_env: dict[str, str]) -> dict[str, str]:
+def env(cli: Cli, cli_env: dict[str, str]) -> dict[str, str]:
     cli("init")
     return cli_env
 
@@ -67,7 +67,7 @@ def test_endless_source_is_refused_in_bounded_memory(
     assert int(str(got["kb"])) < MAX_RSS_KB
 
 
-def test_limit_is_the_stores_and_exact(cli: CliRunner, env: dict[str, str]) -> None:
+def test_limit_is_the_stores_and_exact(cli: Cli, env: dict[str, str]) -> None:
     cli("config", "set", "max-value-size", "10")
     assert cli("secret", "set", "ten", "--from-stdin", input=b"0123456789").returncode == 0
     proc = cli("secret", "set", "eleven", "--from-stdin", input=b"0123456789a", check=False)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from secretfs.credsock import MAX_CONNECTIONS
-from tests.conftest import CliRunner
+from tests.conftest import Cli
 from tests.mount.conftest import Mount, wait_for
 
 # What systemd does in load_credential() (src/core/exec-credential.c): bind its end to
@@ -162,7 +162,7 @@ def test_peers_that_do_not_read_block_no_one_and_are_bounded(
 
 
 def test_a_path_that_is_no_socket_is_refused_and_nothing_is_mounted(
-    cli: CliRunner, tmp_path: Path
+    cli: Cli, tmp_path: Path
 ) -> None:
     cli("init")
     taken = tmp_path / "taken"

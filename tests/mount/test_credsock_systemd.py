@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.mount.conftest import Mount
+from tests.mount.conftest import Mount, wait_for
 
 SYSTEMD = "/lib/systemd/systemd"
 MASKED = (
@@ -106,6 +106,8 @@ def test_systemd_as_pid_1_loads_credentials_from_the_socket(
         _remove_cgroup(cgroup)
     assert (tmp_path / "token").read_bytes() == token
     assert (tmp_path / "db").read_bytes() == b"dbpw"
+    # Audit records are written in batches (every 0.5 s): wait for this one.
+    wait_for(lambda: "unit credtest.service id db" in m.cli("audit").stdout.decode(), timeout=3)
     audit = m.cli("audit").stdout.decode()
     assert "unit credtest.service id token" in audit
     assert "unit credtest.service id db" in audit
