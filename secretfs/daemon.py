@@ -387,7 +387,7 @@ class Watcher:
         if backend.meta_get("store_id") != self.vault.store_id:
             backend.close()
             return self._stop("the store file was replaced by a different store")
-        self.vault.backend = backend
+        self.vault.replace_backend(backend)
         if self.writer is not None:
             self.writer.resume(backend.open_another())
         try:

@@ -293,6 +293,12 @@ class Vault:
             self.remember_state()
         self.backend.close()
 
+    def replace_backend(self, backend: Backend) -> None:
+        """Serve from another handle on the same store (a mount whose store file was
+        replaced by a restore): every part that reads the store follows it."""
+        self.backend = backend
+        self.auth = Authenticator(backend, self.keyring)
+
     # -- reading -------------------------------------------------------------------------
 
     def meta(self, ref: Ref) -> SecretMeta:
