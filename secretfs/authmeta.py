@@ -27,12 +27,13 @@ from secretfs.keyring import (
     FINGERPRINT_SCHEME,
     AuthState,
     Keyring,
+    client_key_row,
     grant_row,
     scope_row,
     secret_row,
     tag_value,
 )
-from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
+from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
 
 if TYPE_CHECKING:
     from secretfs.store.base import Backend
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 SECRET_TAG = "mac/s/"  # noqa: S105 - a key prefix
 SCOPE_TAG = "mac/c/"
 GRANT_TAG = "mac/g/"
+CLIENT_KEY_TAG = "mac/k/"  # client keys decide what is sealed to whom (docs/sealed.md)
 TAMPER = "tamper"  # the audit outcome of a row that fails verification
 
 
@@ -56,7 +58,7 @@ class Problem:
 
 
 def _is_access(key: str) -> bool:
-    return key.startswith((SCOPE_TAG, GRANT_TAG))
+    return key.startswith((SCOPE_TAG, GRANT_TAG, CLIENT_KEY_TAG))
 
 
 def secret_tag_key(secret_id: int) -> str:
@@ -69,6 +71,10 @@ def scope_tag_key(scope: str) -> str:
 
 def grant_tag_key(grant: GrantRecord) -> str:
     return f"{GRANT_TAG}{hashlib.blake2b(grant_row(grant), digest_size=16).hexdigest()}"
+
+
+def client_key_tag_key(key_id: str) -> str:
+    return f"{CLIENT_KEY_TAG}{key_id}"
 
 
 def _secret_text(meta: SecretMeta) -> str:
@@ -95,6 +101,7 @@ class Authenticator:
         scopes: Iterable[str] = (),
         added: Iterable[GrantRecord] = (),
         removed: Iterable[GrantRecord] = (),
+        client_keys: Iterable[str] = (),
     ) -> None:
         """Tag the rows a write changed and move the store's digest by their difference."""
         b, kr = self.backend, self.keyring
@@ -124,6 +131,11 @@ class Authenticator:
             put(grant_tag_key(g), None)
         for g in added:
             put(grant_tag_key(g), grant_row(g))
+        if client_keys:
+            by_id = {k.key_id: k for k in b.list_client_keys()}
+            for key_id in client_keys:
+                ck = by_id.get(key_id)
+                put(client_key_tag_key(key_id), None if ck is None else client_key_row(ck))
         kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1, access % DIGEST_MOD))
 
     def retag_all(self) -> int:
@@ -138,6 +150,7 @@ class Authenticator:
         ]
         rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
         rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
+        rows += [(client_key_tag_key(k.key_id), client_key_row(k)) for k in b.list_client_keys()]
         for key, row in rows:
             tag = kr.tag(row)
             b.meta_set(key, tag)
@@ -164,6 +177,7 @@ class Authenticator:
         ]
         rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
         rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
+        rows += [(client_key_tag_key(k.key_id), client_key_row(k)) for k in b.list_client_keys()]
         digest, access, count = state.digest, state.access, 0
         for key, row in rows:
             old = tags.get(key)
@@ -210,12 +224,29 @@ class Authenticator:
         stored = tags.get(key) if tags is not None else self.backend.meta_get(key)
         return self.keyring.verify(grant_row(g), stored)
 
+    def client_key_ok(self, key: ClientKeyRecord, tags: dict[str, bytes] | None = None) -> bool:
+        tag_key = client_key_tag_key(key.key_id)
+        stored = tags.get(tag_key) if tags is not None else self.backend.meta_get(tag_key)
+        return self.keyring.verify(client_key_row(key), stored)
+
+    def client_keys(self) -> list[ClientKeyRecord]:
+        """The store's client keys whose rows verify: a key added or un-revoked without
+        the key is never sealed to (a relay with a sealed-only grant could add its own)."""
+        tags = self.backend.meta_scan(CLIENT_KEY_TAG)
+        return [k for k in self.backend.list_client_keys() if self.client_key_ok(k, tags)]
+
     def access_sum(
-        self, scopes: Iterable[ScopeMeta], grants: Iterable[GrantRecord], tags: dict[str, bytes]
+        self,
+        scopes: Iterable[ScopeMeta],
+        grants: Iterable[GrantRecord],
+        tags: dict[str, bytes],
+        client_keys: Iterable[ClientKeyRecord] = (),
     ) -> int:
-        """The sum of the scope and grant rows' tags, to compare with `AuthState.access`."""
+        """The sum of the scope, grant and client-key rows' tags, to compare with
+        `AuthState.access`."""
         total = sum(tag_value(tags.get(scope_tag_key(s.scope))) for s in scopes)
         total += sum(tag_value(tags.get(grant_tag_key(g))) for g in grants)
+        total += sum(tag_value(tags.get(client_key_tag_key(k.key_id))) for k in client_keys)
         return total % DIGEST_MOD
 
     def deleted_scopes(self, scopes: Iterable[ScopeMeta]) -> list[str]:
@@ -259,7 +290,8 @@ class Authenticator:
                 )
         scopes = b.list_scope_meta()
         grants = b.list_grants()
-        access = self.access_sum(scopes, grants, tags)
+        client_keys = b.list_client_keys()
+        access = self.access_sum(scopes, grants, tags, client_keys)
         for sm in scopes:
             digest += tag_value(tags.get(scope_tag_key(sm.scope)))
             if not self.scope_ok(sm, tags):
@@ -270,6 +302,12 @@ class Authenticator:
             digest += tag_value(tags.get(grant_tag_key(g)))
             if not self.grant_ok(g, tags):
                 problems.append(Problem("grant", _grant_text(g), "the grant fails authentication"))
+        for k in client_keys:
+            digest += tag_value(tags.get(client_key_tag_key(k.key_id)))
+            if not self.client_key_ok(k, tags):
+                problems.append(
+                    Problem("client-key", k.key_id, "the client key fails authentication")
+                )
         if state is not None and digest % DIGEST_MOD != state.digest:
             problems.append(
                 Problem(

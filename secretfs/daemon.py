@@ -36,7 +36,7 @@ from secretfs.hardening import no_core_dumps
 from secretfs.keyring import SealedValue
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
 from secretfs.snapshots import VerifiedVersions
-from secretfs.store import GrantRecord, ScopeMeta, SecretMeta
+from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
 from secretfs.store.base import Backend
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.timeutil import iso_time
@@ -494,9 +494,13 @@ class Watcher:
         return out
 
     def _verified_access(
-        self, scopes: list[ScopeMeta], grants: list[GrantRecord]
-    ) -> tuple[list[ScopeMeta], list[GrantRecord]]:
-        """A failing scope row (or one deleted) reads as mode 0; a failing grant is ignored."""
+        self,
+        scopes: list[ScopeMeta],
+        grants: list[GrantRecord],
+        client_keys: list[ClientKeyRecord],
+    ) -> tuple[list[ScopeMeta], list[GrantRecord], list[ClientKeyRecord]]:
+        """A failing scope row (or one deleted) reads as mode 0; a failing grant or client
+        key is ignored."""
         auth = self.vault.auth
         tags = auth.backend.meta_scan("mac/")
         good_scopes = []
@@ -519,15 +523,24 @@ class Watcher:
                         "grant", f"{g.scope}/{g.name}", f"{g.kind} {g.principal}: not authentic"
                     )
                 )
+        good_keys = []
+        for k in client_keys:
+            if auth.client_key_ok(k, tags):
+                good_keys.append(k)
+            else:
+                self.report(Problem("client-key", k.key_id, "not authentic: never sealed to"))
         state = auth.keyring.read_state(auth.backend)
-        if state is None or auth.access_sum(scopes, grants, tags) != state.access:
+        if state is None or auth.access_sum(scopes, grants, tags, client_keys) != state.access:
             # A row deleted or an older authentic one put back: which one is unknown, so
-            # no grant counts and every scope default reads as mode 0 until it adds up.
+            # no grant or client key counts and every scope default reads as mode 0 until
+            # it adds up.
             self.report(
-                Problem("store", auth.backend.name, "scope defaults and grants do not add up")
+                Problem(
+                    "store", auth.backend.name, "scope defaults, grants and keys do not add up"
+                )
             )
-            return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in good_scopes], []
-        return good_scopes, good_grants
+            return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in good_scopes], [], []
+        return good_scopes, good_grants, good_keys
 
     def refresh(self) -> Invalidation | None:
         if self.problem is not None:
@@ -545,9 +558,11 @@ class Watcher:
         if access_seq != self.access_seq:
             # Scope defaults and grants are few: take them whole on any change.
             self.access_seq = access_seq
-            scopes, grants = self._verified_access(backend.list_scope_meta(), backend.list_grants())
+            scopes, grants, keys = self._verified_access(
+                backend.list_scope_meta(), backend.list_grants(), backend.list_client_keys()
+            )
             out.extend(self.tree.set_access(scopes, grants))
-            out.extend(self.tree.set_client_keys(backend.list_client_keys()))
+            out.extend(self.tree.set_client_keys(keys))
         changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from secretfs import crypto, keys
 from secretfs.errors import IntegrityError, KeySourceError, SecretfsError
-from secretfs.store import GrantRecord, ScopeMeta, SealedVersion, SecretMeta
+from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SealedVersion, SecretMeta
 
 if TYPE_CHECKING:
     from secretfs.store.base import Backend
@@ -122,6 +122,20 @@ def scope_row(meta: ScopeMeta) -> bytes:
 def grant_row(grant: GrantRecord) -> bytes:
     """Every field of a grant, by the dataclass's own field list: a new field is covered."""
     return crypto.row_data("grant", *(getattr(grant, f.name) for f in dataclasses.fields(grant)))
+
+
+def client_key_row(key: ClientKeyRecord) -> bytes:
+    """Every field of a client key that decides what is sealed to whom (not its last use,
+    which the mount writes as it serves)."""
+    return crypto.row_data(
+        "client_key",
+        key.key_id,
+        key.public_key,
+        key.label,
+        key.owner_uid,
+        key.created_ns,
+        key.revoked_ns,
+    )
 
 
 def _state_row(store_id: bytes, state: AuthState) -> bytes:

@@ -220,6 +220,7 @@ def add_client_key(
             if k.public_key == public_key and k.revoked_ns is None:
                 raise ConflictError(f"this public key is registered already as {k.key_id}")
         vault.backend.add_client_key(record, vault.backend.next_seq())
+        vault.auth.update(client_keys=[record.key_id])
         vault.audit("client-key-add", None, detail=detail)
     return record
 
@@ -235,6 +236,7 @@ def revoke_client_key(vault: Vault, key_id: str) -> ClientKeyRecord:
             raise ConflictError(f"client key {key_id} is revoked already")
         now = time.time_ns()
         vault.backend.revoke_client_key(key_id, now, vault.backend.next_seq())
+        vault.auth.update(client_keys=[key_id])
         vault.audit("client-key-rm", None, detail=f"{key_id} {fingerprint(key.public_key)}")
     return ClientKeyRecord(
         key.key_id, key.public_key, key.label, key.owner_uid, key.created_ns, now, key.last_used_ns

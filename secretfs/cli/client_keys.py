@@ -14,7 +14,7 @@ from secretfs.audit import iso_time_ns
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.access import parse_id
 from secretfs.cli.completion import complete_client_keys
-from secretfs.errors import UsageError
+from secretfs.errors import IntegrityError, UsageError
 from secretfs.store import ClientKeyRecord
 
 
@@ -102,6 +102,9 @@ def ls(store: Path | None, show_all: bool, as_json: bool) -> None:
     """List the registered client keys (live ones; --all: revoked too)."""
     with open_vault(store) as vault:
         keys = vault.backend.list_client_keys()
+        authentic = {k.key_id for k in vault.auth.client_keys()}
+    forged = [k.key_id for k in keys if k.key_id not in authentic]
+    keys = [k for k in keys if k.key_id in authentic]
     shown = [k for k in keys if show_all or k.revoked_ns is None]
     if as_json:
         emit_json([_json(k) for k in shown])
@@ -113,6 +116,11 @@ def ls(store: Path | None, show_all: bool, as_json: bool) -> None:
         used = d["last_used_at"] or "never used"
         click.echo(
             f"{k.key_id}  {d['fingerprint']}  owner {owner}  {state}  {used}  {k.label}".rstrip()
+        )
+    if forged:
+        raise IntegrityError(
+            f"client key row(s) fail authentication (changed without the key, never sealed"
+            f" to): {', '.join(forged)}; see `secretfs doctor`"
         )
 
 

@@ -159,7 +159,7 @@ def get(
         key = (
             None
             if sealed_to is None
-            else sealing.find_key(vault.backend.list_client_keys(), sealed_to)
+            else sealing.find_key(vault.auth.client_keys(), sealed_to)
         )
         value = vault.get_value(parsed.without_field(), version)
         meta = vault.meta(parsed.without_field())

@@ -296,3 +296,40 @@ def test_a_replayed_revoked_grant_gives_nothing(shared: Mount) -> None:
     assert probe(1000, "read", hidden)[0] in ("EACCES", "EIO")
     doctor = m.cli("doctor", check=False)
     assert doctor.returncode == 6 and b"replayed" in doctor.stdout
+
+
+def test_a_client_key_added_without_the_key_is_never_sealed_to(shared: Mount) -> None:
+    """A relay with a sealed-only grant that can also write the store file adds its own
+    client key (or un-revokes one): nothing is ever sealed to it (mount, CLI, doctor)."""
+    import base64
+
+    from nacl.public import PrivateKey
+
+    m = shared
+    m.cli("grant", "@svc/hidden", "--uid", "1000", "--sealed-only")
+    legit = PrivateKey.generate()
+    legit_id = m.cli(
+        "client-key", "add", base64.b64encode(bytes(legit.public_key)).decode()
+    ).stdout.decode().strip()
+    wait_for(lambda: probe(1000, "read", m.path / ".sealed" / legit_id / "@svc/hidden")[0] == "ok")
+    own = PrivateKey.generate()
+    forged_id = "ck_" + "ab" * 16
+    sql(
+        m,
+        "INSERT INTO client_keys (key_id, public_key, label, owner_uid, created_ns, seq)"
+        f" VALUES ('{forged_id}', X'{bytes(own.public_key).hex()}', 'relay', 1000, 1, 1)",
+    )
+    m.cli("grant", "@svc/db", "--uid", "1001")  # the mount is current after this
+    wait_for(lambda: probe(1001, "read", m.path / "@svc/db")[0] == "ok", timeout=3)
+    assert probe(1000, "read", m.path / ".sealed" / forged_id / "@svc/hidden")[0] in (
+        "ENOENT",
+        "EACCES",
+    )
+    wait_for(lambda: any(forged_id in (r["ref"] or "") for r in tamper_records(m)), 3)
+    # The CLI refuses to seal to it and lists it as failing; doctor names it.
+    got = m.cli("secret", "get", "@svc/hidden", "--sealed-to", forged_id, check=False)
+    assert got.returncode != 0 and b"same-value" not in got.stdout
+    listing = m.cli("client-key", "ls", check=False)
+    assert listing.returncode == 6 and forged_id.encode() in listing.stderr
+    doctor = m.cli("doctor", check=False)
+    assert doctor.returncode == 6 and forged_id.encode() in doctor.stdout
