@@ -12,7 +12,7 @@ import click
 
 from secretfs import credentials as creds
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.cli.params import bounded_int
+from secretfs.cli.params import GROUP_ID, USER_ID
 from secretfs.cli.values import parse_optional_mode
 from secretfs.errors import NotFoundError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited
@@ -32,12 +32,8 @@ def _owner_options(default_mode: str | None) -> Callable[[F], F]:
             help="File mode in the mount"
             + ("." if default_mode else " (default: the scope's, else the mount's)."),
         )(fn)
-        fn = click.option(
-            "--gid", type=bounded_int(0, 2**32 - 2), help="Group id in the mount."
-        )(fn)
-        return click.option(
-            "--uid", type=bounded_int(0, 2**32 - 2), help="Owner id in the mount."
-        )(fn)
+        fn = click.option("--gid", type=GROUP_ID, help="Group in the mount (number or name).")(fn)
+        return click.option("--uid", type=USER_ID, help="Owner in the mount (number or name).")(fn)
 
     return decorate
 
