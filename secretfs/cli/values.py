@@ -102,6 +102,13 @@ def prompt_value(limit: int) -> bytes:
     return data
 
 
+def read_stdin(limit: int, what: str) -> bytes:
+    """A value on stdin: typed at a hidden prompt on a terminal, else read (bounded)."""
+    if sys.stdin.isatty():
+        return prompt_value(limit)
+    return read_limited(sys.stdin.buffer, limit, what)
+
+
 def parse_mode(text: str, what: str = "--mode") -> int:
     """An octal file mode for the mount, such as 0400 or 440."""
     try:
@@ -141,10 +148,8 @@ class ValueSource:
             data = os.fsencode(self.value)
             if len(data) > limit:
                 raise too_large("the VALUE argument", limit)
-        elif self.from_stdin and sys.stdin.isatty():
-            data = prompt_value(limit)
         elif self.from_stdin:
-            data = read_limited(sys.stdin.buffer, limit, "standard input")
+            data = read_stdin(limit, "standard input")
         elif self.from_file is not None:
             data = read_file_limited(self.from_file, limit)
         elif self.from_uri is not None:
