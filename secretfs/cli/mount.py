@@ -125,7 +125,8 @@ def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
     "options",
     multiple=True,
     metavar="OPT[,OPT]",
-    help="Mount options: allow_other; store=PATH, uid=N, gid=N, mode=OCTAL; max_plain=SIZE:"
+    help="Mount options: allow_other; store=PATH, uid=N|NAME, gid=N|NAME, mode=OCTAL;"
+    " max_plain=SIZE:"
     " decrypted bytes held for open files at most, shared per secret version (default 64M;"
     " K/M/G; past it each read decrypts again); audit_fail=closed|open: when audit records"
     " cannot be written, refuse new opens with EIO (closed, the default) or serve them.",
