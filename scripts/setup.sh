@@ -17,6 +17,7 @@ SYSTEM_PACKAGES=(
   zsh fish                             # the completion scripts' syntax test
   libsodium-dev                        # the sealed-read tests: a C client opens the boxes
   curl protobuf-compiler               # the resolver socket's tests: real clients (curl, protoc)
+  nginx                                # the TLS rotation test: reloads during rotations
 )
 
 sudo_cmd=()

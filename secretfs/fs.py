@@ -228,6 +228,11 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if self.tree.superseded(node):
+            # A dentry the kernel still holds names an older version: ESTALE makes its
+            # open path look the name up afresh (LOOKUP_REVAL) and open the current one,
+            # so files changed in one transaction never open as a mix of old and new.
+            _fail(errno.ESTALE)
         refused = self.refusal()
         if refused is not None:
             self._record("open", node, ctx, _audit.ERROR, f"EIO: {refused}")

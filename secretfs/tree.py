@@ -432,6 +432,13 @@ class Tree:
         now = self._by_id.get(node.secret.secret_id)
         return now if now is not None and now.version == node.secret.version else node.secret
 
+    def superseded(self, node: Node) -> bool:
+        """Is `node` a version the tree no longer serves (a newer one, or removed)?"""
+        if node.secret is None or node.kind == "status":
+            return False
+        now = self._by_id.get(node.secret.secret_id)
+        return now is None or now.version != node.secret.version
+
     def ownership(self, meta: SecretMeta) -> tuple[int, int, int]:
         """uid, gid and mode, each from the secret, else its scope, else the mount.
 

@@ -233,7 +233,7 @@ def test_set_owner_options_show_in_ls(cli: Cli) -> None:
 @pytest.mark.usefixtures("initialized_store")
 def test_value_from_stdin_is_exact_bytes(cli: Cli) -> None:
     for value in (bytes(range(256)), b"", b"trailing newline\n", b"\x00\xff\r\n"):
-        put(cli, "db", value)
+        put(cli, "db", value, "--allow-empty")  # empty: refused without it
         assert get(cli, "db") == value
 
 

@@ -149,9 +149,9 @@ def store(cli: Cli, initialized_store: Path) -> Path:
     return initialized_store
 
 
-def set_from(cli: Cli, env: dict[str, str], ref: str, uri: str) -> bytes:
+def set_from(cli: Cli, env: dict[str, str], ref: str, uri: str, *args: str) -> bytes:
     """`secret set REF --from URI` through the CLI, then the stored value, read in-process."""
-    cli("secret", "set", ref, "--from", uri, env=env)
+    cli("secret", "set", ref, "--from", uri, *args, env=env)
     vault = Vault.open(Path(env["SECRETFS_STORE"]), readonly=True)
     try:
         return vault.get_value(parse_ref(ref))
@@ -170,7 +170,8 @@ def test_kv2_field_and_whole_secret(cli: Cli, venv: dict[str, str], store: Path)
 def test_typed_fields(cli: Cli, venv: dict[str, str], store: Path) -> None:
     assert set_from(cli, venv, "p", "vault://secret/typed#port") == b"5432"
     assert set_from(cli, venv, "t", "vault://secret/typed#tls") == b"true"
-    assert set_from(cli, venv, "n", "vault://secret/typed#none") == b""
+    # null is an empty value: refused (like any empty value) unless --allow-empty.
+    assert set_from(cli, venv, "n", "vault://secret/typed#none", "--allow-empty") == b""
     assert set_from(cli, venv, "o", "vault://secret/typed#obj") == b'{"a":[1,"x"]}'
 
 

@@ -98,6 +98,7 @@ def commands() -> click.Group:
     from secretfs.cli import (  # noqa: F401
         access,
         audit,
+        batch,
         client_keys,
         completion,
         config,

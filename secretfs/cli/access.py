@@ -8,8 +8,6 @@ A text that reads as a scope is the scope: `deployment` is the deployment scope 
 
 from __future__ import annotations
 
-import grp
-import pwd
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import click
 from secretfs.access import Layer, Ownership, ReaderEntry, readers_of, resolve
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF_OR_SCOPE
+from secretfs.cli.params import GROUP_ID, USER_ID, parse_id
 from secretfs.cli.secret import secret as secret_group
 from secretfs.cli.values import parse_mode
 from secretfs.errors import RefError, UsageError
@@ -25,7 +24,6 @@ from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import GrantRecord, SecretMeta
 from secretfs.vault import Target, Vault
 
-MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel: never an owner
 INHERIT = "inherit"
 DEFAULT_MOUNT_MODE = 0o400
 
@@ -50,23 +48,6 @@ def parse_target(text: str) -> Target:
 
 def target_label(target: Target) -> str:
     return f"scope {target.key}" if isinstance(target, Scope) else str(target)
-
-
-def parse_id(text: str, kind: str) -> int:
-    if text.isdigit():
-        number = int(text)
-        if number > MAX_ID:
-            raise UsageError(f"{kind} id {text} is out of range (0 to {MAX_ID})")
-        return number
-    try:
-        if kind == "user":
-            return pwd.getpwnam(text).pw_uid
-        return grp.getgrnam(text).gr_gid
-    except KeyError:
-        raise UsageError(
-            f"no {kind} named {text!r} on this host: give a numeric id"
-            " (container users often exist only inside the container)"
-        ) from None
 
 
 def parse_owner(text: str) -> dict[str, int | None]:
@@ -142,16 +123,14 @@ def chown(store: Path | None, target: str, owner: str) -> None:
 # -- grant / revoke ----------------------------------------------------------------------
 
 
-def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str, int]]:
-    return [("uid", parse_id(u, "user")) for u in uids] + [
-        ("gid", parse_id(g, "group")) for g in gids
-    ]
+def _principals(uids: tuple[int, ...], gids: tuple[int, ...]) -> list[tuple[str, int]]:
+    return [("uid", u) for u in uids] + [("gid", g) for g in gids]
 
 
 @cli.command()
 @click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
-@click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
-@click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
+@click.option("--uid", "uids", multiple=True, type=USER_ID, help="A user (repeatable).")
+@click.option("--gid", "gids", multiple=True, type=GROUP_ID, help="A group (repeatable).")
 @click.option(
     "--sealed-only",
     is_flag=True,
@@ -162,8 +141,8 @@ def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str,
 def grant(
     store: Path | None,
     target: str,
-    uids: tuple[str, ...],
-    gids: tuple[str, ...],
+    uids: tuple[int, ...],
+    gids: tuple[int, ...],
     sealed_only: bool,
 ) -> None:
     """Let more uids or gids read a secret, or every secret of a scope.
@@ -191,16 +170,16 @@ def grant(
 
 @cli.command()
 @click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
-@click.option("--uid", "uids", multiple=True, metavar="UID|NAME", help="A user id (repeatable).")
-@click.option("--gid", "gids", multiple=True, metavar="GID|NAME", help="A group id (repeatable).")
+@click.option("--uid", "uids", multiple=True, type=USER_ID, help="A user (repeatable).")
+@click.option("--gid", "gids", multiple=True, type=GROUP_ID, help="A group (repeatable).")
 @click.option("--all", "everyone", is_flag=True, help="Every grant on the target.")
 @store_option
 @handle_errors
 def revoke(
     store: Path | None,
     target: str,
-    uids: tuple[str, ...],
-    gids: tuple[str, ...],
+    uids: tuple[int, ...],
+    gids: tuple[int, ...],
     everyone: bool,
 ) -> None:
     """Remove every matching grant, and say how many.

@@ -12,8 +12,8 @@ import click
 from secretfs import sealing
 from secretfs.audit import iso_time_ns
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.cli.access import parse_id
 from secretfs.cli.completion import complete_client_keys
+from secretfs.cli.params import USER_ID
 from secretfs.errors import IntegrityError, UsageError
 from secretfs.store import ClientKeyRecord
 
@@ -65,7 +65,7 @@ def _read_public_key(public_key: str | None, from_file: Path | None, from_stdin:
 )
 @click.option("--from-stdin", is_flag=True, help="Read the base64 public key from stdin.")
 @click.option("--label", default="", help="A note on whose key this is.")
-@click.option("--owner", "owner", metavar="UID|NAME", help="The uid the key belongs to.")
+@click.option("--owner", "owner_uid", type=USER_ID, help="The user the key belongs to.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
@@ -75,7 +75,7 @@ def add(
     from_file: Path | None,
     from_stdin: bool,
     label: str,
-    owner: str | None,
+    owner_uid: int | None,
     as_json: bool,
 ) -> None:
     """Register a client's X25519 public key (32 bytes, standard base64).
@@ -83,7 +83,6 @@ def add(
     Prints the new key id (ck_…); the mount then shows .sealed/<key id>/.
     """
     key = _read_public_key(public_key, from_file, from_stdin)
-    owner_uid = None if owner is None else parse_id(owner, "user")
     with open_vault(store) as vault:
         record = sealing.add_client_key(vault, key, label, owner_uid)
     if as_json:

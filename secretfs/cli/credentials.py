@@ -3,7 +3,6 @@ files (see secretfs/credentials.py for the formats)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -12,10 +11,10 @@ import click
 
 from secretfs import credentials as creds
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
-from secretfs.cli.params import bounded_int
-from secretfs.cli.values import parse_optional_mode
+from secretfs.cli.params import GROUP_ID, USER_ID
+from secretfs.cli.values import parse_optional_mode, read_stdin
 from secretfs.errors import NotFoundError, UsageError
-from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited
+from secretfs.files import INPUT_LIMIT, read_file_limited
 from secretfs.refs import Ref, parse_ref, validate_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,12 +31,8 @@ def _owner_options(default_mode: str | None) -> Callable[[F], F]:
             help="File mode in the mount"
             + ("." if default_mode else " (default: the scope's, else the mount's)."),
         )(fn)
-        fn = click.option(
-            "--gid", type=bounded_int(0, 2**32 - 2), help="Group id in the mount."
-        )(fn)
-        return click.option(
-            "--uid", type=bounded_int(0, 2**32 - 2), help="Owner id in the mount."
-        )(fn)
+        fn = click.option("--gid", type=GROUP_ID, help="Group in the mount (number or name).")(fn)
+        return click.option("--uid", type=USER_ID, help="Owner in the mount (number or name).")(fn)
 
     return decorate
 
@@ -110,7 +105,7 @@ def registry_add(
     user = creds.check_username(username)
     ref = _whole_secret(secret_ref)
     password = creds.read_login_secret(
-        read_limited(sys.stdin.buffer, INPUT_LIMIT, f"the {what}"), what
+        read_stdin(INPUT_LIMIT, f"the {what}"), what
     )
     replaced = False
 
@@ -241,7 +236,7 @@ def git_add(
         raise UsageError("give exactly one of --pat-stdin or --ssh-key-file FILE")
     ref = _whole_secret(secret_ref or f"{creds.GIT_SCOPE}/{validate_name(name)}")
     if pat_stdin:
-        token = read_limited(sys.stdin.buffer, INPUT_LIMIT, "the token")
+        token = read_stdin(INPUT_LIMIT, "the token")
         value, kind = creds.check_token(token), "token"
     else:
         assert ssh_key_file is not None

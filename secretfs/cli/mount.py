@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
-from secretfs.cli.params import bounded_int
+from secretfs.cli.params import GROUP_ID, USER_ID, bounded_int, parse_id
 from secretfs.cli.resolver_options import resolver_args, resolver_config, resolver_options
 from secretfs.errors import SecretfsError, UsageError
 from secretfs.store.location import StoreLocation
@@ -88,13 +88,8 @@ def _option_values(
                 raise UsageError(f"mount option {key}= needs a value")
     if "store" in given:
         store = parse_location(given["store"])
-    for key in ("uid", "gid"):
-        if key in given:
-            text = given[key]
-            if not text.isdigit() or int(text) > 2**32 - 2:
-                raise UsageError(f"mount option {key}={text!r}: a numeric id is needed")
-    uid = int(given["uid"]) if "uid" in given else uid
-    gid = int(given["gid"]) if "gid" in given else gid
+    uid = parse_id(given["uid"], "user") if "uid" in given else uid
+    gid = parse_id(given["gid"], "group") if "gid" in given else gid
     return store, uid, gid, given.get("mode", mode)
 
 
@@ -130,13 +125,14 @@ def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
     "options",
     multiple=True,
     metavar="OPT[,OPT]",
-    help="Mount options: allow_other; store=PATH, uid=N, gid=N, mode=OCTAL; max_plain=SIZE:"
+    help="Mount options: allow_other; store=PATH, uid=N|NAME, gid=N|NAME, mode=OCTAL;"
+    " max_plain=SIZE:"
     " decrypted bytes held for open files at most, shared per secret version (default 64M;"
     " K/M/G; past it each read decrypts again); audit_fail=closed|open: when audit records"
     " cannot be written, refuse new opens with EIO (closed, the default) or serve them.",
 )
-@click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Default owner of files.")
-@click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Default group of files.")
+@click.option("--uid", type=USER_ID, help="Default owner of files (number or name).")
+@click.option("--gid", type=GROUP_ID, help="Default group of files (number or name).")
 @click.option("--mode", default="0400", show_default=True, help="Default file mode (octal).")
 @click.option("--log-file", type=click.Path(dir_okay=False, path_type=Path), help="Daemon log.")
 @click.option(

@@ -13,7 +13,7 @@ import click
 from secretfs import expiry, fields, sealing
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
-from secretfs.cli.params import bounded_int
+from secretfs.cli.params import GROUP_ID, USER_ID, bounded_int
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -34,8 +34,8 @@ def _ref(text: str) -> Ref:
 
 def owner_options(fn: Any) -> Any:
     fn = click.option("--mode", metavar="OCTAL", help="File mode in the mount, e.g. 0440.")(fn)
-    fn = click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Numeric group id.")(fn)
-    return click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Numeric user id.")(fn)
+    fn = click.option("--gid", type=GROUP_ID, help="Group: a number or a name of this host.")(fn)
+    return click.option("--uid", type=USER_ID, help="Owner: a number or a name of this host.")(fn)
 
 
 def meta_record(meta: SecretMeta) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import secrets
 import string
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,11 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
     for decorator in reversed(
         [
             click.argument("value", required=False),
-            click.option("--from-stdin", is_flag=True, help="Read the value from standard input."),
+            click.option(
+                "--from-stdin",
+                is_flag=True,
+                help="Read the value from standard input (on a terminal: asked twice, not shown).",
+            ),
             click.option(
                 "--from-file",
                 type=click.Path(dir_okay=False, path_type=Path),
@@ -49,10 +54,59 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
                 metavar="[LEN]",
                 help=f"Generate LEN random letters and digits (default {DEFAULT_GENERATE_LENGTH}).",
             ),
+            *input_options(),
         ]
     ):
         fn = decorator(fn)
     return fn
+
+
+def input_options() -> list[Callable[[click.decorators.FC], click.decorators.FC]]:
+    """--trim and --allow-empty: shared by every command that reads values."""
+    return [
+        click.option(
+            "--trim",
+            is_flag=True,
+            help="Strip one trailing newline (as `echo` and `pass show` add it);"
+            " default: exact bytes.",
+        ),
+        click.option(
+            "--allow-empty", is_flag=True, help="Store an empty value (refused otherwise)."
+        ),
+    ]
+
+
+def finish_value(data: bytes, what: str, *, trim: bool, allow_empty: bool) -> bytes:
+    """Apply --trim (one trailing "\n" or "\r\n") and refuse an empty value unless
+    --allow-empty: an empty pipe or a failed `cmd://` is rarely what was meant."""
+    if trim and data.endswith(b"\n"):
+        data = data[:-2] if data.endswith(b"\r\n") else data[:-1]
+    if not data and not allow_empty:
+        raise UsageError(f"{what} is empty: refused (give --allow-empty to store an empty value)")
+    return data
+
+
+def _is_pem(data: bytes) -> bool:
+    # PEM and OpenSSH keys need their final newline: no note for them.
+    return data.lstrip().startswith(b"-----BEGIN ")
+
+
+def prompt_value(limit: int) -> bytes:
+    """A value typed on the terminal: echo off, asked twice (click reads /dev/tty)."""
+    text: str = click.prompt(
+        "Value", hide_input=True, confirmation_prompt="Again", err=True, show_default=False
+    )
+    data = os.fsencode(text)
+    if len(data) > limit:
+        raise too_large("the typed value", limit)
+    return data
+
+
+def read_stdin(limit: int, what: str) -> bytes:
+    """A value on stdin: typed at a hidden prompt on a terminal, else read (bounded)."""
+    if sys.stdin.isatty():
+        return prompt_value(limit)
+    return read_limited(sys.stdin.buffer, limit, what)
 
 
 def parse_mode(text: str, what: str = "--mode") -> int:
@@ -80,6 +134,8 @@ class ValueSource:
     from_file: Path | None
     from_uri: str | None
     generate: int | None
+    trim: bool = False
+    allow_empty: bool = False
 
     def read(self, limit: int) -> bytes:
         """The value, reading at most `limit` + 1 bytes of any source; over is refused."""
@@ -93,7 +149,7 @@ class ValueSource:
             if len(data) > limit:
                 raise too_large("the VALUE argument", limit)
         elif self.from_stdin:
-            data = read_limited(sys.stdin.buffer, limit, "standard input")
+            data = read_stdin(limit, "standard input")
         elif self.from_file is not None:
             data = read_file_limited(self.from_file, limit)
         elif self.from_uri is not None:
@@ -101,11 +157,23 @@ class ValueSource:
         else:
             assert self.generate is not None
             return "".join(secrets.choice(GENERATE_ALPHABET) for _ in range(self.generate)).encode()
-        if data.endswith(b"\n"):
+        data = finish_value(data, self._what(), trim=self.trim, allow_empty=self.allow_empty)
+        if data.endswith(b"\n") and not _is_pem(data):
             click.echo(
-                "note: the value ends in a newline; it is stored as given (exact bytes)", err=True
+                "note: the value ends in a newline; it is stored as given (exact bytes;"
+                " --trim strips it)",
+                err=True,
             )
         return data
+
+    def _what(self) -> str:
+        if self.value is not None:
+            return "the VALUE argument"
+        if self.from_stdin:
+            return "the value from standard input"
+        if self.from_file is not None:
+            return str(self.from_file)
+        return f"the value from {(self.from_uri or '').partition('://')[0]}://"
 
 
 def take_value(options: dict[str, Any]) -> ValueSource:
@@ -117,6 +185,8 @@ def take_value(options: dict[str, Any]) -> ValueSource:
         options.pop("from_file"),
         options.pop("from_uri"),
         options.pop("generate"),
+        options.pop("trim"),
+        options.pop("allow_empty"),
     )
     chosen = [
         name
