@@ -81,7 +81,9 @@ class EtcdCluster:
                     "--initial-cluster-state=new",
                     "--heartbeat-interval=50",
                     "--election-timeout=500",
-                    "--max-txn-ops=1024",
+                    # Progress notifications every 0.5 s: an idle watch still hears
+                    # from its member, so a hung one shows (docs/cluster.md).
+                    "--experimental-watch-progress-notify-interval=500ms",
                     "--log-level=warn",
                     "--logger=zap",
                 ],
@@ -100,6 +102,17 @@ class EtcdCluster:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         self.procs[i] = None
+
+    def pause(self, i: int) -> None:
+        """SIGSTOP one member (a hung node: it accepts connections, answers nothing)."""
+        proc = self.procs[i]
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
 
     def wait_healthy(
         self, members: list[int] | None = None, timeout: float = START_SECONDS
@@ -151,6 +164,7 @@ class EtcdCluster:
 
     def close(self) -> None:
         for i in range(len(self.procs)):
+            self.resume(i)
             self.stop(i)
 
 

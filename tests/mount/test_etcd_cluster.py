@@ -155,3 +155,58 @@ def test_a_sqlite_mount_has_a_status_file_too(mounted: Mount) -> None:
     before = status["last_revision"]
     mounted.cli("secret", "set", "extra", "--from-stdin", input=b"x")
     wait_for(lambda: _status(mounted.path)["last_revision"] != before)
+
+
+def test_a_hung_member_does_not_hold_a_mount_or_the_cli(
+    nodes: tuple[EtcdCluster, dict[str, str], list[Path]],
+) -> None:
+    """SIGSTOP of the member carrying the watch: the mounts move to another member and
+    serve a rotation made meanwhile; the CLI pays one deadline, not one per member."""
+    cluster, env, (a, b) = nodes
+    wait_for(lambda: _connected([a, b], True) and _status(a)["member"] is not None, timeout=5)
+    member = str(_status(a)["member"])
+    hung = cluster.endpoints.index(member.removeprefix("http://"))
+    others = [e for i, e in enumerate(cluster.endpoints) if i != hung]
+    # This CLI lists the hung member last: the rotation itself pays nothing for it.
+    later = dict(env, SECRETFS_STORE=f"etcd://{','.join([*others, member[7:]])}/fleet")
+    cluster.pause(hung)
+    try:
+        run_cli("secret", "rotate", "db", "--from-stdin", env=later, input=b"value-hung-3f9c")
+        wait_for(lambda: _reads(a, b"value-hung-3f9c") and _reads(b, b"value-hung-3f9c"), 4)
+        wait_for(lambda: _connected([a, b], True), timeout=4)
+        assert _status(a)["member"] not in (None, member)
+        assert "switching members" in (a.parent / "node-a.log").read_text()
+
+        # The hung member listed first: the command pays a share of one timeout once.
+        started = time.monotonic()
+        proc = run_cli("secret", "get", "db", env=env)
+        assert proc.stdout == b"value-hung-3f9c"
+        assert time.monotonic() - started < 4
+    finally:
+        cluster.resume(hung)
+
+
+def test_the_cli_bounds_a_command_when_every_member_hangs(
+    own_etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    cluster = own_etcd_cluster
+    env = cli_environment(tmp_path / "unused.db")
+    env["SECRETFS_STORE"] = cluster.url("hung")
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "hung.key")
+    run_cli("init", env=env)
+    for i in range(3):
+        cluster.pause(i)
+    try:
+        started = time.monotonic()
+        proc = run_cli("secret", "get", "db", env=env, check=False)
+        took = time.monotonic() - started
+    finally:
+        for i in range(3):
+            cluster.resume(i)
+    assert proc.returncode == 7
+    message = proc.stderr.decode()
+    assert "cannot reach the etcd cluster" in message
+    for endpoint in cluster.endpoints:
+        assert f"{endpoint}: did not answer" in message or f"{endpoint}: not tried" in message
+    # One 2 s deadline for the call, not 2 s for each of the three members (6 s+).
+    assert took < 5, took
