@@ -3,6 +3,9 @@
 `SECRETFS_TEST_KILL=POINT[:N]` sends SIGKILL to this process the Nth time (default 1st)
 it reaches `checkpoint(POINT)`; `SECRETFS_TEST_STOP=POINT[:N]` sends it SIGSTOP there,
 so a test can look at the store mid-operation and then kill or continue it.
+`SECRETFS_TEST_FAULT=POINT[:N]` makes `fault(POINT)` true the Nth time: the etcd
+backend then acts as if a write's outcome were unknown (`etcd-txn-unsent`: never sent;
+`etcd-txn-answer-lost`: applied, answer lost) and must resolve it by reading back.
 
 This only ever stops or kills the process that carries the variable, which whoever sets
 its environment can do anyway: it changes nothing that is written, read or checked. With
@@ -19,6 +22,7 @@ import signal
 
 ENV_KILL = "SECRETFS_TEST_KILL"
 ENV_STOP = "SECRETFS_TEST_STOP"
+ENV_FAULT = "SECRETFS_TEST_FAULT"
 
 
 def _parse(text: str | None) -> tuple[str, int] | None:
@@ -35,6 +39,7 @@ _ARMED: dict[str, tuple[str, int]] = {
     for action, parsed in (
         ("kill", _parse(os.environ.get(ENV_KILL))),
         ("stop", _parse(os.environ.get(ENV_STOP))),
+        ("fault", _parse(os.environ.get(ENV_FAULT))),
     )
     if parsed is not None
 }
@@ -47,5 +52,14 @@ def checkpoint(point: str) -> None:
         return
     _seen[point] = _seen.get(point, 0) + 1
     for action, (wanted, nth) in _ARMED.items():
-        if wanted == point and _seen[point] == nth:
+        if action != "fault" and wanted == point and _seen[point] == nth:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+
+
+def fault(point: str) -> bool:
+    """Reached `point`: whether a test asked for a simulated failure here this time."""
+    armed = _ARMED.get("fault")
+    if armed is None:
+        return False
+    seen = _seen[f"fault:{point}"] = _seen.get(f"fault:{point}", 0) + 1
+    return armed == (point, seen)

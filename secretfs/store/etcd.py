@@ -60,7 +60,7 @@ from secretfs.store import (
     VersionMeta,
 )
 from secretfs.store.location import EtcdLocation, key_file_path
-from secretfs.testhooks import checkpoint
+from secretfs.testhooks import checkpoint, fault
 from secretfs.timeutil import iso_time
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,9 @@ DEFAULT_TIMEOUT = 2.0  # seconds for one request; a cluster without quorum fails
 DEFAULT_LOAD_TIMEOUT = 120.0  # seconds for a mount's initial load (paginated)
 LOAD_PAGE = 2000  # keys per range while loading
 DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
+TXN_RESERVED_OPS = 8  # a write's own keys: d/lock, counters, its audit batch
+COMMIT_TRIES = 3  # sends of one Txn whose outcome was unknown (its compare dedupes)
+TXN_BYTES = 1 << 20  # under etcd's default --max-request-bytes (1.5 MiB)
 CONNECT_TIMEOUT = 1.0
 MIN_ATTEMPT = 0.3  # the least one endpoint gets of a call's deadline
 # A watch that delivers nothing (no event, no progress notification) for this long is
@@ -180,6 +183,17 @@ def _tls(location: EtcdLocation) -> ssl.SSLContext | bool:
                 f" with its key: {_reason(exc)}"
             ) from None
     return context
+
+
+def _max_txn_ops() -> int:
+    raw = os.environ.get(ENV_MAX_TXN_OPS)
+    if not raw:
+        return DEFAULT_MAX_TXN_OPS
+    if not raw.isdigit() or not 16 <= int(raw) <= 1_000_000:
+        raise StoreError(
+            f"${ENV_MAX_TXN_OPS}={raw!r}: give the cluster's --max-txn-ops (16 or more)"
+        )
+    return int(raw)
 
 
 def _password() -> str | None:
@@ -501,6 +515,24 @@ class _Txn:
     revision: int  # reads see the store as of here
     lock_revision: int  # mod_revision of d/lock then (0: never written)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)  # None: delete
+    audit: list[dict[str, Any]] = field(default_factory=list)  # one a/ key at commit
+
+
+@dataclass(slots=True)
+class _ReadCache:
+    """What prefetch() read at one revision: exact keys, and whole ranges (a key in one
+    of them that is not in `kv` does not exist)."""
+
+    revision: int
+    kv: dict[bytes, bytes | None] = field(default_factory=dict)
+    ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+    def knows(self, start: bytes, end: bytes | None = None) -> bool:
+        if end is None:
+            if start in self.kv:
+                return True
+            end = start + b"\0"
+        return any(lo <= start and end <= hi for lo, hi in self.ranges)
 
 
 @dataclass(slots=True)
@@ -594,6 +626,7 @@ class EtcdBackend:
         self._txn: _Txn | None = None
         self._snapshot_rev: int | None = None
         self._follow: _Follow | None = None
+        self._cache: _ReadCache | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -693,14 +726,97 @@ class EtcdBackend:
             assert self._follow is not None
             with self._lock:
                 return self._follow.kv.get(key)
+        cache = self._cached()
+        if cache is not None and cache.knows(key):
+            return cache.kv.get(key)
         kvs = self._remote_range(key, None)
         return _unb64(kvs[0].get("value")) if kvs else None
+
+    def _cached(self) -> _ReadCache | None:
+        cache = self._cache
+        return cache if cache is not None and cache.revision == self._read_revision() else None
+
+    def _fetch(self, keys: list[bytes], ranges: list[tuple[bytes, bytes]]) -> None:
+        """Read exact `keys` and whole `ranges` at the read revision in as few
+        round trips as --max-txn-ops allows (one Txn of range requests each)."""
+        revision = self._read_revision()
+        if self._cache is None or self._cache.revision != revision:
+            self._cache = _ReadCache(revision)
+        cache = self._cache
+        wanted: list[tuple[bytes, bytes | None]] = [(k, None) for k in keys if not cache.knows(k)]
+        wanted += [(lo, hi) for lo, hi in ranges if not cache.knows(lo, hi)]
+        step = max(1, _max_txn_ops())
+        for at in range(0, len(wanted), step):
+            chunk = wanted[at : at + step]
+            ops = []
+            for start, end in chunk:
+                body: dict[str, Any] = {"key": _b64(start), "revision": str(revision)}
+                if end is not None:
+                    body["range_end"] = _b64(end)
+                ops.append({"request_range": body})
+            try:
+                answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
+            except CompactedError:
+                if self._txn is None:
+                    raise
+                raise WriteConflictError(
+                    f"{self.location} changed too much during this write (its history was"
+                    " compacted under it); nothing was written: retry"
+                ) from None
+            for (start, end), response in zip(chunk, answer.get("responses", []), strict=True):
+                kvs = (response.get("response_range") or {}).get("kvs") or []
+                if end is None:
+                    cache.kv[start] = _unb64(kvs[0].get("value")) if kvs else None
+                else:
+                    cache.ranges.append((start, end))
+                    for kv in kvs:
+                        cache.kv[_unb64(kv["key"])] = _unb64(kv.get("value"))
+
+    def prefetch_secrets(self, refs: list[tuple[str, str]]) -> None:
+        """Read what writing new versions of these secrets will read, in two round trips
+        per --max-txn-ops keys instead of about five per secret."""
+        if self._local() or (self._txn is None and self._snapshot_rev is None):
+            return
+        rows = [self._row_key(scope, name) for scope, name in refs]
+        meta = self._key("d/meta/")
+        self._fetch(rows, [(meta, prefix_end(meta))])
+        keys: list[bytes] = []
+        ranges: list[tuple[bytes, bytes]] = []
+        missing = 0
+        for key in rows:
+            raw = self._get(key)
+            if raw is None:
+                missing += 1
+                continue
+            secret_id = int(_record(key, raw)["id"])
+            keys.append(self._id_key(secret_id))
+            versions = self._versions_prefix(secret_id)
+            ranges.append((versions, prefix_end(versions)))
+        if missing:
+            # New secrets take the next ids: one range covers all their (absent) versions.
+            first = self._counter("next_id") + 1
+            ranges.append((self._versions_prefix(first), self._versions_prefix(first + missing)))
+        self._fetch(keys, ranges)
+
+    def write_batch(self, sizes: list[int]) -> int:
+        """How many of these values (their sizes, in order) one Txn can write within
+        --max-txn-ops and --max-request-bytes (at least one)."""
+        per_secret = 4  # id, row, version, and one pruned version
+        count = max(1, (_max_txn_ops() - TXN_RESERVED_OPS) // per_secret)
+        total = 0
+        for n, size in enumerate(sizes[:count]):
+            total += size * 4 // 3 + 2048  # base64 in the record, plus row and overhead
+            if n and total > TXN_BYTES:
+                return n
+        return min(count, len(sizes)) or 1
 
     def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         if self._local():
             assert self._follow is not None
             with self._lock:
                 found = self._follow.scan(prefix)
+        elif (cache := self._cached()) is not None and cache.knows(prefix, prefix_end(prefix)):
+            found = {k: v for k, v in cache.kv.items() if v is not None and k.startswith(prefix)}
         else:
             kvs = self._remote_range(prefix, prefix_end(prefix))
             found = {_unb64(kv["key"]): _unb64(kv.get("value")) for kv in kvs}
@@ -745,25 +861,32 @@ class EtcdBackend:
             yield
         finally:
             self._txn = None
+            self._cache = None
         checkpoint("before-commit")
         self._commit(txn)
         checkpoint("after-commit")
 
     def _commit(self, txn: _Txn) -> None:
-        if not txn.writes:
+        writes = dict(txn.writes)
+        if txn.audit:
+            # One audit key per transaction, however many records it carries.
+            key = self._key("a", f"{time.time_ns():020d}-{os.urandom(6).hex()}")
+            writes[key] = json.dumps(txn.audit, separators=(",", ":")).encode()
+        if not writes:
             return
         ops: list[dict[str, Any]] = []
-        for key, value in txn.writes.items():
+        for key, value in writes.items():
             if value is None:
                 ops.append({"request_delete_range": {"key": _b64(key)}})
             else:
                 ops.append({"request_put": {"key": _b64(key), "value": _b64(value)}})
         compare: list[dict[str, Any]] = []
         data = self._p + b"d/"
-        if any(k.startswith(data) for k in txn.writes):
+        lock = self._key("d/lock")
+        # Unique to this write: reading d/lock back tells whether it was applied.
+        stamp = f"{time.time_ns()} {os.getpid()} {os.urandom(6).hex()}".encode()
+        if any(k.startswith(data) for k in writes):
             # Audit records alone are appended blindly; anything else serializes on d/lock.
-            lock = self._key("d/lock")
-            stamp = f"{time.time_ns()} {os.getpid()}".encode()
             ops.append({"request_put": {"key": _b64(lock), "value": _b64(stamp)}})
             compare.append(
                 {
@@ -773,14 +896,56 @@ class EtcdBackend:
                     "mod_revision": str(txn.lock_revision),
                 }
             )
-        answer = self._gw.call(
-            "/v3/kv/txn", {"compare": compare, "success": ops, "failure": []}, write=True
-        )
-        if not answer.get("succeeded"):
+        body = {"compare": compare, "success": ops, "failure": []}
+        for attempt in range(1, COMMIT_TRIES + 1):
+            try:
+                if fault("etcd-txn-unsent"):
+                    raise UnknownOutcomeError("test: the write was never sent")
+                answer = self._gw.call("/v3/kv/txn", body, write=True)
+                if fault("etcd-txn-answer-lost"):
+                    raise UnknownOutcomeError("test: the write's answer was lost")
+            except UnknownOutcomeError as exc:
+                if not compare:
+                    raise StoreError(
+                        f"{exc}: these audit records may or may not have been written"
+                    ) from None
+                if self._applied(lock, stamp, txn.lock_revision, str(exc)):
+                    return
+                # Not applied (yet): the same Txn again. Its compare on d/lock lets at
+                # most one of the two apply, so a retried batch never doubles a version.
+                log.warning("%s: not applied as read back; sending it again", exc)
+                continue
+            if answer.get("succeeded"):
+                return
+            if attempt > 1 and self._applied(lock, stamp, txn.lock_revision, "resent"):
+                return  # the first send was applied after all
             raise WriteConflictError(
                 f"another writer changed {self.location} during this write; nothing was"
                 " written: retry"
             )
+        raise StoreError(
+            f"etcd did not confirm the write to {self.location} after {COMMIT_TRIES} tries,"
+            " and reading back shows it was not applied: nothing was written; retry later"
+        )
+
+    def _applied(self, lock: bytes, stamp: bytes, lock_revision: int, why: str) -> bool:
+        """After a write of unknown outcome: read d/lock back. Ours there: applied.
+        Unchanged: not applied (yet). Another writer's: ours never will be."""
+        try:
+            kvs, _ = self._gw.range(lock)
+        except StoreError as exc:
+            raise StoreError(
+                f"{why}, and reading it back failed too ({exc}): it may or may not have been"
+                " applied; check with `secretfs history` before writing again"
+            ) from None
+        if kvs and _unb64(kvs[0].get("value")) == stamp:
+            return True
+        now = int(kvs[0].get("mod_revision", 0)) if kvs else 0
+        if now == lock_revision:
+            return False
+        raise WriteConflictError(
+            f"another writer changed {self.location} during this write; nothing was written: retry"
+        )
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -794,6 +959,7 @@ class EtcdBackend:
             yield
         finally:
             self._snapshot_rev = None
+            self._cache = None
 
     # -- meta ----------------------------------------------------------------------------
 
@@ -1299,8 +1465,9 @@ class EtcdBackend:
             }
             for r in records
         ]
-        key = self._key("a", f"{time.time_ns():020d}-{os.urandom(6).hex()}")
-        self._put(key, json.dumps(batch, separators=(",", ":")).encode())
+        if self._txn is None:
+            raise StoreError("internal: a write to the store outside a transaction")
+        self._txn.audit.extend(batch)
 
     def read_audit(
         self,
