@@ -329,6 +329,7 @@ class Gateway:
             try:
                 response = self._post(url, path, body, min(share, left))
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                _refused_tls(url, exc)
                 problems.append(f"{url}: cannot connect ({_reason(exc)})")
                 continue
             except httpx.TimeoutException:
@@ -339,6 +340,7 @@ class Gateway:
                 problems.append(f"{url}: did not answer within {share:.1f}s (hung? no quorum?)")
                 continue
             except httpx.HTTPError as exc:
+                _refused_tls(url, exc)
                 if write:
                     raise UnknownOutcomeError(
                         f"etcd at {url} broke off during the write ({_reason(exc)})"
@@ -454,6 +456,7 @@ class Gateway:
                     headers=self._headers(url),
                 ) as response:
                     if response.status_code != 200:
+                        self._token = None  # an expired token shows here: a new one next
                         problems.append(f"{url}: HTTP {response.status_code}")
                         continue
                     established = True
@@ -503,6 +506,22 @@ class Gateway:
                 sock.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             response.close()
+
+
+def _refused_tls(url: str, exc: BaseException) -> None:
+    """A TLS handshake refused (no or unknown client certificate, unverifiable server):
+    AuthError saying so, not "cannot reach the cluster"."""
+    text = _reason(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        raise AuthError(
+            f"cannot verify the certificate of etcd at {url}: {text} (is ${ENV_CACERT} the"
+            " cluster's CA?)"
+        )
+    if "certificate" in text.lower() and "alert" in text.lower():
+        raise AuthError(
+            f"etcd at {url} refused our TLS client certificate: {text} (the cluster asks for"
+            f" one its CA signed: set ${ENV_CERT} and ${ENV_CERT_KEY})"
+        )
 
 
 def _reason(exc: BaseException) -> str:
