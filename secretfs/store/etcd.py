@@ -90,7 +90,7 @@ MIN_ATTEMPT = 0.3  # the least one endpoint gets of a call's deadline
 WATCH_IDLE_SECONDS = 3.0
 # Behind the cluster (the health check saw a newer write) and silent this long: switch.
 WATCH_SILENT_SECONDS = 0.3
-CLOSE_SECONDS = 1.0  # what closing a mount's store waits for its threads, in all
+CLOSE_SECONDS = 0.5  # what closing a mount's store waits for its threads, in all
 HEALTH_SECONDS = 1.0  # how often a mount checks that the cluster answers
 RETRY_SECONDS = 0.5  # between attempts to re-establish a broken watch
 # Cancel a watch (and fail a request) on a member that has lost its leader, rather

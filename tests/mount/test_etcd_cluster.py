@@ -3,8 +3,10 @@ survived (the mounts serve the last state and say they are stale), and they catc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -210,3 +212,50 @@ def test_the_cli_bounds_a_command_when_every_member_hangs(
         assert f"{endpoint}: did not answer" in message or f"{endpoint}: not tried" in message
     # One 2 s deadline for the call, not 2 s for each of the three members (6 s+).
     assert took < 5, took
+
+
+@pytest.mark.parametrize(
+    ("state", "signum"),
+    [
+        ("stopped", signal.SIGTERM),
+        ("stopped", signal.SIGINT),
+        ("hung", signal.SIGTERM),
+        ("hung", signal.SIGHUP),
+    ],
+)
+def test_a_mount_stops_on_a_signal_while_etcd_is_unreachable(
+    own_etcd_cluster: EtcdCluster, tmp_path: Path, state: str, signum: signal.Signals
+) -> None:
+    """Every member stopped (or hung: SIGSTOP, connections accepted, nothing answered),
+    a reader's audit record waiting: the daemon exits within 5 s of a signal and leaves
+    no mount behind. (Its last audit write may take one request timeout, here 1 s.)"""
+    cluster = own_etcd_cluster
+    env = cli_environment(tmp_path / "unused.db")
+    env["SECRETFS_STORE"] = cluster.url("stop")
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "stop.key")
+    env["SECRETFS_ETCD_TIMEOUT"] = "1"
+    run_cli("init", env=env)
+    run_cli("secret", "set", "db", "--from-stdin", env=env, input=b"value-one-3f9c")
+    mnt = tmp_path / "node-a"
+    mnt.mkdir()
+    run_cli("mount", str(mnt), "--log-file", str(tmp_path / "node-a.log"), env=env)
+    (pid,) = _daemons(mnt)
+    try:
+        wait_for(lambda: _connected([mnt], True), timeout=5)
+        for i in range(3):
+            cluster.stop(i) if state == "stopped" else cluster.pause(i)
+        wait_for(lambda: _connected([mnt], False), timeout=8)
+        assert _reads(mnt, b"value-one-3f9c")  # an audit record that cannot be written
+        os.kill(pid, signum)
+        deadline = time.monotonic() + 5
+        while _daemons(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _daemons(mnt), "the daemon did not exit within 5 s"
+        assert not _is_mounted(mnt)
+    finally:
+        for i in range(3):
+            cluster.resume(i)
+        if _is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
