@@ -91,7 +91,10 @@ WATCH_IDLE_SECONDS = 3.0
 # Behind the cluster (the health check saw a newer write) and silent this long: switch.
 WATCH_SILENT_SECONDS = 0.3
 CLOSE_SECONDS = 0.5  # what closing a mount's store waits for its threads, in all
-HEALTH_SECONDS = 1.0  # how often a mount checks that the cluster answers
+# How often a mount checks that the cluster answers and that its watch keeps up: a
+# change reaches a mount whose member hangs within about this plus a reconnect.
+HEALTH_SECONDS = 0.5
+HEALTH_TIMEOUT = 1.0  # for that check, across members
 RETRY_SECONDS = 0.5  # between attempts to re-establish a broken watch
 # Cancel a watch (and fail a request) on a member that has lost its leader, rather
 # than leave it silently waiting: the gateway passes this on as gRPC metadata.
@@ -1659,7 +1662,7 @@ class EtcdBackend:
     def _health_loop(self) -> None:
         follow = self._follow
         assert follow is not None
-        gw = Gateway(self.location, timeout=min(self._gw.timeout, HEALTH_SECONDS))
+        gw = Gateway(self.location, timeout=min(self._gw.timeout, HEALTH_TIMEOUT))
         lock = self._key("d/lock")
         try:
             while not self._stop.wait(HEALTH_SECONDS):
