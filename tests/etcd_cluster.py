@@ -78,9 +78,15 @@ class Tls:
 
 class EtcdCluster:
     def __init__(
-        self, base: Path, size: int = 3, tls: Tls | None = None, extra: tuple[str, ...] = ()
+        self,
+        base: Path,
+        size: int = 3,
+        tls: Tls | None = None,
+        extra: tuple[str, ...] = (),
+        progress: str | None = "500ms",
     ) -> None:
         self.tls = tls
+        self.progress = progress
         self.extra = extra
         self.scheme = "https" if tls else "http"
         if ETCD is None:
@@ -144,7 +150,11 @@ class EtcdCluster:
                     "--election-timeout=500",
                     # Progress notifications every 0.5 s: an idle watch still hears
                     # from its member, so a hung one shows (docs/cluster.md).
-                    "--experimental-watch-progress-notify-interval=500ms",
+                    *(
+                        [f"--experimental-watch-progress-notify-interval={self.progress}"]
+                        if self.progress
+                        else []
+                    ),
                     "--log-level=warn",
                     "--logger=zap",
                     *tls_args,

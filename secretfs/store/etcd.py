@@ -213,6 +213,11 @@ class UnknownOutcomeError(StoreError):
     """A write reached a member that gave no answer: it may or may not be applied."""
 
 
+class WatchIdleError(StoreError):
+    """A watch that sent nothing for a while: a hung member, or an idle store on a
+    cluster that sends no progress notifications."""
+
+
 class AuthError(StoreError):
     """etcd refused our credentials or our user's permissions (not a reachability problem)."""
 
@@ -476,9 +481,8 @@ class Gateway:
                             raise StoreError(f"etcd watch at {url}: {error.get('message', error)}")
                         yield dict(message.get("result", {}))
             except httpx.ReadTimeout:
-                problems.append(f"{url}: sent nothing for {idle:g}s (hung?)")
                 self._good = (index + 1) % len(self._urls)  # try another member next
-                break
+                raise WatchIdleError(f"etcd watch at {url}: sent nothing for {idle:g}s") from None
             except httpx.HTTPError as exc:
                 problems.append(f"{url}: {_reason(exc)}")
                 if established:
@@ -1605,6 +1609,14 @@ class EtcdBackend:
             while not self._stop.is_set():
                 try:
                     self._watch_once(watch_gw, follow, prefix)
+                except WatchIdleError as exc:
+                    with self._lock:
+                        idle = follow.reachable and follow.lag == 0
+                        follow.switching = follow.switching or idle
+                    if not idle:
+                        self._set_watching(False, str(exc))
+                    # else: nothing was missed (the health check agrees): a quiet store on
+                    # a cluster without progress notifications. Start again, not stale.
                 except StoreError as exc:
                     self._set_watching(False, str(exc))
                 with self._lock:

@@ -260,3 +260,32 @@ def test_a_mount_stops_on_a_signal_while_etcd_is_unreachable(
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_quiet_store_without_progress_notifications_is_not_stale(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """etcd's default sends no progress notifications: a watch on a store nobody writes
+    hears nothing, is started again every few seconds, and is never reported stale."""
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd-quiet"), progress=None)
+    mnt = tmp_path / "quiet"
+    mnt.mkdir()
+    try:
+        env = cli_environment(tmp_path / "unused.db")
+        env["SECRETFS_STORE"] = cluster.url("quiet")
+        env["SECRETFS_KEY_FILE"] = str(tmp_path / "quiet.key")
+        run_cli("init", env=env)
+        run_cli("secret", "set", "db", "--from-stdin", env=env, input=b"value-one-3f9c")
+        run_cli("mount", str(mnt), "--log-file", str(tmp_path / "quiet.log"), env=env)
+        wait_for(lambda: _connected([mnt], True), timeout=5)
+        deadline = time.monotonic() + 3.6  # past the 3 s a watch may stay silent
+        while time.monotonic() < deadline:
+            assert _status(mnt)["connected"] is True
+            time.sleep(0.1)
+        run_cli("secret", "rotate", "db", "--from-stdin", env=env, input=b"value-two-3f9c")
+        wait_for(lambda: _reads(mnt, b"value-two-3f9c"), timeout=2)
+        assert "unreachable" not in (tmp_path / "quiet.log").read_text()
+    finally:
+        if _is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        cluster.close()
