@@ -597,3 +597,37 @@ def test_a_batch_of_unknown_outcome_is_read_back_never_doubled(
     assert len(counts) == 100 and set(counts.values()) == {1}
     history = etcd_store.cli("secret", "history", "K00040").stdout.decode()
     assert history.count("\n") == 2, history  # a header and one version
+
+
+def test_audit_batches_are_merged_keeping_their_ids(etcd_store: Store) -> None:
+    """Many small audit keys become one; every record keeps its id, so a reader that
+    follows the log (`after_id`) sees nothing twice and nothing lost."""
+    from secretfs.audit import cli_record
+    from secretfs.store.etcd import EtcdBackend
+
+    where = location.parse(etcd_store.url)
+    assert isinstance(where, EtcdLocation)
+    backend = EtcdBackend.open(where)
+    try:
+        for i in range(40):
+            with backend.transaction():
+                backend.append_audit([cli_record("get", f"$S:k{i}", 1, "ok", None)] * 2)
+        before = backend.read_audit()
+        prefix = etcd_store.url.rsplit("/", 1)[1]
+        assert etcd_store.cluster is not None
+        keys = [k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]
+        assert len(keys) >= 40
+        assert backend.compact_audit(time.time_ns()) == len(keys) - 1
+        after = backend.read_audit()
+        assert [(r.id, r.ref, r.time_ns) for r in after] == [
+            (r.id, r.ref, r.time_ns) for r in before
+        ]
+        assert len([k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]) == 1
+        assert backend.compact_audit(time.time_ns()) == 0
+        last = after[-1].id
+        assert backend.read_audit(after_id=last) == []
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:new", 1, "ok", None)])
+        assert [r.ref for r in backend.read_audit(after_id=last)] == ["$S:new"]
+    finally:
+        backend.close()

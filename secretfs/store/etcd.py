@@ -50,7 +50,7 @@ from typing import Any
 import httpx
 
 from secretfs.audit import AuditRecord
-from secretfs.errors import IntegrityError, StoreError, WriteConflictError
+from secretfs.errors import IntegrityError, SecretfsError, StoreError, WriteConflictError
 from secretfs.store import (
     ClientKeyRecord,
     GrantRecord,
@@ -81,6 +81,10 @@ DEFAULT_LOAD_TIMEOUT = 120.0  # seconds for a mount's initial load (paginated)
 LOAD_PAGE = 2000  # keys per range while loading
 DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 TXN_RESERVED_OPS = 8  # a write's own keys: d/lock, counters, its audit batch
+AUDIT_CHUNK_BYTES = 256 << 10  # compact_audit() merges batches into keys up to this
+# A mount's writer compacts batches older than this, every AUDIT_COMPACT_EVERY batches.
+AUDIT_COMPACT_AGE_NS = 600 * 10**9
+AUDIT_COMPACT_EVERY = 200
 COMMIT_TRIES = 3  # sends of one Txn whose outcome was unknown (its compare dedupes)
 TXN_BYTES = 1 << 20  # under etcd's default --max-request-bytes (1.5 MiB)
 CONNECT_TIMEOUT = 1.0
@@ -638,6 +642,18 @@ def _row_seq(raw: bytes) -> int:
         return _DAMAGED_SEQ
 
 
+def _audit_batch(kv: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records of one audit key, each with its id (see read_audit)."""
+    key = _unb64(kv["key"])
+    records = _record(key, _unb64(kv.get("value")))
+    if not isinstance(records, list):
+        raise _damaged(key, "not a list of audit records")
+    base = int(kv["mod_revision"]) * 10000
+    for index, d in enumerate(records):
+        d.setdefault("id", base + index)
+    return records
+
+
 def _opt(value: Any) -> int | None:
     return None if value is None else int(value)
 
@@ -653,6 +669,7 @@ class EtcdBackend:
         self._snapshot_rev: int | None = None
         self._follow: _Follow | None = None
         self._cache: _ReadCache | None = None
+        self._audit_commits = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
 
@@ -942,6 +959,8 @@ class EtcdBackend:
                 log.warning("%s: not applied as read back; sending it again", exc)
                 continue
             if answer.get("succeeded"):
+                if not compare:
+                    self._audit_written()
                 return
             if attempt > 1 and self._applied(lock, stamp, txn.lock_revision, "resent"):
                 return  # the first send was applied after all
@@ -953,6 +972,20 @@ class EtcdBackend:
             f"etcd did not confirm the write to {self.location} after {COMMIT_TRIES} tries,"
             " and reading back shows it was not applied: nothing was written; retry later"
         )
+
+    def _audit_written(self) -> None:
+        """Every AUDIT_COMPACT_EVERY audit-only commits (a mount's writer makes one a
+        flush), merge the batches older than AUDIT_COMPACT_AGE_NS into fewer keys."""
+        self._audit_commits += 1
+        if self._audit_commits % AUDIT_COMPACT_EVERY:
+            return
+        try:
+            removed = self.compact_audit(time.time_ns() - AUDIT_COMPACT_AGE_NS)
+        except SecretfsError as exc:
+            log.warning("etcd: cannot compact the audit log of %s yet: %s", self.location, exc)
+            return
+        if removed:
+            log.info("etcd: merged %d audit batches of %s", removed, self.location)
 
     def _applied(self, lock: bytes, stamp: bytes, lock_revision: int, why: str) -> bool:
         """After a write of unknown outcome: read d/lock back. Ours there: applied.
@@ -1505,13 +1538,14 @@ class EtcdBackend:
         limit: int | None = None,
     ) -> list[AuditRecord]:
         """Records after `after_id`, oldest first. A record's id is the etcd revision of
-        its batch times 10000 plus its place in the batch."""
+        its batch times 10000 plus its place in the batch (kept in the record when
+        compact_audit() merged batches)."""
         prefix = self._key("a/")
-        kvs, _ = self._gw.range(prefix, prefix_end(prefix))
+        deadline = time.monotonic() + _seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        kvs, _ = self._gw.range_all(prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline)
         out: list[AuditRecord] = []
         for kv in kvs:
-            base = int(kv["mod_revision"]) * 10000
-            for index, d in enumerate(json.loads(_unb64(kv.get("value")))):
+            for d in _audit_batch(kv):
                 record = AuditRecord(
                     time_ns=int(d["time_ns"]),
                     source=str(d["source"]),
@@ -1524,7 +1558,7 @@ class EtcdBackend:
                     process=d["process"],
                     outcome=str(d["outcome"]),
                     detail=d["detail"],
-                    id=base + index,
+                    id=int(d["id"]),
                 )
                 if record.id <= after_id:
                     continue
@@ -1539,6 +1573,57 @@ class EtcdBackend:
                 out.append(record)
         out.sort(key=lambda r: r.id)
         return out if limit is None else out[:limit]
+
+    def compact_audit(self, before_ns: int) -> int:
+        """Merge the audit batches written before `before_ns` into keys of up to
+        AUDIT_CHUNK_BYTES, each record keeping its id; the number of keys removed.
+
+        Each merge is one Txn that commits only if its batches are unchanged, so two
+        writers compacting at once never lose or double a record.
+        """
+        prefix = self._key("a/")
+        end = self._key("a", f"{before_ns:020d}")
+        deadline = time.monotonic() + _seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        kvs, _ = self._gw.range_all(prefix, end, page=LOAD_PAGE, deadline=deadline)
+        most = max(2, _max_txn_ops() - 1)
+        groups: list[list[dict[str, Any]]] = [[]]
+        size = 0
+        for kv in kvs:
+            length = len(kv.get("value") or "")
+            if groups[-1] and (size + length > AUDIT_CHUNK_BYTES or len(groups[-1]) >= most):
+                groups.append([])
+                size = 0
+            groups[-1].append(kv)
+            size += length
+        removed = 0
+        for group in groups:
+            if len(group) < 2:
+                continue
+            records = [d for kv in group for d in _audit_batch(kv)]
+            first = _unb64(group[0]["key"])  # the merged key sorts where its first batch did
+            key = first.rsplit(b"-", 1)[0] + f"-m{os.urandom(6).hex()}".encode()
+            value = json.dumps(records, separators=(",", ":")).encode()
+            body = {
+                "compare": [
+                    {
+                        "key": kv["key"],
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": str(kv["mod_revision"]),
+                    }
+                    for kv in group
+                ],
+                "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}]
+                + [{"request_delete_range": {"key": kv["key"]}} for kv in group],
+                "failure": [],
+            }
+            try:
+                answer = self._gw.call("/v3/kv/txn", body, write=True)
+            except UnknownOutcomeError:
+                break  # applied or not, every record is in exactly one key: try again later
+            if answer.get("succeeded"):
+                removed += len(group) - 1
+        return removed
 
     # -- consistency (doctor) ---------------------------------------------------------------
 
