@@ -240,9 +240,9 @@ _TOKEN_STALE = ("invalid auth token", "auth token is expired", "revision of auth
 class Gateway:
     """etcd's JSON gateway on each endpoint in turn: the one that answered last first.
 
-    Every call has ONE deadline across endpoints (the request timeout): each endpoint
-    gets a share of what is left, so hung members cost the call its timeout once, not
-    once each.
+    Every call has ONE deadline across endpoints (the request timeout): an endpoint
+    gets what is left but MIN_ATTEMPT for each one after it, so hung members cost the
+    call its timeout once, not once each.
     """
 
     def __init__(self, location: EtcdLocation, timeout: float | None = None) -> None:
@@ -337,7 +337,9 @@ class Gateway:
             if left <= 0:
                 problems.append(f"{url}: not tried (the {budget:g}s were spent)")
                 continue
-            share = left if n == len(order) - 1 else max(left / (len(order) - n), MIN_ATTEMPT)
+            # Most of what is left, keeping MIN_ATTEMPT for each endpoint after this one.
+            after = len(order) - n - 1
+            share = max(left - MIN_ATTEMPT * after, left / (after + 1))
             try:
                 response = self._post(url, path, body, min(share, left))
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
