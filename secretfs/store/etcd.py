@@ -583,6 +583,7 @@ class _Follow:
     heard: float = field(default_factory=time.monotonic)  # the watch's last message
     member: str | None = None  # the member carrying the watch
     switching: bool = False  # the watch was dropped on purpose: restart it at once
+    catch_up: int = 0  # a watch started after a switch is current once it got to here
     # Rows by their `seq`, so changes_since() costs the change, not the store.
     row_seq: dict[bytes, int] = field(default_factory=dict)
     by_seq: list[tuple[int, bytes]] = field(default_factory=list)  # sorted; stale ok
@@ -1721,6 +1722,7 @@ class EtcdBackend:
 
     def _apply_watch(self, results: Iterator[dict[str, Any]], follow: _Follow) -> None:
         rows = self._key("d/s/")
+        created = False
         for result in results:
             if self._stop.is_set():
                 return
@@ -1733,9 +1735,9 @@ class EtcdBackend:
                 self._resync()
                 return
             if result.get("created"):
+                created = True
                 with self._lock:
                     follow.member = self._watch_gw.watch_url
-                self._set_watching(True, None)
             events = result.get("events") or []
             if not events:
                 if not result.get("created"):
@@ -1743,6 +1745,7 @@ class EtcdBackend:
                     header = int((result.get("header") or {}).get("revision", 0) or 0)
                     with self._lock:
                         follow.revision = max(follow.revision, header)
+                self._caught_up(follow, created)
                 continue
             with self._lock:
                 for event in events:
@@ -1757,6 +1760,15 @@ class EtcdBackend:
                             follow.index(key, value)
                     follow.revision = max(follow.revision, int(kv.get("mod_revision", 0)))
                 follow.version += 1
+            self._caught_up(follow, created)
+
+    def _caught_up(self, follow: _Follow, created: bool) -> None:
+        """Current again once the watch is established and, after a switch, has brought
+        what the cluster had when the old one was given up."""
+        with self._lock:
+            ready = created and not follow.watching and follow.revision >= follow.catch_up
+        if ready:
+            self._set_watching(True, None)
 
     def _health_loop(self) -> None:
         follow = self._follow
@@ -1778,6 +1790,8 @@ class EtcdBackend:
                     follow.lag = follow.lag + 1 if behind else 0
                     lag, member = follow.lag, follow.member
                 if behind and silent > WATCH_SILENT_SECONDS:
+                    with self._lock:
+                        follow.catch_up = max(follow.catch_up, written)
                     # The cluster moved on and the watch brought nothing: its member is
                     # hung or cut off. Stale until a watch on another member catches up.
                     problem = (
