@@ -4,6 +4,9 @@ A test arms them in the environment of a process it starts:
 `SECRETFS_TEST_KILL=POINT[:N]` sends SIGKILL to that process the Nth time (default 1st)
 it reaches `checkpoint(POINT)`; `SECRETFS_TEST_STOP=POINT[:N]` sends it SIGSTOP there,
 so a test can look at the store mid-operation and then kill or continue it.
+`SECRETFS_TEST_FAULT=POINT[:N]` makes `fault(POINT)` true the Nth time: the etcd
+backend then acts as if a write's outcome were unknown (`etcd-txn-unsent`: never sent;
+`etcd-txn-answer-lost`: applied, answer lost) and must resolve it by reading back.
 
 Unarmed (production), a checkpoint does nothing. Importing this module reads nothing; the
 first checkpoint a process reaches reads the two variables once, and from then on an
@@ -28,6 +31,7 @@ import signal
 
 ENV_KILL = "SECRETFS_TEST_KILL"
 ENV_STOP = "SECRETFS_TEST_STOP"
+ENV_FAULT = "SECRETFS_TEST_FAULT"
 
 # action ("kill" / "stop") -> (point, the Nth time); None until the first checkpoint.
 _armed: dict[str, tuple[str, int]] | None = None
@@ -50,6 +54,7 @@ def _read_environment() -> dict[str, tuple[str, int]]:
         for action, parsed in (
             ("kill", _parse(os.environ.get(ENV_KILL))),
             ("stop", _parse(os.environ.get(ENV_STOP))),
+            ("fault", _parse(os.environ.get(ENV_FAULT))),
         )
         if parsed is not None
     }
@@ -63,5 +68,14 @@ def checkpoint(point: str) -> None:
         return
     _seen[point] = _seen.get(point, 0) + 1
     for action, (wanted, nth) in armed.items():
-        if wanted == point and _seen[point] == nth:
+        if action != "fault" and wanted == point and _seen[point] == nth:
             os.kill(os.getpid(), signal.SIGKILL if action == "kill" else signal.SIGSTOP)
+
+
+def fault(point: str) -> bool:
+    """Reached `point`: whether a test asked for a simulated failure here this time."""
+    armed = (_read_environment() if _armed is None else _armed).get("fault")
+    if armed is None:
+        return False
+    seen = _seen[f"fault:{point}"] = _seen.get(f"fault:{point}", 0) + 1
+    return armed == (point, seen)

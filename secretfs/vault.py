@@ -76,6 +76,15 @@ def _retried(fn: Callable[_P, _R]) -> Callable[_P, _R]:
     return wrapper
 
 
+def _conflicts_message(conflicts: Sequence[Ref]) -> str:
+    shown = ", ".join(str(r) for r in conflicts[:10])
+    more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+    return (
+        f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
+        " nothing was written (choose --overwrite or --skip-existing)"
+    )
+
+
 def value_kind(value: bytes) -> str:
     """ "json" when the value is a JSON object or array (it gets a `.d/` directory)."""
     if not value or value.lstrip()[:1] not in (b"{", b"["):
@@ -616,7 +625,6 @@ class Vault:
         cleared = old_expiry if old_expiry is not None and new_expiry is None else None
         return WriteResult(previous, after, tuple(pruned), cleared)
 
-    @_retried
     def write_many(
         self,
         items: Sequence[tuple[Ref, bytes]],
@@ -625,6 +633,8 @@ class Vault:
         partial: bool = False,
     ) -> list[BulkOutcome]:
         """Write many secrets in ONE transaction: all of it commits, or none of it.
+        Where a transaction is bounded (etcd's --max-txn-ops), in batches that each
+        commit whole, after checking the whole set for conflicts (docs/cluster.md).
 
         A secret that exists already is, by `existing`: "fail", a conflict; "overwrite",
         given a new version unless its value is already equal ("unchanged"); "skip",
@@ -641,9 +651,44 @@ class Vault:
     ) -> list[BulkOutcome]:
         for ref, value in items:
             self.check_writable(ref, value)
+        sizes = [len(value) for _, value in items]
+        if self.backend.write_batch(sizes) >= len(items):
+            return self._write_batch(items, existing=existing, partial=partial)
+        if existing == "fail" and not partial:
+            # Refuse before the first batch commits, not half-way through.
+            with self.backend.snapshot():
+                self.backend.prefetch_secrets([(r.scope.key, r.name) for r, _ in items])
+                taken = [r for r, _ in items if self._exists(r)]
+            if taken:
+                raise ConflictError(_conflicts_message(taken))
+        outcomes: list[BulkOutcome] = []
+        while len(outcomes) < len(items):
+            done = len(outcomes)
+            batch = items[done : done + self.backend.write_batch(sizes[done:])]
+            try:
+                outcomes.extend(self._write_batch(batch, existing=existing, partial=partial))
+            except StoreError as exc:
+                if not done:
+                    raise
+                raise StoreError(
+                    f"{exc} ({done} of {len(items)} secrets were written by earlier batches,"
+                    " each whole: run the same import again with --skip-existing to finish)"
+                ) from None
+        return outcomes
+
+    def _exists(self, ref: Ref) -> bool:
+        meta = self.backend.get_meta(ref.scope.key, ref.name)
+        return meta is not None and not meta.deleted
+
+    @_retried
+    def _write_batch(
+        self, items: Sequence[tuple[Ref, bytes]], *, existing: ExistingPolicy, partial: bool
+    ) -> list[BulkOutcome]:
+        """One transaction of write_many."""
         now = time.time_ns()
         outcomes: list[BulkOutcome] = []
         with self.backend.transaction():
+            self.backend.prefetch_secrets([(r.scope.key, r.name) for r, _ in items])
             for ref, value in items:
                 current = self.backend.get_meta(ref.scope.key, ref.name)
                 if current is not None and not current.deleted:
@@ -675,12 +720,7 @@ class Vault:
                 )
             conflicts = [o.ref for o in outcomes if o.action == "conflict"]
             if conflicts and not partial:
-                shown = ", ".join(str(r) for r in conflicts[:10])
-                more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-                raise ConflictError(
-                    f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
-                    " nothing was written (choose --overwrite or --skip-existing)"
-                )
+                raise ConflictError(_conflicts_message(conflicts))
         return outcomes
 
     @_retried

@@ -10,9 +10,11 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -35,8 +37,58 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+@dataclass(frozen=True)
+class Tls:
+    """openssl-made CA, a server certificate for 127.0.0.1 and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+    @classmethod
+    def make(cls, base: Path) -> Tls:
+        def run(*args: str) -> None:
+            subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        ca, ca_key = base / "ca.crt", base / "ca.key"
+        run("req", "-x509", *ec, "-keyout", str(ca_key), "-out", str(ca), "-subj", "/CN=t-ca",
+            "-days", "2")  # fmt: skip
+        # etcd's gateway dials its own gRPC with the server certificate: clientAuth too.
+        for name, usage in (("server", "serverAuth,clientAuth"), ("client", "clientAuth")):
+            ext = base / f"{name}.ext"
+            ext.write_text(f"subjectAltName=IP:127.0.0.1\nextendedKeyUsage={usage}\n")
+            csr = base / f"{name}.csr"
+            run("req", *ec, "-keyout", str(base / f"{name}.key"), "-out", str(csr),
+                "-subj", f"/CN={name}")  # fmt: skip
+            run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+                "-CAcreateserial", "-out", str(base / f"{name}.crt"), "-days", "2",
+                "-extfile", str(ext))  # fmt: skip
+        return cls(
+            ca, base / "server.crt", base / "server.key", base / "client.crt", base / "client.key"
+        )
+
+    def context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        context.load_cert_chain(str(self.client_cert), str(self.client_key))
+        return context
+
+
 class EtcdCluster:
-    def __init__(self, base: Path, size: int = 3) -> None:
+    def __init__(
+        self,
+        base: Path,
+        size: int = 3,
+        tls: Tls | None = None,
+        extra: tuple[str, ...] = (),
+        progress: str | None = "500ms",
+    ) -> None:
+        self.tls = tls
+        self.progress = progress
+        self.extra = extra
+        self.scheme = "https" if tls else "http"
         if ETCD is None:
             pytest.fail("these tests need etcd (Debian: etcd-server; scripts/setup.sh installs it)")
         self.base = base
@@ -55,11 +107,26 @@ class EtcdCluster:
         return [f"127.0.0.1:{p}" for p in self.client_ports]
 
     def url(self, prefix: str) -> str:
-        return f"etcd://{','.join(self.endpoints)}/{prefix}"
+        scheme = "etcd+https" if self.tls else "etcd"
+        return f"{scheme}://{','.join(self.endpoints)}/{prefix}"
+
+    def _client(self) -> httpx.Client:
+        return httpx.Client(verify=self.tls.context() if self.tls else False, trust_env=False)
 
     def start(self, i: int) -> None:
         assert ETCD is not None
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        client = f"{self.scheme}://127.0.0.1:{self.client_ports[i]}"
+        tls = self.tls
+        tls_args = (
+            [
+                f"--cert-file={tls.server_cert}",
+                f"--key-file={tls.server_key}",
+                "--client-cert-auth",
+                f"--trusted-ca-file={tls.ca}",
+            ]
+            if tls
+            else []
+        )
         peer = f"http://127.0.0.1:{self.peer_ports[i]}"
         cluster = ",".join(
             f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
@@ -81,9 +148,17 @@ class EtcdCluster:
                     "--initial-cluster-state=new",
                     "--heartbeat-interval=50",
                     "--election-timeout=500",
-                    "--max-txn-ops=1024",
+                    # Progress notifications every 0.5 s: an idle watch still hears
+                    # from its member, so a hung one shows (docs/cluster.md).
+                    *(
+                        [f"--experimental-watch-progress-notify-interval={self.progress}"]
+                        if self.progress
+                        else []
+                    ),
                     "--log-level=warn",
                     "--logger=zap",
+                    *tls_args,
+                    *self.extra,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -101,6 +176,17 @@ class EtcdCluster:
             proc.wait(timeout=10)
         self.procs[i] = None
 
+    def pause(self, i: int) -> None:
+        """SIGSTOP one member (a hung node: it accepts connections, answers nothing)."""
+        proc = self.procs[i]
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGSTOP)
+
+    def resume(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGCONT)
+
     def wait_healthy(
         self, members: list[int] | None = None, timeout: float = START_SECONDS
     ) -> None:
@@ -109,13 +195,19 @@ class EtcdCluster:
         wanted = members if members is not None else wanted
         deadline = time.monotonic() + timeout
         pending = set(wanted)
+        with self._client() as client:
+            self._wait(client, pending, deadline, timeout)
+
+    def _wait(
+        self, client: httpx.Client, pending: set[int], deadline: float, timeout: float
+    ) -> None:
         while pending:
             for i in list(pending):
                 proc = self.procs[i]
                 if proc is not None and proc.poll() is not None:
                     raise AssertionError(f"etcd member {i} exited: {self.log(i)[-2000:]}")
                 try:
-                    r = httpx.get(f"http://{self.endpoints[i]}/health", timeout=0.5)
+                    r = client.get(f"{self.scheme}://{self.endpoints[i]}/health", timeout=0.5)
                     if r.status_code == 200 and r.json().get("health") == "true":
                         pending.discard(i)
                 except (httpx.HTTPError, ValueError):
@@ -135,14 +227,15 @@ class EtcdCluster:
 
         key = f"/{prefix}/".encode()
         end = key[:-1] + bytes([key[-1] + 1])
-        r = httpx.post(
-            f"http://{self.endpoints[0]}/v3/kv/range",
-            json={
-                "key": base64.b64encode(key).decode(),
-                "range_end": base64.b64encode(end).decode(),
-            },
-            timeout=5,
-        )
+        with self._client() as client:
+            r = client.post(
+                f"{self.scheme}://{self.endpoints[0]}/v3/kv/range",
+                json={
+                    "key": base64.b64encode(key).decode(),
+                    "range_end": base64.b64encode(end).decode(),
+                },
+                timeout=5,
+            )
         r.raise_for_status()
         return [
             (base64.b64decode(kv["key"]), base64.b64decode(kv.get("value", "")))
@@ -151,6 +244,7 @@ class EtcdCluster:
 
     def close(self) -> None:
         for i in range(len(self.procs)):
+            self.resume(i)
             self.stop(i)
 
 

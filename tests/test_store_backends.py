@@ -540,3 +540,94 @@ def test_registry_and_git_credentials(store: Store) -> None:
     assert "ghcr.io" not in store.cli("registry", "ls").stdout.decode()
     store.cli("git", "add", "github", "--pat-stdin", input=b"ghp_x\n")
     assert store.cli("secret", "get", "@git/github").stdout.strip() == b"ghp_x"
+
+
+def _dotenv(n: int, tag: str) -> bytes:
+    return b"".join(f"K{i:05d}={tag}-{i}\n".encode() for i in range(n))
+
+
+def _versions(store: Store) -> dict[bytes, int]:
+    """How many version records each secret id has in etcd."""
+    assert store.cluster is not None
+    counts: dict[bytes, int] = {}
+    for key, _ in store.cluster.dump(store.url.rsplit("/", 1)[1]):
+        if b"/d/v/" in key:
+            sid = key.split(b"/d/v/")[1].split(b"/")[0]
+            counts[sid] = counts.get(sid, 0) + 1
+    return counts
+
+
+def test_a_large_import_fits_etcds_default_limits(etcd_store: Store, tmp_path: Path) -> None:
+    """1,000 secrets under the default --max-txn-ops (128): batches, each whole; the
+    audit log gets one key per batch, not one per secret."""
+    source = tmp_path / "big.env"
+    source.write_bytes(_dotenv(1000, "v1"))
+    proc = etcd_store.cli("import", "--file", str(source))
+    assert "1000 created" in proc.stderr.decode()
+    counts = _versions(etcd_store)
+    assert len(counts) == 1000 and set(counts.values()) == {1}
+    assert etcd_store.cli("secret", "get", "K00999").stdout == b"v1-999"
+    assert etcd_store.cluster is not None
+    audit_keys = [
+        k for k, _ in etcd_store.cluster.dump(etcd_store.url.rsplit("/", 1)[1]) if b"/a/" in k
+    ]
+    assert len(audit_keys) < 60, len(audit_keys)
+    # A conflict anywhere in the set refuses before any batch commits.
+    source.write_bytes(_dotenv(1000, "v1") + b"NEW=1\n")
+    proc = etcd_store.cli("import", "--file", str(source), check=False)
+    assert proc.returncode == 4 and "1000 secret(s) exist already" in proc.stderr.decode()
+    assert etcd_store.cli("secret", "get", "NEW", check=False).returncode == 3
+    # Re-running with --overwrite is idempotent: equal values stay as they are.
+    proc = etcd_store.cli("import", "--overwrite", "--file", str(source))
+    assert "1 created, 0 updated, 1000 unchanged" in proc.stderr.decode()
+
+
+@pytest.mark.parametrize("point", ["etcd-txn-answer-lost", "etcd-txn-unsent"])
+def test_a_batch_of_unknown_outcome_is_read_back_never_doubled(
+    etcd_store: Store, tmp_path: Path, point: str
+) -> None:
+    """The second batch's outcome is unknown (applied with its answer lost, or never
+    sent): read back, it is counted once (or sent once more), never twice."""
+    source = tmp_path / "some.env"
+    source.write_bytes(_dotenv(100, "v1"))
+    env = dict(etcd_store.env, SECRETFS_TEST_FAULT=f"{point}:2")
+    proc = etcd_store.cli("import", "--file", str(source), env=env)
+    assert "100 created" in proc.stderr.decode()
+    counts = _versions(etcd_store)
+    assert len(counts) == 100 and set(counts.values()) == {1}
+    history = etcd_store.cli("secret", "history", "K00040").stdout.decode()
+    assert history.count("\n") == 2, history  # a header and one version
+
+
+def test_audit_batches_are_merged_keeping_their_ids(etcd_store: Store) -> None:
+    """Many small audit keys become one; every record keeps its id, so a reader that
+    follows the log (`after_id`) sees nothing twice and nothing lost."""
+    from secretfs.audit import cli_record
+    from secretfs.store.etcd import EtcdBackend
+
+    where = location.parse(etcd_store.url)
+    assert isinstance(where, EtcdLocation)
+    backend = EtcdBackend.open(where)
+    try:
+        for i in range(40):
+            with backend.transaction():
+                backend.append_audit([cli_record("get", f"$S:k{i}", 1, "ok", None)] * 2)
+        before = backend.read_audit()
+        prefix = etcd_store.url.rsplit("/", 1)[1]
+        assert etcd_store.cluster is not None
+        keys = [k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]
+        assert len(keys) >= 40
+        assert backend.compact_audit(time.time_ns()) == len(keys) - 1
+        after = backend.read_audit()
+        assert [(r.id, r.ref, r.time_ns) for r in after] == [
+            (r.id, r.ref, r.time_ns) for r in before
+        ]
+        assert len([k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]) == 1
+        assert backend.compact_audit(time.time_ns()) == 0
+        last = after[-1].id
+        assert backend.read_audit(after_id=last) == []
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:new", 1, "ok", None)])
+        assert [r.ref for r in backend.read_audit(after_id=last)] == ["$S:new"]
+    finally:
+        backend.close()

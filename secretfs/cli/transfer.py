@@ -93,7 +93,8 @@ def import_(
     as_json: bool,
 ) -> None:
     """Import secrets into SCOPE (default: deployment) from a dotenv, JSON or
-    Kubernetes Secret file: all of them in one transaction, or none.
+    Kubernetes Secret file: all of them in one transaction, or none (on etcd, in
+    batches that each commit whole: docs/cluster.md).
 
     A name that exists already is an error unless --overwrite or --skip-existing.
     Errors name the line (`line 7: missing '='`), never a value.

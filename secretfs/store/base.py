@@ -56,6 +56,16 @@ class Backend(Protocol):
 
     def snapshot(self) -> AbstractContextManager[None]: ...
 
+    def write_batch(self, sizes: list[int]) -> int:
+        """How many of these new values (their sizes, in order) one transaction may
+        write (at least 1): all of them where a transaction has no bound (SQLite)."""
+        ...
+
+    def prefetch_secrets(self, refs: list[tuple[str, str]]) -> None:
+        """Inside a transaction or snapshot: read what writing these (scope, name)
+        secrets will read, in few round trips. A hint; a no-op where reads are local."""
+        ...
+
     # -- meta and counters ----------------------------------------------------------------
 
     def meta_get(self, key: str) -> bytes | None: ...

@@ -3,8 +3,10 @@ survived (the mounts serve the last state and say they are stale), and they catc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -159,3 +161,135 @@ def test_a_sqlite_mount_has_a_status_file_too(mounted: Mount) -> None:
     before = status["last_revision"]
     mounted.cli("secret", "set", "extra", "--from-stdin", input=b"x")
     wait_for(lambda: _status(mounted.path)["last_revision"] != before)
+
+
+def test_a_hung_member_does_not_hold_a_mount_or_the_cli(
+    nodes: tuple[EtcdCluster, dict[str, str], list[Path]],
+) -> None:
+    """SIGSTOP of the member carrying the watch: the mounts move to another member and
+    serve a rotation made meanwhile; the CLI pays one deadline, not one per member."""
+    cluster, env, (a, b) = nodes
+    wait_for(lambda: _connected([a, b], True) and _status(a)["member"] is not None, timeout=5)
+    member = str(_status(a)["member"])
+    hung = cluster.endpoints.index(member.removeprefix("http://"))
+    others = [e for i, e in enumerate(cluster.endpoints) if i != hung]
+    # This CLI lists the hung member last: the rotation itself pays nothing for it.
+    later = dict(env, SECRETFS_STORE=f"etcd://{','.join([*others, member[7:]])}/fleet")
+    cluster.pause(hung)
+    try:
+        run_cli("secret", "rotate", "db", "--from-stdin", env=later, input=b"value-hung-3f9c")
+        # Measured 0.35-0.6 s; the bound leaves room for a loaded machine.
+        wait_for(lambda: _reads(a, b"value-hung-3f9c") and _reads(b, b"value-hung-3f9c"), 3)
+        wait_for(lambda: _connected([a, b], True), timeout=4)
+        assert _status(a)["member"] not in (None, member)
+        assert "switching members" in (a.parent / "node-a.log").read_text()
+
+        # The hung member listed first: the command pays a share of one timeout once.
+        started = time.monotonic()
+        proc = run_cli("secret", "get", "db", env=env)
+        assert proc.stdout == b"value-hung-3f9c"
+        assert time.monotonic() - started < 4
+    finally:
+        cluster.resume(hung)
+
+
+def test_the_cli_bounds_a_command_when_every_member_hangs(
+    own_etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    cluster = own_etcd_cluster
+    env = cli_environment(tmp_path / "unused.db")
+    env["SECRETFS_STORE"] = cluster.url("hung")
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "hung.key")
+    run_cli("init", env=env)
+    for i in range(3):
+        cluster.pause(i)
+    try:
+        started = time.monotonic()
+        proc = run_cli("secret", "get", "db", env=env, check=False)
+        took = time.monotonic() - started
+    finally:
+        for i in range(3):
+            cluster.resume(i)
+    assert proc.returncode == 7
+    message = proc.stderr.decode()
+    assert "cannot reach the etcd cluster" in message
+    for endpoint in cluster.endpoints:
+        assert f"{endpoint}: did not answer" in message or f"{endpoint}: not tried" in message
+    # One 2 s deadline for the call, not 2 s for each of the three members (6 s+).
+    assert took < 5, took
+
+
+@pytest.mark.parametrize(
+    ("state", "signum"),
+    [
+        ("stopped", signal.SIGTERM),
+        ("stopped", signal.SIGINT),
+        ("hung", signal.SIGTERM),
+        ("hung", signal.SIGHUP),
+    ],
+)
+def test_a_mount_stops_on_a_signal_while_etcd_is_unreachable(
+    own_etcd_cluster: EtcdCluster, tmp_path: Path, state: str, signum: signal.Signals
+) -> None:
+    """Every member stopped (or hung: SIGSTOP, connections accepted, nothing answered),
+    a reader's audit record waiting: the daemon exits within 5 s of a signal and leaves
+    no mount behind. (Its last audit write may take one request timeout, here 1 s.)"""
+    cluster = own_etcd_cluster
+    env = cli_environment(tmp_path / "unused.db")
+    env["SECRETFS_STORE"] = cluster.url("stop")
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "stop.key")
+    env["SECRETFS_ETCD_TIMEOUT"] = "1"
+    run_cli("init", env=env)
+    run_cli("secret", "set", "db", "--from-stdin", env=env, input=b"value-one-3f9c")
+    mnt = tmp_path / "node-a"
+    mnt.mkdir()
+    run_cli("mount", str(mnt), "--log-file", str(tmp_path / "node-a.log"), env=env)
+    (pid,) = _daemons(mnt)
+    try:
+        wait_for(lambda: _connected([mnt], True), timeout=5)
+        for i in range(3):
+            cluster.stop(i) if state == "stopped" else cluster.pause(i)
+        wait_for(lambda: _connected([mnt], False), timeout=8)
+        assert _reads(mnt, b"value-one-3f9c")  # an audit record that cannot be written
+        os.kill(pid, signum)
+        deadline = time.monotonic() + 5
+        while _daemons(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _daemons(mnt), "the daemon did not exit within 5 s"
+        assert not _is_mounted(mnt)
+    finally:
+        for i in range(3):
+            cluster.resume(i)
+        if _is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_quiet_store_without_progress_notifications_is_not_stale(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """etcd's default sends no progress notifications: a watch on a store nobody writes
+    hears nothing, is started again every few seconds, and is never reported stale."""
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd-quiet"), progress=None)
+    mnt = tmp_path / "quiet"
+    mnt.mkdir()
+    try:
+        env = cli_environment(tmp_path / "unused.db")
+        env["SECRETFS_STORE"] = cluster.url("quiet")
+        env["SECRETFS_KEY_FILE"] = str(tmp_path / "quiet.key")
+        run_cli("init", env=env)
+        run_cli("secret", "set", "db", "--from-stdin", env=env, input=b"value-one-3f9c")
+        run_cli("mount", str(mnt), "--log-file", str(tmp_path / "quiet.log"), env=env)
+        wait_for(lambda: _connected([mnt], True), timeout=5)
+        deadline = time.monotonic() + 3.6  # past the 3 s a watch may stay silent
+        while time.monotonic() < deadline:
+            assert _status(mnt)["connected"] is True
+            time.sleep(0.1)
+        run_cli("secret", "rotate", "db", "--from-stdin", env=env, input=b"value-two-3f9c")
+        wait_for(lambda: _reads(mnt, b"value-two-3f9c"), timeout=2)
+        assert "unreachable" not in (tmp_path / "quiet.log").read_text()
+    finally:
+        if _is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
+        cluster.close()
