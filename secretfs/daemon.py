@@ -425,8 +425,8 @@ class Watcher:
             return self.vault.sealed_version(secret_id, version)
         except NotFoundError:
             meta = self.vault.backend.get_meta_by_id(secret_id)
-            if meta is None or meta.version != version:
-                raise  # an old version pruned since: not tampering
+            if meta is None or meta.deleted or meta.version != version:
+                raise  # pruned since, or the secret removed (rm): not tampering
             why = f"secret #{secret_id}: its current version {version} is missing"
             self.report(Problem("version", f"{meta.scope}/{meta.name}", why))
             raise IntegrityError(why) from None

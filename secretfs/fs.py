@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # The kernel keeps entries and attributes this long; the daemon invalidates them on change.
 CACHE_TIMEOUT = 3600.0
+STALE_RETRY_SECONDS = 1.0  # an open retried after ESTALE within this is served as is
 XATTR_PREFIX = "user.secretfs."
 # Plus "expires" and "rotation-due" on secrets that have them set (secretfs/expiry.py).
 XATTRS = ("ref", "version", "created", "fingerprint", "expired")
@@ -104,6 +105,7 @@ class SecretFS(pyfuse3.Operations):
         self.refusal: Callable[[], str | None] = lambda: None
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
+        self._stale_pids: dict[int, float] = {}  # pid -> when its open last got ESTALE
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -151,6 +153,20 @@ class SecretFS(pyfuse3.Operations):
             outcome,
             detail,
         )
+
+    def _stale_once(self, pid: int, superseded: bool) -> bool:
+        """Whether to answer ESTALE to this open of a `superseded` version: not to the
+        kernel's one retry of an open that just got it (a second rotation between its
+        lookup and open would show the program ESTALE; it is served the version it looked
+        up instead). The next open of the pid, whatever it is, is that retry."""
+        now = time.monotonic()
+        got_it_at = self._stale_pids.pop(pid, None)
+        if not superseded or (got_it_at is not None and now - got_it_at < STALE_RETRY_SECONDS):
+            return False
+        if len(self._stale_pids) >= 4096:
+            self._stale_pids.clear()
+        self._stale_pids[pid] = now
+        return True
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -228,7 +244,7 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        if self.tree.superseded(node):
+        if self._stale_once(ctx.pid, self.tree.superseded(node)):
             # A dentry the kernel still holds names an older version: ESTALE makes its
             # open path look the name up afresh (LOOKUP_REVAL) and open the current one,
             # so files changed in one transaction never open as a mix of old and new.

@@ -225,7 +225,7 @@ def test_readers_see_only_committed_whole_values_while_everything_changes(
     initial = {ref: make_value(rng, ref, 1) for ref in RAW + JSON}
     for ref, value in initial.items():
         log_value(log, ref, value)
-    m = mount_factory(secrets=initial)
+    m = mount_factory("--log-file", str(tmp_path / "daemon.log"), secrets=initial)
     ctx = multiprocessing.get_context("fork")
     stop = ctx.Event()
     outs = [tmp_path / f"reader{i}.json" for i in range(READERS)]
