@@ -34,13 +34,7 @@ from secretfs.expiry import Schedule
 from secretfs.refs import Ref, Scope
 from secretfs.store import GRANT_FORMS, GrantRecord, ScopeMeta, SecretMeta, VersionMeta
 from secretfs.store.base import Backend
-from secretfs.store.location import (
-    StoreLocation,
-    create_backend,
-    key_file_path,
-    open_backend,
-    store_exists,
-)
+from secretfs.store.location import StoreLocation, location_of
 
 log = logging.getLogger(__name__)
 
@@ -173,19 +167,20 @@ class Vault:
     @classmethod
     def init(
         cls,
-        path: StoreLocation,
+        path: StoreLocation | os.PathLike[str],
         *,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         max_versions: int = DEFAULT_MAX_VERSIONS,
     ) -> keys.KekSource:
         """Create a store; its KEK from the environment, else a new key file beside it."""
-        if store_exists(path):
+        path = location_of(path)
+        if path.exists():
             raise StoreError(f"a store already exists at {path}")
         source = keys.env_source()
         new_key_file: bytes | None = None
         salt = params = None
         if source is None:
-            key_path = key_file_path(path)
+            key_path = path.key_file()
             if key_path.exists():
                 raise KeySourceError(
                     f"key file {key_path} exists but there is no store at {path}:"
@@ -222,19 +217,19 @@ class Vault:
             backend.put_data_key(1, wrapped, now)
 
         if new_key_file is not None:
-            keys.write_key_file(key_file_path(path), new_key_file)
+            keys.write_key_file(path.key_file(), new_key_file)
         try:
-            create_backend(path, setup)
+            path.create(setup)
         except StoreError:
             # Raised only before the store was linked into place: drop our new key file.
             if new_key_file is not None:
-                key_file_path(path).unlink(missing_ok=True)
+                path.key_file().unlink(missing_ok=True)
             raise
         return source
 
     @classmethod
-    def open(cls, path: StoreLocation, *, readonly: bool = False) -> Vault:
-        backend = open_backend(path, readonly=readonly)
+    def open(cls, path: StoreLocation | os.PathLike[str], *, readonly: bool = False) -> Vault:
+        backend = location_of(path).open(readonly=readonly)
         try:
             return cls._unlock(backend)
         except BaseException:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import grp
 import pwd
-from pathlib import Path
 from typing import Any
 
 import click
@@ -23,6 +22,7 @@ from secretfs.cli.values import parse_mode
 from secretfs.errors import RefError, UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import GrantRecord, SecretMeta
+from secretfs.store.location import StoreLocation
 from secretfs.vault import Target, Vault
 
 MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel: never an owner
@@ -101,7 +101,7 @@ def _show(key: str, value: int | None) -> str:
 
 
 def _set_owner(
-    store: Path | None, target_text: str, changes: dict[str, int | None], action: str
+    store: StoreLocation | None, target_text: str, changes: dict[str, int | None], action: str
 ) -> None:
     target = parse_target(target_text)
     with open_vault(store) as vault:
@@ -116,7 +116,7 @@ def _set_owner(
 @click.argument("mode", metavar="MODE")
 @store_option
 @handle_errors
-def chmod(store: Path | None, target: str, mode: str) -> None:
+def chmod(store: StoreLocation | None, target: str, mode: str) -> None:
     """Set the file mode of a secret, or the default of a whole scope.
 
     MODE is octal (0400, 440) or `inherit` (from the scope, then the mount). Seen by the
@@ -130,7 +130,7 @@ def chmod(store: Path | None, target: str, mode: str) -> None:
 @click.argument("owner", metavar="UID[:GID]")
 @store_option
 @handle_errors
-def chown(store: Path | None, target: str, owner: str) -> None:
+def chown(store: StoreLocation | None, target: str, owner: str) -> None:
     """Set the owner and/or group of a secret, or the defaults of a whole scope.
 
     OWNER is UID, UID:GID or :GID, numbers or names of this host; a part may be
@@ -160,7 +160,7 @@ def _principals(uids: tuple[str, ...], gids: tuple[str, ...]) -> list[tuple[str,
 @store_option
 @handle_errors
 def grant(
-    store: Path | None,
+    store: StoreLocation | None,
     target: str,
     uids: tuple[str, ...],
     gids: tuple[str, ...],
@@ -197,7 +197,7 @@ def grant(
 @store_option
 @handle_errors
 def revoke(
-    store: Path | None,
+    store: StoreLocation | None,
     target: str,
     uids: tuple[str, ...],
     gids: tuple[str, ...],
@@ -320,7 +320,7 @@ def _ownership_lines(own: Ownership, scope_key: str, indent: str) -> list[str]:
 )
 @store_option
 @handle_errors
-def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str) -> None:
+def permissions(store: StoreLocation | None, target: str, as_json: bool, mount_mode: str) -> None:
     """Who may read a secret (or each secret of a scope), and why.
 
     Readers come from the mode's read bits (owner, group, everyone) and from grants on

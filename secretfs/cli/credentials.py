@@ -17,6 +17,7 @@ from secretfs.cli.values import parse_optional_mode
 from secretfs.errors import NotFoundError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited
 from secretfs.refs import Ref, parse_ref, validate_name
+from secretfs.store.location import StoreLocation
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,7 +96,7 @@ def registry_add(
     uid: int | None,
     gid: int | None,
     mode_text: str | None,
-    store: Path | None,
+    store: StoreLocation | None,
 ) -> None:
     """Add (or replace) the login for REGISTRY in the config secret.
 
@@ -137,7 +138,7 @@ def registry_add(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def registry_ls(secret_ref: str, as_json: bool, store: Path | None) -> None:
+def registry_ls(secret_ref: str, as_json: bool, store: StoreLocation | None) -> None:
     """List the registries in the config secret and their user names (never passwords)."""
     ref = _whole_secret(secret_ref)
     with open_vault(store) as vault:
@@ -170,7 +171,7 @@ def registry_ls(secret_ref: str, as_json: bool, store: Path | None) -> None:
 )
 @store_option
 @handle_errors
-def registry_rm(registry_name: str, secret_ref: str, store: Path | None) -> None:
+def registry_rm(registry_name: str, secret_ref: str, store: StoreLocation | None) -> None:
     """Remove the login for REGISTRY (the other logins stay)."""
     ref = _whole_secret(secret_ref)
     removed = ""
@@ -230,7 +231,7 @@ def git_add(
     uid: int | None,
     gid: int | None,
     mode_text: str,
-    store: Path | None,
+    store: StoreLocation | None,
 ) -> None:
     """Store a git credential NAME as a token file or an SSH key file.
 
