@@ -255,9 +255,9 @@ def _mounts(store: StoreLocation) -> list[Check]:
 
 def secretfs_mounts(store: str) -> list[str]:
     """Mount points of the secretfs mounts of `store` (by their fsname) in this namespace."""
-    from secretfs.daemon import FSNAME
+    from secretfs.tree import mount_source
 
-    source = f"{FSNAME}:{store.replace(',', '+')}"
+    source = mount_source(store)
     out = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
