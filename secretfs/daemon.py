@@ -32,12 +32,12 @@ from secretfs.errors import SecretfsError, StoreError
 from secretfs.fs import SecretFS
 from secretfs.hardening import no_core_dumps
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
-from secretfs.snapshots import VerifiedVersions
 from secretfs.store.base import Backend
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.timeutil import iso_time
 from secretfs.tree import Invalidation, Owner, Tree, mount_source
 from secretfs.vault import Vault
+from secretfs.verified import VerifiedVersions
 
 if TYPE_CHECKING:
     from secretfs.resolver.server import ResolverConfig

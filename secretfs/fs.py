@@ -1,7 +1,7 @@
 """pyfuse3 Operations: a thin adapter that turns requests into Tree calls and errnos.
 
 Each open takes a snapshot: the version's ciphertext, held by that handle alone (kept
-verified in memory by secretfs/snapshots.py, so a warm open runs no SQL and decrypts
+verified in memory by secretfs/verified.py, so a warm open runs no SQL and decrypts
 nothing). The first read decrypts into the plaintext pool (secretfs/plainpool.py): one
 copy per secret version and field shared by every handle on it, wiped when the last
 closes, its total capped (past the cap, each read decrypts for itself); with the page
@@ -29,9 +29,9 @@ from secretfs import crypto, sealing
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
 from secretfs.plainpool import PlainPool
-from secretfs.snapshots import VerifiedVersions
 from secretfs.tree import Attr, Node, Tree, ref_text
 from secretfs.vault import SealedValue
+from secretfs.verified import VerifiedVersions
 
 log = logging.getLogger(__name__)
 

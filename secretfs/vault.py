@@ -84,7 +84,7 @@ class SealedValue:
     """One version's ciphertext with its data key and associated data: no plaintext.
 
     `open()` decrypts (and so verifies) it each time. The mount keeps these for the
-    versions it serves (secretfs/snapshots.py), so an open needs no SQL.
+    versions it serves (secretfs/verified.py), so an open needs no SQL.
     """
 
     key: bytes
@@ -308,19 +308,9 @@ class Vault:
 
     # -- writing -------------------------------------------------------------------------
 
-    def create(self, ref: Ref, value: bytes, **owner: int | None) -> WriteResult:
-        """Add a new secret; ConflictError if the name exists (HTTP 409)."""
-        return self._write(ref, value, must_exist=False, must_not_exist=True, owner=owner)
-
     def set(self, ref: Ref, value: bytes, **owner: int | None) -> WriteResult:
         """Create the secret or add a version to it."""
         return self._write(ref, value, must_exist=False, must_not_exist=False, owner=owner)
-
-    def rotate(self, ref: Ref, value: bytes, *, schedule: Schedule | None = None) -> WriteResult:
-        """Add a version to an existing secret; NotFoundError if there is none."""
-        return self._write(
-            ref, value, must_exist=True, must_not_exist=False, owner={}, schedule=schedule
-        )
 
     def write(
         self,
