@@ -39,8 +39,8 @@ from secretfs import audit as _audit
 from secretfs.crypto import wipe
 from secretfs.errors import RefError, SecretfsError, StoreError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, validate_name
-from secretfs.snapshots import VerifiedVersions
 from secretfs.tree import Tree
+from secretfs.verified import VerifiedVersions
 
 log = logging.getLogger(__name__)
 

@@ -35,20 +35,19 @@ from secretfs.fs import SecretFS
 from secretfs.hardening import no_core_dumps
 from secretfs.keyring import SealedValue
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
-from secretfs.snapshots import VerifiedVersions
 from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
 from secretfs.store.base import Backend
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.timeutil import iso_time
-from secretfs.tree import Invalidation, Owner, Tree
+from secretfs.tree import Invalidation, Owner, Tree, mount_source
 from secretfs.vault import Vault
+from secretfs.verified import VerifiedVersions
 
 if TYPE_CHECKING:
     from secretfs.resolver.server import ResolverConfig
 
 log = logging.getLogger(__name__)
 
-FSNAME = "secretfs"
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
@@ -123,8 +122,7 @@ class MountOptions:
 
     def fuse_options(self, store: str) -> set[str]:
         opts = {
-            # A comma would end the option: etcd://a:2379,b:2379/p shows as a:2379+b:2379.
-            f"fsname={FSNAME}:{store.replace(',', '+')}",
+            f"fsname={mount_source(store)}",
             "subtype=secretfs",
             "ro",
             "nosuid",

@@ -13,27 +13,19 @@ import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 from secretfs import expiry, keyring, keys
+from secretfs.checks import Check, Status, mode_check
 from secretfs.errors import IntegrityError, SecretfsError
 from secretfs.refs import Ref, Scope
 from secretfs.store.base import Backend
-from secretfs.store.location import StoreLocation, key_file_path, open_backend
+from secretfs.store.location import StoreLocation, location_of
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.vault import Vault
 
-Status = Literal["ok", "warn", "fail", "skip"]
+__all__ = ["Check", "Report", "Status", "run"]
 FUSE_CONF = Path("/etc/fuse.conf")
 SHOWN = 10  # problems named one by one before "and N more"
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    name: str
-    status: Status
-    detail: str
-    fix: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,22 +46,19 @@ class Report:
 
 
 def run(
-    store: StoreLocation,
+    store: StoreLocation | os.PathLike[str],
     *,
     allow_other: bool = False,
     fuse_conf: Path = FUSE_CONF,
     accept_restore: bool = False,
 ) -> Report:
+    store = location_of(store)
     checks = [_fuse_device(), _fusermount(), _allow_other(allow_other, fuse_conf)]
     checks += _mounts(store)
-    if isinstance(store, Path):
-        checks += _store_files(store)
-        if not store.exists():
-            return Report(checks)
-    else:
-        checks.append(_etcd_store(store))
-        if checks[-1].status == "fail":
-            return Report(checks)
+    store_checks, found = store.doctor_checks()
+    checks += store_checks
+    if not found:
+        return Report(checks)
     try:
         checks.append(_key_source(store))
     except SecretfsError as exc:  # not a store at all: say so beside what else was found
@@ -182,60 +171,9 @@ def _allow_other(asked: bool, fuse_conf: Path) -> Check:
     )
 
 
-# -- files ------------------------------------------------------------------------------
-
-
-def _mode_check(name: str, path: Path, what: str) -> Check:
-    st = path.stat()
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o077:
-        return Check(
-            name,
-            "fail",
-            f"{path} is mode {mode:04o}: others may read the {what}",
-            f"chmod 600 {path}",
-        )
-    if st.st_uid != os.geteuid():
-        return Check(
-            name,
-            "warn",
-            f"{path} belongs to uid {st.st_uid}, not to you (uid {os.geteuid()})",
-            f"chown {os.geteuid()} {path}, or run secretfs as uid {st.st_uid}",
-        )
-    return Check(name, "ok", f"{path} mode {mode:04o}")
-
-
-def _store_files(store: Path) -> list[Check]:
-    if not store.exists():
-        return [
-            Check(
-                "store",
-                "fail",
-                f"no store at {store}",
-                "create one with `secretfs init`, or point --store / $SECRETFS_STORE at it",
-            )
-        ]
-    out = [_mode_check("store", store, "encrypted store")]
-    for suffix in ("-wal", "-shm"):
-        side = Path(f"{store}{suffix}")
-        if side.exists():
-            out.append(_mode_check(f"store{suffix}", side, "store's journal"))
-    parent = store.parent.stat()
-    if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
-        out.append(
-            Check(
-                "store directory",
-                "fail",
-                f"{store.parent} is writable by everyone: anyone may replace the store",
-                f"chmod o-w {store.parent}",
-            )
-        )
-    return out
-
-
 def _key_source(store: StoreLocation) -> Check:
     source = keys.env_source()
-    backend = open_backend(store)
+    backend = store.open()
     try:
         initialized = (backend.meta_get("kek_kind") or b"").decode(errors="replace")
     finally:
@@ -250,7 +188,7 @@ def _key_source(store: StoreLocation) -> Check:
             f"{source.kind} from {source.description}{note}",
             None,
         )
-    path = key_file_path(store)
+    path = store.key_file()
     if not path.exists():
         return Check(
             "key source",
@@ -259,37 +197,13 @@ def _key_source(store: StoreLocation) -> Check:
             "set the variable the store was made with, or restore the key file from its"
             " backup (or point $SECRETFS_KEY_FILE at it)",
         )
-    check = _mode_check("key source", path, "key")
+    check = mode_check("key source", path, "key")
     if check.status == "ok":
         return Check("key source", "ok", f"key file {check.detail}")
     return check
 
 
 # -- the store --------------------------------------------------------------------------
-
-
-def _etcd_store(store: StoreLocation) -> Check:
-    """An etcd store: does the cluster answer, and is there a store at the prefix."""
-    from secretfs.store.etcd import EtcdBackend
-
-    assert not isinstance(store, Path)
-    try:
-        found = EtcdBackend.exists(store)
-    except SecretfsError as exc:
-        return Check(
-            "store",
-            "fail",
-            str(exc),
-            "start the etcd members, or check the endpoints in --store / $SECRETFS_STORE",
-        )
-    if not found:
-        return Check(
-            "store",
-            "fail",
-            f"the etcd cluster answers but holds no store at {store}",
-            f"create one with `secretfs init --store {store}`, or check the prefix",
-        )
-    return Check("store", "ok", f"etcd cluster answers; store at {store}")
 
 
 def _mounts(store: StoreLocation) -> list[Check]:
@@ -348,9 +262,9 @@ def _mounts(store: StoreLocation) -> list[Check]:
 
 def secretfs_mounts(store: str) -> list[str]:
     """Mount points of the secretfs mounts of `store` (by their fsname) in this namespace."""
-    from secretfs.daemon import FSNAME
+    from secretfs.tree import mount_source
 
-    source = f"{FSNAME}:{store.replace(',', '+')}"
+    source = mount_source(store)
     out = []
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as fh:
@@ -367,7 +281,7 @@ def secretfs_mounts(store: str) -> list[str]:
 def _backend_checks(store: StoreLocation) -> list[Check]:
     """What can be checked without the key."""
     try:
-        backend = open_backend(store)
+        backend = store.open()
     except SecretfsError as exc:
         return [Check("integrity", "fail", str(exc), "restore the store from its backup")]
     try:

@@ -1,7 +1,7 @@
 """pyfuse3 Operations: a thin adapter that turns requests into Tree calls and errnos.
 
 Each open takes a snapshot: the version's ciphertext, held by that handle alone (kept
-verified in memory by secretfs/snapshots.py, so a warm open runs no SQL and decrypts
+verified in memory by secretfs/verified.py, so a warm open runs no SQL and decrypts
 nothing). The first read decrypts into the plaintext pool (secretfs/plainpool.py): one
 copy per secret version and field shared by every handle on it, wiped when the last
 closes, its total capped (past the cap, each read decrypts for itself); with the page
@@ -14,26 +14,24 @@ field file is put in the audit queue, which the daemon writes out in batches.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import pyfuse3
 
 from secretfs import audit as _audit
-from secretfs import crypto, expiry, sealing
+from secretfs import crypto, sealing
 from secretfs.access import EXEC, READ, Caller
 from secretfs.errors import NotFoundError, SecretfsError
 from secretfs.keyring import SealedValue
 from secretfs.plainpool import PlainPool
-from secretfs.refs import Ref, Scope
-from secretfs.snapshots import VerifiedVersions
-from secretfs.timeutil import iso_time
-from secretfs.tree import Attr, Node, Tree
+from secretfs.tree import Attr, Node, Tree, ref_text
+from secretfs.verified import VerifiedVersions
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +39,28 @@ log = logging.getLogger(__name__)
 CACHE_TIMEOUT = 3600.0
 STALE_RETRY_SECONDS = 1.0  # an open retried after ESTALE within this is served as is
 XATTR_PREFIX = "user.secretfs."
-# Plus "expires" and "rotation-due" on secrets that have them set (secretfs/expiry.py).
-XATTRS = ("ref", "version", "created", "fingerprint", "expired")
 
 
 def _fail(code: int) -> NoReturn:
     raise pyfuse3.FUSEError(code)
+
+
+@contextlib.contextmanager
+def _errno_of(path: str) -> Iterator[None]:
+    """Errors of the tree or the store, at a FUSE operation's boundary, as an errno;
+    `path` names the file in the log."""
+    try:
+        yield
+    except NotFoundError:
+        _fail(errno.ENOENT)
+    except SecretfsError as exc:
+        # Never the value: our errors carry none; name only the class and the file.
+        log.error("%s: %s", type(exc).__name__, path)
+        _fail(exc.errno)
+    except Exception as exc:  # noqa: BLE001 - one bad record must not stop the mount
+        # Only the type: a library's message could quote the value it choked on.
+        log.error("internal %s: %s", type(exc).__name__, path)
+        _fail(errno.EIO)
 
 
 def _caller(ctx: Any) -> Caller:
@@ -144,7 +158,7 @@ class SecretFS(pyfuse3.Operations):
         self.audit.add_mount(
             time.time_ns(),
             action,
-            _ref_text(node.secret.scope, node.secret.name, node.field),
+            ref_text(node.secret.scope, node.secret.name, node.field),
             node.secret.version,
             ctx.uid,
             ctx.gid,
@@ -180,13 +194,16 @@ class SecretFS(pyfuse3.Operations):
         if not self.tree.may(parent, self._caller(ctx), EXEC):
             if parent.kind == "fielddir":
                 # The way to a field file goes through here: a refused attempt is audited.
-                child = self._call(self.tree.lookup, parent, os.fsdecode(name))
+                with _errno_of(os.fsdecode(name)):
+                    child = self.tree.lookup(parent, os.fsdecode(name))
                 if child is not None:
                     self._record("lookup", child, ctx, _audit.DENIED, "EACCES")
             _fail(errno.EACCES)
-        node = self._call(self.tree.lookup, parent, os.fsdecode(name))
+        with _errno_of(os.fsdecode(name)):
+            node = self.tree.lookup(parent, os.fsdecode(name))
         if node is None and self._catch_up():
-            node = self._call(self.tree.lookup, parent, os.fsdecode(name))
+            with _errno_of(os.fsdecode(name)):
+                node = self.tree.lookup(parent, os.fsdecode(name))
         if node is None:
             _fail(errno.ENOENT)
         self.tree.remember(node.inode)
@@ -210,7 +227,8 @@ class SecretFS(pyfuse3.Operations):
         if not node.is_dir:
             _fail(errno.ENOTDIR)
         self._check(node, ctx, READ)
-        entries: list[Node] = self._call(self.tree.listdir, node)
+        with _errno_of(node.path):
+            entries = self.tree.listdir(node)
         if node.kind == "dir":
             # Each caller sees only what it may read (a field directory is all one secret).
             caller = self._caller(ctx)
@@ -260,7 +278,8 @@ class SecretFS(pyfuse3.Operations):
             self._record("open", node, ctx, _audit.DENIED, "EACCES")
             _fail(errno.EACCES)
         try:
-            handle = self._call(self._snapshot, node)
+            with _errno_of(node.path):
+                handle = self._snapshot(node)
         except pyfuse3.FUSEError as exc:
             code = errno.errorcode.get(exc.errno, str(exc.errno))
             self._record("open", node, ctx, _audit.ERROR, code)
@@ -271,9 +290,8 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = handle
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        meta = self.tree.current(node)
         # An expired secret is still served, but its opens say so in the audit log.
-        expired = meta.expires_ns is not None and expiry.status(meta, time.time_ns()).expired
+        expired = self.tree.expired(node, time.time_ns())
         self._record("open", node, ctx, _audit.ALLOWED, "expired" if expired else None)
         fh = self._fh()
         self._handles[fh] = handle
@@ -319,7 +337,12 @@ class SecretFS(pyfuse3.Operations):
             return bytes(handle.data[off : off + size])
         assert handle.sealed is not None
         sealed = handle.sealed
-        data = self._share(handle, lambda: self._call(self._content, sealed, handle.node))
+
+        def content() -> bytes:
+            with _errno_of(handle.node.path):
+                return self._content(sealed, handle.node)
+
+        data = self._share(handle, content)
         try:
             return bytes(data[off : off + size])
         finally:
@@ -351,13 +374,7 @@ class SecretFS(pyfuse3.Operations):
         if node.secret is None:
             return []
         self._check_xattr(node, ctx)
-        meta = self.tree.current(node)
-        names = [*XATTRS]
-        if meta.expires_ns is not None:
-            names.append("expires")
-        if meta.rotate_every_s:
-            names.append("rotation-due")
-        return [(XATTR_PREFIX + n).encode() for n in names]
+        return [(XATTR_PREFIX + n).encode() for n in self.tree.xattr_names(node)]
 
     async def getxattr(self, inode: int, name: bytes, ctx: Any) -> bytes:
         node = self._get(inode)
@@ -369,7 +386,10 @@ class SecretFS(pyfuse3.Operations):
         if node.secret is None or not key.startswith(XATTR_PREFIX):
             _fail(pyfuse3.ENOATTR)
         self._check_xattr(node, ctx)
-        return xattr_value(self.tree, node, key[len(XATTR_PREFIX) :])
+        value = self.tree.xattr_value(node, key[len(XATTR_PREFIX) :], time.time_ns())
+        if value is None:
+            _fail(pyfuse3.ENOATTR)
+        return value
 
     async def statfs(self, ctx: Any) -> pyfuse3.StatvfsData:
         out = pyfuse3.StatvfsData()
@@ -378,20 +398,6 @@ class SecretFS(pyfuse3.Operations):
         out.f_namemax = 255
         return out
 
-    def _call(self, fn: Any, *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except NotFoundError:
-            _fail(errno.ENOENT)
-        except SecretfsError as exc:
-            # Never the value: our errors carry none; name only the class and the file.
-            log.error("%s: %s", type(exc).__name__, args[-1].path if args else "")
-            _fail(exc.errno)
-        except Exception as exc:  # noqa: BLE001 - one bad record must not stop the mount
-            # Only the type: a library's message could quote the value it choked on.
-            log.error("internal %s: %s", type(exc).__name__, args[-1].path if args else "")
-            _fail(errno.EIO)
-
     # -- everything that would write -----------------------------------------------------
 
     async def _erofs(self, *args: Any, **kwargs: Any) -> NoReturn:
@@ -399,33 +405,6 @@ class SecretFS(pyfuse3.Operations):
 
     setattr = mknod = mkdir = unlink = rmdir = symlink = rename = link = _erofs
     create = write = setxattr = removexattr = fsync = fsyncdir = _erofs
-
-
-def xattr_value(tree: Tree, node: Node, key: str) -> bytes:
-    meta = tree.current(node)
-    if key == "ref":
-        return str(node.ref).encode()
-    if key == "version":
-        return str(meta.version).encode()
-    if key == "created":
-        # When this version was written, as ISO 8601 UTC.
-        return iso_time(meta.updated_ns).encode()
-    if key == "fingerprint":
-        return meta.fingerprint.encode()
-    state = expiry.status(meta, time.time_ns())
-    if key == "expired":
-        return b"true" if state.expired else b"false"
-    if key == "expires" and state.expires_ns is not None:
-        return iso_time(state.expires_ns).encode()
-    if key == "rotation-due" and state.rotation_due_ns is not None:
-        return iso_time(state.rotation_due_ns).encode()
-    _fail(pyfuse3.ENOATTR)
-
-
-@functools.lru_cache(maxsize=8192)
-def _ref_text(scope: str, name: str, field: tuple[str, ...]) -> str:
-    # Building a Ref validates every name: too slow to repeat on each audited open.
-    return str(Ref(Scope.from_key(scope), name, field))
 
 
 def _entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:

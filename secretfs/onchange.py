@@ -23,7 +23,7 @@ from secretfs.follow import POLL_SECONDS, Follower, Selection
 from secretfs.hardening import restore_core_limit
 from secretfs.refs import Ref
 from secretfs.run import FORWARDED, CommandError, Resolver, resolve_env
-from secretfs.store.location import StoreLocation, open_backend
+from secretfs.store.location import StoreLocation
 from secretfs.vault import Vault
 
 RESTART = "restart"
@@ -162,7 +162,7 @@ def run_on_change(
         res.fail_if_any(f"not running {argv[0]}")
         return env
 
-    backend = open_backend(location, readonly=True)
+    backend = location.open(readonly=True)
     try:
         # Taken before the first resolution, so a change in between is not missed.
         follower = Follower(backend, Selection())

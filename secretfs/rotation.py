@@ -66,7 +66,7 @@ from secretfs.keyring import (
 )
 from secretfs.refs import Ref, Scope
 from secretfs.store.base import Backend
-from secretfs.store.location import StoreLocation, open_backend
+from secretfs.store.location import StoreLocation, location_of
 from secretfs.testhooks import checkpoint
 from secretfs.timeutil import iso_time
 from secretfs.vault import Vault
@@ -121,9 +121,11 @@ def key_operation(vault: Vault, what: str, outcome: Outcome) -> Iterator[None]:
 # -- status ----------------------------------------------------------------------------
 
 
-def status(path: StoreLocation) -> tuple[dict[str, Any], SecretfsError | None]:
+def status(
+    path: StoreLocation | os.PathLike[str],
+) -> tuple[dict[str, Any], SecretfsError | None]:
     """What `key status` shows; the error, if the key does not unlock the store."""
-    backend = open_backend(path)
+    backend = location_of(path).open()
     try:
         return _status(backend)
     finally:

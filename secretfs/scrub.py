@@ -106,9 +106,3 @@ class Scrubber:
                     best = at
                     break
         return best
-
-
-def scrub_all(values: Iterable[bytes], data: bytes, mask: bytes = MASK) -> bytes:
-    """Scrub a whole byte string at once."""
-    scrubber = Scrubber(values, mask)
-    return scrubber.feed(data) + scrubber.finish()

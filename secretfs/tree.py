@@ -16,6 +16,7 @@ see the new inode once the old directory entry is invalidated.
 
 from __future__ import annotations
 
+import functools
 import json
 import stat
 import time
@@ -24,11 +25,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from secretfs import fields, sealing
+from secretfs import expiry, fields, sealing
 from secretfs.access import NOBODY, READ, WRITE, Caller, Layer, Readers, allowed
 from secretfs.errors import NotFoundError
 from secretfs.refs import Ref, Scope
 from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
+from secretfs.timeutil import iso_time
 
 ROOT_INODE = 1
 DIR_MODE = 0o555  # structural directories; listings are filtered per caller instead
@@ -36,6 +38,18 @@ TOP_DIRS = ("deployment", "env", "project")
 # The mount's own state (backend, connected, last revision, stale since) as JSON: a
 # read-only file at the root that anyone may read, found by name but never listed.
 STATUS_FILE = ".secretfs-status"
+FSNAME = "secretfs"
+# Every secret's file has these extended attributes, plus "expires" and "rotation-due"
+# when it has them set (secretfs/expiry.py).
+XATTRS = ("ref", "version", "created", "fingerprint", "expired")
+
+
+def mount_source(store: str) -> str:
+    """The fsname a mount of `store` shows in mountinfo: a comma would end the mount
+    option, so etcd://a:2379,b:2379/p shows as a:2379+b:2379."""
+    return f"{FSNAME}:{store.replace(',', '+')}"
+
+
 # Sealed copies of the tree, one per live client key; found by name but never listed.
 SEALED_DIR = ".sealed"
 
@@ -439,6 +453,42 @@ class Tree:
         now = self._by_id.get(node.secret.secret_id)
         return now is None or now.version != node.secret.version
 
+    def expired(self, node: Node, now_ns: int) -> bool:
+        """Whether the version an open of `node` serves has expired (still served)."""
+        meta = self.current(node)
+        return meta.expires_ns is not None and expiry.status(meta, now_ns).expired
+
+    def xattr_names(self, node: Node) -> list[str]:
+        """The extended attributes of a secret's file (after `user.secretfs.`)."""
+        meta = self.current(node)
+        names = [*XATTRS]
+        if meta.expires_ns is not None:
+            names.append("expires")
+        if meta.rotate_every_s:
+            names.append("rotation-due")
+        return names
+
+    def xattr_value(self, node: Node, key: str, now_ns: int) -> bytes | None:
+        """The value of one extended attribute of a secret's file; None: it has none."""
+        meta = self.current(node)
+        if key == "ref":
+            return str(node.ref).encode()
+        if key == "version":
+            return str(meta.version).encode()
+        if key == "created":
+            # When this version was written, as ISO 8601 UTC.
+            return iso_time(meta.updated_ns).encode()
+        if key == "fingerprint":
+            return meta.fingerprint.encode()
+        state = expiry.status(meta, now_ns)
+        if key == "expired":
+            return b"true" if state.expired else b"false"
+        if key == "expires" and state.expires_ns is not None:
+            return iso_time(state.expires_ns).encode()
+        if key == "rotation-due" and state.rotation_due_ns is not None:
+            return iso_time(state.rotation_due_ns).encode()
+        return None
+
     def ownership(self, meta: SecretMeta) -> tuple[int, int, int]:
         """uid, gid and mode, each from the secret, else its scope, else the mount.
 
@@ -662,3 +712,10 @@ def _dir_children(path: str, scopes: dict[str, dict[str, SecretMeta]]) -> list[s
     prefix = path + "/"
     below = {k[len(prefix) :].split("/", 1)[0] for k in scopes if k.startswith(prefix)}
     return sorted(below)
+
+
+@functools.lru_cache(maxsize=8192)
+def ref_text(scope: str, name: str, field: tuple[str, ...]) -> str:
+    """The ref of a secret's (or field's) file as text, for audit records."""
+    # Building a Ref validates every name: too slow to repeat on each audited open.
+    return str(Ref(Scope.from_key(scope), name, field))

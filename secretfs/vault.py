@@ -36,13 +36,7 @@ from secretfs.keyring import Keyring, SealedValue, unfinished
 from secretfs.refs import Ref, Scope
 from secretfs.store import GRANT_FORMS, GrantRecord, ScopeMeta, SecretMeta, VersionMeta
 from secretfs.store.base import Backend
-from secretfs.store.location import (
-    StoreLocation,
-    create_backend,
-    key_file_path,
-    open_backend,
-    store_exists,
-)
+from secretfs.store.location import StoreLocation, location_of
 
 log = logging.getLogger(__name__)
 
@@ -156,19 +150,20 @@ class Vault:
     @classmethod
     def init(
         cls,
-        path: StoreLocation,
+        path: StoreLocation | os.PathLike[str],
         *,
         max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES,
         max_versions: int = DEFAULT_MAX_VERSIONS,
     ) -> keys.KekSource:
         """Create a store; its KEK from the environment, else a new key file beside it."""
-        if store_exists(path):
+        path = location_of(path)
+        if path.exists():
             raise StoreError(f"a store already exists at {path}")
         source = keys.env_source()
         new_key_file: bytes | None = None
         salt = params = None
         if source is None:
-            key_path = key_file_path(path)
+            key_path = path.key_file()
             if key_path.exists():
                 raise KeySourceError(
                     f"key file {key_path} exists but there is no store at {path}:"
@@ -202,19 +197,19 @@ class Vault:
             keyring.write_new_store(backend, now)
 
         if new_key_file is not None:
-            keys.write_key_file(key_file_path(path), new_key_file)
+            keys.write_key_file(path.key_file(), new_key_file)
         try:
-            create_backend(path, setup)
+            path.create(setup)
         except StoreError:
             # Raised only before the store was linked into place: drop our new key file.
             if new_key_file is not None:
-                key_file_path(path).unlink(missing_ok=True)
+                path.key_file().unlink(missing_ok=True)
             raise
         return source
 
     @classmethod
-    def open(cls, path: StoreLocation, *, readonly: bool = False) -> Vault:
-        backend = open_backend(path, readonly=readonly)
+    def open(cls, path: StoreLocation | os.PathLike[str], *, readonly: bool = False) -> Vault:
+        backend = location_of(path).open(readonly=readonly)
         try:
             vault = cls._unlock(backend)
             if not readonly:
@@ -347,19 +342,9 @@ class Vault:
 
     # -- writing -------------------------------------------------------------------------
 
-    def create(self, ref: Ref, value: bytes, **owner: int | None) -> WriteResult:
-        """Add a new secret; ConflictError if the name exists (HTTP 409)."""
-        return self._write(ref, value, must_exist=False, must_not_exist=True, owner=owner)
-
     def set(self, ref: Ref, value: bytes, **owner: int | None) -> WriteResult:
         """Create the secret or add a version to it."""
         return self._write(ref, value, must_exist=False, must_not_exist=False, owner=owner)
-
-    def rotate(self, ref: Ref, value: bytes, *, schedule: Schedule | None = None) -> WriteResult:
-        """Add a version to an existing secret; NotFoundError if there is none."""
-        return self._write(
-            ref, value, must_exist=True, must_not_exist=False, owner={}, schedule=schedule
-        )
 
     def write(
         self,

@@ -253,7 +253,7 @@ def test_every_vault_write_is_audited_in_its_transaction(vault: Vault) -> None:
     vault.revoke(ref, [("uid", 1001)])
     vault.remove(parse_ref("db"))
     with pytest.raises(ConflictError):
-        vault.create(ref, b"again")
+        vault.write(ref, b"again", how="create")
     with pytest.raises(NotFoundError):
         vault.grant(parse_ref("nope"), "uid", 1)
     assert actions(vault) == [
@@ -282,7 +282,7 @@ def test_every_vault_write_is_audited_in_its_transaction(vault: Vault) -> None:
 def test_audit_never_holds_a_value(vault: Vault) -> None:
     vault.set(parse_ref("db"), b"correct-horse-battery")
     with pytest.raises(ConflictError):
-        vault.create(parse_ref("db"), b"staple-staple-staple")
+        vault.write(parse_ref("db"), b"staple-staple-staple", how="create")
     dump = "\n".join(repr(r) for r in vault.backend.read_audit())
     for value in ("hunter2", "correct-horse", "staple", "tok"):
         assert value not in dump.replace("token", "")

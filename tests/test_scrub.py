@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from secretfs.scrub import MASK, Scrubber, scrub_all, scrub_forms
+from secretfs.scrub import MASK, Scrubber, scrub_forms
+
+
+def scrub_all(values: Iterable[bytes], data: bytes) -> bytes:
+    """Scrub a whole byte string at once."""
+    scrubber = Scrubber(values)
+    return scrubber.feed(data) + scrubber.finish()
 
 
 def reference_regex(secrets: list[bytes], data: bytes) -> bytes:

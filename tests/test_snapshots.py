@@ -1,5 +1,5 @@
 """What the mount keeps to serve opens without SQL (issue 6), on real stores and processes:
-verified versions (secretfs/snapshots.py), process names (audit.ProcessNames), and how
+verified versions (secretfs/verified.py), process names (audit.ProcessNames), and how
 the daemon notices that someone else wrote to the store (daemon.AuditWriter)."""
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from secretfs import audit
 from secretfs.daemon import AuditWriter
 from secretfs.errors import IntegrityError, NotFoundError
 from secretfs.refs import parse_ref
-from secretfs.snapshots import VerifiedVersions
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.vault import SealedValue, Vault
+from secretfs.verified import VerifiedVersions
 
 
 @pytest.fixture

@@ -17,7 +17,8 @@ import pytest
 from secretfs.errors import UsageError
 from secretfs.refs import parse_ref
 from secretfs.store import location
-from secretfs.store.location import EtcdLocation
+from secretfs.store.etcd import EtcdLocation
+from secretfs.store.sqlite import SqliteLocation
 from secretfs.vault import Vault
 from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster
@@ -199,9 +200,9 @@ def _state(pid: int) -> str:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("store.db", Path("store.db")),
-        ("/var/lib/s.db", Path("/var/lib/s.db")),
-        ("sqlite:///var/lib/s.db", Path("/var/lib/s.db")),
+        ("store.db", SqliteLocation(Path("store.db"))),
+        ("/var/lib/s.db", SqliteLocation(Path("/var/lib/s.db"))),
+        ("sqlite:///var/lib/s.db", SqliteLocation(Path("/var/lib/s.db"))),
         ("etcd://a:2379,b:2380/prod", EtcdLocation(("a:2379", "b:2380"), "prod")),
         ("etcd://a/", EtcdLocation(("a:2379",), "secretfs")),
         ("etcd://a+b:1/p", EtcdLocation(("a:2379", "b:1"), "p")),

@@ -345,11 +345,11 @@ def test_open_a_file_that_is_not_a_store(store_path: Path) -> None:
 
 
 def test_create_set_rotate_number_versions(vault: Vault) -> None:
-    first = vault.create(R("db"), b"one")
+    first = vault.write(R("db"), b"one", how="create")
     assert (first.previous_version, first.meta.version, first.meta.size) == (0, 1, 3)
     second = vault.set(R("db"), b"two!")
     assert (second.previous_version, second.meta.version, second.meta.size) == (1, 2, 4)
-    third = vault.rotate(R("db"), b"three")
+    third = vault.write(R("db"), b"three", how="rotate")
     assert (third.previous_version, third.meta.version) == (2, 3)
     assert vault.get_value(R("db")) == b"three"
     assert vault.meta(R("db")).version == 3
@@ -358,9 +358,9 @@ def test_create_set_rotate_number_versions(vault: Vault) -> None:
 
 
 def test_create_of_an_existing_name_is_a_conflict(vault: Vault) -> None:
-    vault.create(R("db"), b"one")
+    vault.write(R("db"), b"one", how="create")
     with pytest.raises(ConflictError, match="already exists") as info:
-        vault.create(R("db"), b"two")
+        vault.write(R("db"), b"two", how="create")
     assert info.value.exit_code == 4
     assert vault.get_value(R("db")) == b"one"
     assert vault.meta(R("db")).version == 1
@@ -368,7 +368,7 @@ def test_create_of_an_existing_name_is_a_conflict(vault: Vault) -> None:
 
 def test_rotate_needs_an_existing_secret(vault: Vault) -> None:
     with pytest.raises(NotFoundError):
-        vault.rotate(R("nope"), b"x")
+        vault.write(R("nope"), b"x", how="rotate")
     assert vault.list_secrets() == []
 
 
@@ -396,7 +396,7 @@ def test_history_and_get_value_by_version(vault: Vault) -> None:
 
 
 def test_rm_keeps_a_tombstone_and_numbering_continues(vault: Vault, store_path: Path) -> None:
-    vault.create(R("db"), b"one")
+    vault.write(R("db"), b"one", how="create")
     vault.set(R("db"), b"two")
     removed = vault.remove(R("db"))
     assert removed.version == 2
@@ -410,7 +410,7 @@ def test_rm_keeps_a_tombstone_and_numbering_continues(vault: Vault, store_path: 
             read()
     assert vault.list_secrets() == []
 
-    again = vault.create(R("db"), b"three")
+    again = vault.write(R("db"), b"three", how="create")
     assert again.previous_version == 0
     assert again.meta.version == 3, "versions 1 and 2 must never be reused"
     assert [h.version for h in vault.history(R("db"))] == [3]
@@ -535,7 +535,7 @@ def test_no_plaintext_in_the_db_wal_shm_or_key_file(store_path: Path) -> None:
     Vault.init(store_path)
     v = Vault.open(store_path)
     try:
-        v.create(R("db"), marker)
+        v.write(R("db"), marker, how="create")
         v.set(R("@api/config"), json_value)
         v.set(R(":staging/db"), marker + b"\n")
         v.set(R("db"), b"replaced")  # the old version is kept, still sealed
@@ -698,13 +698,13 @@ def test_mangled_kdf_params_are_a_clear_error(
 
 
 def test_a_failed_create_leaves_the_store_unchanged(vault: Vault, store_path: Path) -> None:
-    vault.create(R("db"), b"one")
+    vault.write(R("db"), b"one", how="create")
     seq = vault.backend.current_seq()
     before = snapshot(store_path.parent)["store.db"]
     with pytest.raises(ConflictError):
-        vault.create(R("db"), b"two")
+        vault.write(R("db"), b"two", how="create")
     with pytest.raises(NotFoundError):
-        vault.rotate(R("missing"), b"x")
+        vault.write(R("missing"), b"x", how="rotate")
     with pytest.raises(TooLargeError):
         vault.set(R("db"), b"x" * (MIB + 1))
     assert vault.backend.current_seq() == seq

@@ -14,7 +14,7 @@ import pytest
 from secretfs.errors import RefError
 from secretfs.follow import Follower, Selection
 from secretfs.refs import parse_ref
-from secretfs.store.location import open_backend
+from secretfs.store.sqlite import SqliteLocation
 from secretfs.vault import Vault
 
 
@@ -30,7 +30,7 @@ def vault(store_path: Path) -> Iterator[Vault]:
 
 def follower(store_path: Path, *targets: str) -> Follower:
     # A connection of its own, as `secretfs watch` has: it sees the vault's commits.
-    return Follower(open_backend(store_path, readonly=True), Selection.parse(targets))
+    return Follower(SqliteLocation(store_path).open(readonly=True), Selection.parse(targets))
 
 
 def test_a_follower_reports_versions_creations_and_removals_of_what_it_follows(

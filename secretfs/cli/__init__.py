@@ -8,7 +8,6 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -16,7 +15,7 @@ import click
 from secretfs import __version__
 from secretfs.errors import SecretfsError, StoreError
 from secretfs.hardening import no_core_dumps
-from secretfs.store.location import EtcdLocation, StoreLocation, default_location
+from secretfs.store.location import StoreLocation, default_location, location_of
 from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
 
@@ -29,10 +28,10 @@ class StoreParam(click.ParamType):  # type: ignore[type-arg]
     name = "store"
 
     def convert(self, value: Any, param: Any, ctx: Any) -> StoreLocation:
-        if isinstance(value, (Path, EtcdLocation)):
-            return value
+        if not isinstance(value, str):  # already converted (a default, or a second pass)
+            return location_of(value)
         try:
-            return parse_location(str(value))
+            return parse_location(value)
         except SecretfsError as exc:
             self.fail(str(exc), param, ctx)
 

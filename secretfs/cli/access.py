@@ -8,7 +8,6 @@ A text that reads as a scope is the scope: `deployment` is the deployment scope 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +21,7 @@ from secretfs.cli.values import parse_mode
 from secretfs.errors import RefError, UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import GrantRecord, SecretMeta
+from secretfs.store.location import StoreLocation
 from secretfs.vault import Target, Vault
 
 INHERIT = "inherit"
@@ -82,7 +82,7 @@ def _show(key: str, value: int | None) -> str:
 
 
 def _set_owner(
-    store: Path | None, target_text: str, changes: dict[str, int | None], action: str
+    store: StoreLocation | None, target_text: str, changes: dict[str, int | None], action: str
 ) -> None:
     target = parse_target(target_text)
     with open_vault(store) as vault:
@@ -97,7 +97,7 @@ def _set_owner(
 @click.argument("mode", metavar="MODE")
 @store_option
 @handle_errors
-def chmod(store: Path | None, target: str, mode: str) -> None:
+def chmod(store: StoreLocation | None, target: str, mode: str) -> None:
     """Set the file mode of a secret, or the default of a whole scope.
 
     MODE is octal (0400, 440) or `inherit` (from the scope, then the mount). Seen by the
@@ -111,7 +111,7 @@ def chmod(store: Path | None, target: str, mode: str) -> None:
 @click.argument("owner", metavar="UID[:GID]")
 @store_option
 @handle_errors
-def chown(store: Path | None, target: str, owner: str) -> None:
+def chown(store: StoreLocation | None, target: str, owner: str) -> None:
     """Set the owner and/or group of a secret, or the defaults of a whole scope.
 
     OWNER is UID, UID:GID or :GID, numbers or names of this host; a part may be
@@ -139,7 +139,7 @@ def _principals(uids: tuple[int, ...], gids: tuple[int, ...]) -> list[tuple[str,
 @store_option
 @handle_errors
 def grant(
-    store: Path | None,
+    store: StoreLocation | None,
     target: str,
     uids: tuple[int, ...],
     gids: tuple[int, ...],
@@ -176,7 +176,7 @@ def grant(
 @store_option
 @handle_errors
 def revoke(
-    store: Path | None,
+    store: StoreLocation | None,
     target: str,
     uids: tuple[int, ...],
     gids: tuple[int, ...],
@@ -299,7 +299,7 @@ def _ownership_lines(own: Ownership, scope_key: str, indent: str) -> list[str]:
 )
 @store_option
 @handle_errors
-def permissions(store: Path | None, target: str, as_json: bool, mount_mode: str) -> None:
+def permissions(store: StoreLocation | None, target: str, as_json: bool, mount_mode: str) -> None:
     """Who may read a secret (or each secret of a scope), and why.
 
     Readers come from the mode's read bits (owner, group, everyone) and from grants on

@@ -7,7 +7,6 @@ import re
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import click
 
@@ -19,7 +18,7 @@ from secretfs.cli.params import bounded_int
 from secretfs.errors import UsageError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_ref
 from secretfs.store.base import Backend
-from secretfs.store.location import open_backend
+from secretfs.store.location import StoreLocation
 
 FOLLOW_POLL_SECONDS = 0.5
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
@@ -106,7 +105,7 @@ def _print(records: list[AuditRecord], as_json: bool, lines: bool) -> None:
 @handle_errors
 def audit(
     ctx: click.Context,
-    store: Path | None,
+    store: StoreLocation | None,
     ref: str | None,
     since: str | None,
     as_json: bool,
@@ -124,7 +123,7 @@ def audit(
         return
     since_ns = parse_since(since) if since else None
     wanted = RefFilter(ref) if ref else None
-    backend = open_backend(store_path(store), readonly=True)
+    backend = store_path(store).open(readonly=True)
     try:
         records = _query(backend, wanted, since_ns, 0)
         if last is not None:
@@ -168,7 +167,7 @@ def _query(
 @click.option("--dry-run", is_flag=True, help="Only say how many records would go.")
 @store_option
 @handle_errors
-def prune(store: Path | None, before: str | None, dry_run: bool) -> None:
+def prune(store: StoreLocation | None, before: str | None, dry_run: bool) -> None:
     """Remove audit records older than --before (default: the store's audit-max-age).
 
     Needs the key. Each prune is itself recorded ("pruned N audit records before ...").

@@ -20,6 +20,7 @@ from secretfs.cli.values import finish_value, input_options
 from secretfs.errors import UsageError
 from secretfs.files import read_file_limited, read_limited
 from secretfs.refs import Ref, parse_ref
+from secretfs.store.location import StoreLocation
 from secretfs.vault import BulkOutcome, Vault
 
 PathArg = click.Path(dir_okay=False, path_type=Path)
@@ -89,7 +90,7 @@ def _stdin_items(limit: int) -> list[tuple[Ref, str]]:
 @store_option
 @handle_errors
 def set_many(
-    store: Path | None,
+    store: StoreLocation | None,
     files: tuple[str, ...],
     from_stdin: bool,
     trim: bool,
@@ -150,7 +151,7 @@ def tls_group() -> None:
 @store_option
 @handle_errors
 def tls_set(
-    store: Path | None,
+    store: StoreLocation | None,
     name: str,
     cert_file: Path,
     key_file: Path,

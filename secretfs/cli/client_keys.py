@@ -16,6 +16,7 @@ from secretfs.cli.completion import complete_client_keys
 from secretfs.cli.params import USER_ID
 from secretfs.errors import IntegrityError, UsageError
 from secretfs.store import ClientKeyRecord
+from secretfs.store.location import StoreLocation
 
 
 @cli.group(name="client-key")
@@ -70,7 +71,7 @@ def _read_public_key(public_key: str | None, from_file: Path | None, from_stdin:
 @store_option
 @handle_errors
 def add(
-    store: Path | None,
+    store: StoreLocation | None,
     public_key: str | None,
     from_file: Path | None,
     from_stdin: bool,
@@ -97,7 +98,7 @@ def add(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def ls(store: Path | None, show_all: bool, as_json: bool) -> None:
+def ls(store: StoreLocation | None, show_all: bool, as_json: bool) -> None:
     """List the registered client keys (live ones; --all: revoked too)."""
     with open_vault(store) as vault:
         keys = vault.backend.list_client_keys()
@@ -128,7 +129,7 @@ def ls(store: Path | None, show_all: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def rm(store: Path | None, key_id: str, as_json: bool) -> None:
+def rm(store: StoreLocation | None, key_id: str, as_json: bool) -> None:
     """Revoke a client key: nothing is sealed to it again (its record stays, for audit)."""
     if not sealing.is_key_id(key_id):
         raise UsageError(f"{key_id[:40]!r} is not a client key id (ck_<32 hex>)")

@@ -12,7 +12,6 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -32,12 +31,13 @@ WAIT_SECONDS = 1.0  # a prompt waits no longer than this for names
 @contextlib.contextmanager
 def _names_only(ctx: click.Context) -> Iterator[Backend]:
     """The store the command line names so far (else the default), read-only, no key."""
-    from secretfs.store.location import default_location, open_backend
+    from secretfs.store.location import default_location
 
     location = ctx.params.get("store") or default_location()
-    if not isinstance(location, Path) or not location.is_file():
+    local = location.local_file()
+    if local is None or not local.is_file():
         raise LookupError("completion reads local SQLite stores only")  # no network waits
-    backend = open_backend(location, readonly=True)
+    backend = location.open(readonly=True)
     try:
         yield backend
     finally:

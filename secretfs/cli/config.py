@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.errors import UsageError
+from secretfs.store.location import StoreLocation
 from secretfs.vault import MAX_VERSIONS_LIMIT
 
 SETTINGS = {
@@ -27,7 +26,7 @@ def config() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def show(store: Path | None, as_json: bool) -> None:
+def show(store: StoreLocation | None, as_json: bool) -> None:
     """Show every setting."""
     from secretfs.audit_retention import max_age_s
 
@@ -50,7 +49,7 @@ def show(store: Path | None, as_json: bool) -> None:
 @click.argument("value")
 @store_option
 @handle_errors
-def set_(store: Path | None, name: str, value: str) -> None:
+def set_(store: StoreLocation | None, name: str, value: str) -> None:
     """Change one setting.
 
     Lowering max-versions removes nothing at once: each secret is pruned at its next
@@ -83,7 +82,7 @@ def set_(store: Path | None, name: str, value: str) -> None:
             click.echo(f"max-value-size is now {number} bytes")
 
 
-def _set_audit_max_age(store: Path | None, value: str) -> None:
+def _set_audit_max_age(store: StoreLocation | None, value: str) -> None:
     from secretfs.audit_retention import MAX_AGE_META
     from secretfs.expiry import parse_duration
 

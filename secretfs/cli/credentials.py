@@ -16,6 +16,7 @@ from secretfs.cli.values import parse_optional_mode, read_stdin
 from secretfs.errors import NotFoundError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited
 from secretfs.refs import Ref, parse_ref, validate_name
+from secretfs.store.location import StoreLocation
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -90,7 +91,7 @@ def registry_add(
     uid: int | None,
     gid: int | None,
     mode_text: str | None,
-    store: Path | None,
+    store: StoreLocation | None,
 ) -> None:
     """Add (or replace) the login for REGISTRY in the config secret.
 
@@ -132,7 +133,7 @@ def registry_add(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def registry_ls(secret_ref: str, as_json: bool, store: Path | None) -> None:
+def registry_ls(secret_ref: str, as_json: bool, store: StoreLocation | None) -> None:
     """List the registries in the config secret and their user names (never passwords)."""
     ref = _whole_secret(secret_ref)
     with open_vault(store) as vault:
@@ -165,7 +166,7 @@ def registry_ls(secret_ref: str, as_json: bool, store: Path | None) -> None:
 )
 @store_option
 @handle_errors
-def registry_rm(registry_name: str, secret_ref: str, store: Path | None) -> None:
+def registry_rm(registry_name: str, secret_ref: str, store: StoreLocation | None) -> None:
     """Remove the login for REGISTRY (the other logins stay)."""
     ref = _whole_secret(secret_ref)
     removed = ""
@@ -225,7 +226,7 @@ def git_add(
     uid: int | None,
     gid: int | None,
     mode_text: str,
-    store: Path | None,
+    store: StoreLocation | None,
 ) -> None:
     """Store a git credential NAME as a token file or an SSH key file.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
@@ -14,6 +13,7 @@ from secretfs.cli.params import bounded_int
 from secretfs.cli.values import resolve_uri
 from secretfs.errors import UsageError
 from secretfs.files import read_limited
+from secretfs.store.location import StoreLocation
 
 MIN_PASSWORD_CHARS = 12
 KEY_INPUT_LIMIT = 64 * 1024  # a key or password is far smaller; /dev/zero is not read whole
@@ -51,7 +51,7 @@ def _strip_newline(data: bytes) -> bytes:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def status(store: Path | None, as_json: bool) -> None:
+def status(store: StoreLocation | None, as_json: bool) -> None:
     """Where the KEK comes from, the data key generations, algorithms, and whether the
     key unlocks the store. Exits with the key error's code if it does not."""
     info, error = rotation.status(store_path(store))
@@ -125,7 +125,7 @@ def _progress(done: int, total: int) -> None:
 @store_option
 @handle_errors
 def rotate(
-    store: Path | None,
+    store: StoreLocation | None,
     reencrypt: bool,
     new_key_from: str | None,
     batch_size: int,
@@ -198,7 +198,7 @@ def rotate(
 )
 @store_option
 @handle_errors
-def passwd(store: Path | None, new_password_from: str | None) -> None:
+def passwd(store: StoreLocation | None, new_password_from: str | None) -> None:
     """Change the password of a $SECRETFS_PASSWORD store (a new salt too).
 
     The current password comes from $SECRETFS_PASSWORD; the new one never from the

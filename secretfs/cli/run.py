@@ -14,6 +14,7 @@ from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.cli.values import parse_mode
 from secretfs.errors import ConflictError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited, write_file_atomically
+from secretfs.store.location import StoreLocation
 from secretfs.vault import Vault
 
 
@@ -64,7 +65,7 @@ def _warn(lines: list[str]) -> None:
 )
 @handle_errors
 def run(
-    store: Path | None,
+    store: StoreLocation | None,
     scrub: bool,
     pass_key_env: bool,
     on_change: str | None,
@@ -110,7 +111,7 @@ def run(
 
 
 def _run_on_change(
-    store: Path | None,
+    store: StoreLocation | None,
     scrub: bool,
     pass_key_env: bool,
     on_change: str | None,
@@ -154,7 +155,9 @@ def _run_on_change(
 )
 @store_option
 @handle_errors
-def inject(template: Path, out: Path, force: bool, mode_text: str, store: Path | None) -> None:
+def inject(
+    template: Path, out: Path, force: bool, mode_text: str, store: StoreLocation | None
+) -> None:
     """Render a template: each {{ $S:ref }} becomes the secret's value.
 
     {{ $secret://env/KEY }} works too. Nothing is written unless every reference

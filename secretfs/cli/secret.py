@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -25,6 +24,7 @@ from secretfs.cli.values import parse_optional_mode, take_value, value_options
 from secretfs.errors import UsageError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
+from secretfs.store.location import StoreLocation
 from secretfs.timeutil import iso_time
 
 
@@ -72,7 +72,7 @@ def secret() -> None:
     """Create, change, read and list secrets."""
 
 
-def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
+def _write(store: StoreLocation | None, ref_text: str, how: str, **kw: Any) -> None:
     ref = _ref(ref_text)
     source = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
@@ -97,7 +97,7 @@ def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
 @schedule_options
 @store_option
 @handle_errors
-def create(store: Path | None, ref: str, **kw: Any) -> None:
+def create(store: StoreLocation | None, ref: str, **kw: Any) -> None:
     """Create a new secret REF; fails (exit 4, "409") if it exists."""
     _write(store, ref, "create", **kw)
 
@@ -109,7 +109,7 @@ def create(store: Path | None, ref: str, **kw: Any) -> None:
 @schedule_options
 @store_option
 @handle_errors
-def set_(store: Path | None, ref: str, **kw: Any) -> None:
+def set_(store: StoreLocation | None, ref: str, **kw: Any) -> None:
     """Create REF or add a new version to it."""
     _write(store, ref, "set", **kw)
 
@@ -137,7 +137,7 @@ def set_(store: Path | None, ref: str, **kw: Any) -> None:
 @store_option
 @handle_errors
 def get(
-    store: Path | None,
+    store: StoreLocation | None,
     ref: str,
     field_path: str | None,
     version: int | None,
@@ -198,7 +198,9 @@ def get(
 )
 @store_option
 @handle_errors
-def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: str | None) -> None:
+def ls(
+    store: StoreLocation | None, scope: str | None, as_json: bool, due: bool, within: str | None
+) -> None:
     """List secrets (metadata only, never values), optionally in one SCOPE.
 
     Expired secrets are still served; they are flagged in the NOTE column (and in
@@ -237,7 +239,7 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
 @click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
 @store_option
 @handle_errors
-def rm(store: Path | None, ref: str, force: bool) -> None:
+def rm(store: StoreLocation | None, ref: str, force: bool) -> None:
     """Remove REF and all its versions; refused (exit 4) while grants name it."""
     parsed = _ref(ref)
     with open_vault(store) as vault:
@@ -250,7 +252,7 @@ def rm(store: Path | None, ref: str, force: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def history(store: Path | None, ref: str, as_json: bool) -> None:
+def history(store: StoreLocation | None, ref: str, as_json: bool) -> None:
     """List the kept versions of REF (metadata only)."""
     with open_vault(store) as vault:
         records = [version_record(v) for v in vault.history(_ref(ref))]

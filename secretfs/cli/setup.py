@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.cli.params import bounded_int
 from secretfs.keys import KIND_KEY_FILE
+from secretfs.store.location import StoreLocation
 from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VERSIONS_LIMIT, Vault
 
 
@@ -30,7 +29,7 @@ from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VE
     " (`secretfs config set max-versions N` changes it later).",
 )
 @handle_errors
-def init(store: Path | None, max_value_size: int, max_versions: int) -> None:
+def init(store: StoreLocation | None, max_value_size: int, max_versions: int) -> None:
     """Create a new, empty store.
 
     The key-encryption key comes from $SECRETFS_KEY, else $SECRETFS_PASSWORD (Argon2id),

@@ -21,6 +21,7 @@ from secretfs.errors import ConflictError, TooLargeError, UsageError
 from secretfs.files import IMPORT_LIMIT, read_file_limited, read_limited, write_file_atomically
 from secretfs.formats import Format, FormatError, Problem
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_scope
+from secretfs.store.location import StoreLocation
 from secretfs.vault import BulkOutcome, ExistingPolicy
 
 _STDIO = Path("-")
@@ -83,7 +84,7 @@ class ImportFailed(UsageError):
 @store_option
 @handle_errors
 def import_(
-    store: Path | None,
+    store: StoreLocation | None,
     scope: str | None,
     fmt: str | None,
     path: Path | None,
@@ -183,7 +184,7 @@ def _report(target: Scope, outcomes: list[BulkOutcome], failed: list[Problem]) -
 @store_option
 @handle_errors
 def export(
-    store: Path | None,
+    store: StoreLocation | None,
     scope: str | None,
     fmt: str | None,
     path: Path | None,

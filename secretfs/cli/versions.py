@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import click
@@ -16,6 +15,7 @@ from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
 from secretfs.errors import UsageError
+from secretfs.store.location import StoreLocation
 from secretfs.vault import WriteResult
 
 
@@ -39,7 +39,7 @@ def _summary(result: WriteResult, extra: dict[str, Any]) -> dict[str, Any]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
+def rotate(store: StoreLocation | None, ref: str, as_json: bool, **kw: Any) -> None:
     """Give the existing secret REF a new value, as a new version, atomically.
 
     Prints the version before and after. Mounts serve the new value to every new open
@@ -73,7 +73,7 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> None:
+def rollback(store: StoreLocation | None, ref: str, to_version: int, as_json: bool) -> None:
     """Make the value of version N of REF current again, as a new version.
 
     History is never rewritten: rolling back from version 5 to 3 writes version 6 with
@@ -108,7 +108,7 @@ def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> No
 @store_option
 @handle_errors
 def prune(
-    store: Path | None, ref: str | None, keep: int | None, all_secrets: bool, as_json: bool
+    store: StoreLocation | None, ref: str | None, keep: int | None, all_secrets: bool, as_json: bool
 ) -> None:
     """Remove old versions of REF (or of every secret with --all), keeping the newest.
 
@@ -140,7 +140,7 @@ def prune(
 @store_option
 @handle_errors
 def expiry_(
-    store: Path | None,
+    store: StoreLocation | None,
     ref: str,
     expires_at: str | None,
     rotate_every: str | None,

@@ -7,14 +7,13 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 import click
 
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.errors import StoreError
 from secretfs.follow import POLL_SECONDS, Follower, Selection
-from secretfs.store.location import open_backend
+from secretfs.store.location import StoreLocation
 
 
 @cli.command()
@@ -22,7 +21,7 @@ from secretfs.store.location import open_backend
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per change and line.")
 @store_option
 @handle_errors
-def watch(targets: tuple[str, ...], as_json: bool, store: Path | None) -> None:
+def watch(targets: tuple[str, ...], as_json: bool, store: StoreLocation | None) -> None:
     """Print each change to these secrets (all, when none is given) as it happens.
 
     A change is a new version (old -> new, marked "same value" when the value did not
@@ -31,7 +30,7 @@ def watch(targets: tuple[str, ...], as_json: bool, store: Path | None) -> None:
     SIGINT (Ctrl-C), then exits 0.
     """
     selection = Selection.parse(targets)
-    backend = open_backend(store_path(store), readonly=True)
+    backend = store_path(store).open(readonly=True)
     stop = threading.Event()
     try:
         if backend.meta_get("store_id") is None:

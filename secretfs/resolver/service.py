@@ -25,9 +25,9 @@ from secretfs.errors import NotFoundError, RefError, SecretfsError
 from secretfs.refs import Ref, Scope
 from secretfs.resolver.ids import InvalidPattern, Pattern, id_to_ref, parse_pattern, scope_prefix
 from secretfs.resolver.messages import Envelope
-from secretfs.snapshots import VerifiedVersions
 from secretfs.store import ClientKeyRecord, SecretMeta
 from secretfs.tree import Tree
+from secretfs.verified import VerifiedVersions
 
 PROVIDER = "secretfs"
 NOT_FOUND = "secret not found"  # the engine's ErrNotFound, word for word

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import ssl
 import threading
@@ -49,8 +50,16 @@ from typing import Any
 
 import httpx
 
+from secretfs import keys
 from secretfs.audit import AuditRecord
-from secretfs.errors import IntegrityError, SecretfsError, StoreError, WriteConflictError
+from secretfs.checks import Check
+from secretfs.errors import (
+    IntegrityError,
+    SecretfsError,
+    StoreError,
+    UsageError,
+    WriteConflictError,
+)
 from secretfs.store import (
     ClientKeyRecord,
     GrantRecord,
@@ -59,7 +68,6 @@ from secretfs.store import (
     SecretMeta,
     VersionMeta,
 )
-from secretfs.store.location import EtcdLocation, key_file_path
 from secretfs.testhooks import checkpoint, fault
 from secretfs.timeutil import iso_time
 
@@ -661,6 +669,104 @@ def _opt(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+DEFAULT_ETCD_PREFIX = "secretfs"
+_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdLocation:
+    """An etcd cluster (its client endpoints) and the key prefix of one store on it (a
+    `StoreLocation`)."""
+
+    endpoints: tuple[str, ...]  # host:port
+    prefix: str  # without slashes at either end, e.g. "secretfs/prod"
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> EtcdLocation:
+        """`etcd://host:port,host:port/prefix` or `etcd+https://...`; UsageError if malformed."""
+        tls = text.startswith("etcd+https://")
+        rest = text.partition("://")[2]
+        hosts, _, prefix = rest.partition("/")
+        prefix = prefix.strip("/") or DEFAULT_ETCD_PREFIX
+        endpoints = []
+        # "+" separates endpoints too: a comma would end a mount option (-o store=, fstab).
+        for host in filter(None, re.split(r"[,+]", hosts)):
+            m = _HOST.match(host)
+            if m is None:
+                raise UsageError(f"store URL {text!r}: {host!r} is not host or host:port")
+            endpoints.append(host if m.group(2) else host + ":2379")
+        if not endpoints:
+            raise UsageError(f"store URL {text!r} names no etcd endpoint: etcd://host:2379/prefix")
+        if not _PREFIX.match(prefix):
+            raise UsageError(
+                f"store URL {text!r}: the prefix {prefix!r} may hold letters, digits, '.', '_',"
+                " '-' and '/' between names"
+            )
+        return cls(tuple(endpoints), prefix, tls)
+
+    @property
+    def key_prefix(self) -> bytes:
+        return f"/{self.prefix}/".encode()
+
+    def urls(self) -> list[str]:
+        scheme = "https" if self.tls else "http"
+        return [f"{scheme}://{e}" for e in self.endpoints]
+
+    def __str__(self) -> str:
+        scheme = "etcd+https" if self.tls else "etcd"
+        return f"{scheme}://{','.join(self.endpoints)}/{self.prefix}"
+
+    def open(self, *, readonly: bool = False) -> EtcdBackend:
+        return EtcdBackend.open(self)
+
+    def exists(self) -> bool:
+        return EtcdBackend.exists(self)
+
+    def create(self, init: Callable[[EtcdBackend], None]) -> None:
+        EtcdBackend.create(self, init)
+
+    def key_file(self) -> Path:
+        """`$SECRETFS_KEY_FILE`, else `/etc/secretfs/etcd/<prefix>.key` (root) or
+        `~/.config/secretfs/etcd/<prefix>.key`, `/` in the prefix written as `_`."""
+        env = os.environ.get(keys.ENV_KEY_FILE)
+        if env:
+            return Path(env)
+        if os.geteuid() == 0:
+            base = Path("/etc/secretfs")
+        else:
+            base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "secretfs"
+        return base / "etcd" / (self.prefix.replace("/", "_") + ".key")
+
+    def local_file(self) -> Path | None:
+        return None
+
+    def doctor_checks(self) -> tuple[list[Check], bool]:
+        """Does the cluster answer, and is there a store at the prefix."""
+        try:
+            found = self.exists()
+        except SecretfsError as exc:
+            return [
+                Check(
+                    "store",
+                    "fail",
+                    str(exc),
+                    "start the etcd members, or check the endpoints in --store / $SECRETFS_STORE",
+                )
+            ], False
+        if not found:
+            return [
+                Check(
+                    "store",
+                    "fail",
+                    f"the etcd cluster answers but holds no store at {self}",
+                    f"create one with `secretfs init --store {self}`, or check the prefix",
+                )
+            ], False
+        return [Check("store", "ok", f"etcd cluster answers; store at {self}")], True
+
+
 class EtcdBackend:
     """A secretfs store under one key prefix of an etcd v3 cluster."""
 
@@ -683,7 +789,7 @@ class EtcdBackend:
         return str(self.location)
 
     def key_file(self) -> Path:
-        return key_file_path(self.location)
+        return self.location.key_file()
 
     @classmethod
     def open(cls, location: EtcdLocation) -> EtcdBackend:

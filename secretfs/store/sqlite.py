@@ -5,11 +5,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from secretfs import keys
 from secretfs.audit import AuditRecord
+from secretfs.checks import Check, mode_check
 from secretfs.errors import StoreError
 from secretfs.files import fsync_dir
 from secretfs.store import (
@@ -21,6 +26,9 @@ from secretfs.store import (
     VersionMeta,
 )
 from secretfs.testhooks import checkpoint
+
+if TYPE_CHECKING:
+    from secretfs.store.base import Backend
 
 SCHEMA_VERSION = 1
 
@@ -234,6 +242,59 @@ def _audit_record(row: tuple[object, ...]) -> AuditRecord:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SqliteLocation:
+    """A store file on this machine (a `StoreLocation`)."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def open(self, *, readonly: bool = False) -> SqliteBackend:
+        return SqliteBackend.open(self.path, readonly=readonly)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def create(self, init: Callable[[Backend], None]) -> None:
+        SqliteBackend.create(self.path, init)
+
+    def key_file(self) -> Path:
+        return keys.key_file_path(self.path)
+
+    def local_file(self) -> Path | None:
+        return self.path
+
+    def doctor_checks(self) -> tuple[list[Check], bool]:
+        store = self.path
+        if not store.exists():
+            return [
+                Check(
+                    "store",
+                    "fail",
+                    f"no store at {store}",
+                    "create one with `secretfs init`, or point --store / $SECRETFS_STORE at it",
+                )
+            ], False
+        out = [mode_check("store", store, "encrypted store")]
+        for suffix in ("-wal", "-shm"):
+            side = Path(f"{store}{suffix}")
+            if side.exists():
+                out.append(mode_check(f"store{suffix}", side, "store's journal"))
+        parent = store.parent.stat()
+        if parent.st_mode & 0o002 and not parent.st_mode & stat.S_ISVTX:
+            out.append(
+                Check(
+                    "store directory",
+                    "fail",
+                    f"{store.parent} is writable by everyone: anyone may replace the store",
+                    f"chmod o-w {store.parent}",
+                )
+            )
+        return out, True
+
+
 class SqliteBackend:
     """Rows in, rows out. Every write method runs inside `transaction()`."""
 
@@ -358,9 +419,7 @@ class SqliteBackend:
         return str(self.path)
 
     def key_file(self) -> Path:
-        from secretfs.keys import key_file_path
-
-        return key_file_path(self.path)
+        return keys.key_file_path(self.path)
 
     def open_another(self) -> SqliteBackend:
         return SqliteBackend.open(self.path)

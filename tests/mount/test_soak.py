@@ -192,11 +192,11 @@ def writer(store: str, log: str, env: dict[str, str], out: str) -> None:
             value = make_value(rng, ref, counter[ref])
             log_value(Path(log), ref, value)  # logged before it commits
             if ref not in present:
-                vault.create(parse_ref(ref), value)
+                vault.write(parse_ref(ref), value, how="create")
                 present.add(ref)
                 done["recreates"] += 1  # type: ignore[operator]
             elif action < 0.5:
-                vault.rotate(parse_ref(ref), value)
+                vault.write(parse_ref(ref), value, how="rotate")
             else:
                 vault.set(parse_ref(ref), value)
             done["writes"] += 1  # type: ignore[operator]
