@@ -26,6 +26,7 @@ from secretfs.errors import (
     NotFoundError,
     SecretfsError,
     StoreError,
+    StoreExistsError,
     TooLargeError,
     UsageError,
     WriteConflictError,
@@ -180,7 +181,7 @@ class Vault:
     ) -> keys.KekSource:
         """Create a store; its KEK from the environment, else a new key file beside it."""
         if store_exists(path):
-            raise StoreError(f"a store already exists at {path}")
+            raise StoreExistsError(f"a store already exists at {path}")
         source = keys.env_source()
         new_key_file: bytes | None = None
         salt = params = None

@@ -47,7 +47,7 @@ from typing import Any
 import httpx
 
 from secretfs.audit import AuditRecord
-from secretfs.errors import IntegrityError, StoreError, WriteConflictError
+from secretfs.errors import IntegrityError, StoreError, StoreExistsError, WriteConflictError
 from secretfs.store import (
     ClientKeyRecord,
     GrantRecord,
@@ -367,7 +367,7 @@ class EtcdBackend:
         try:
             with backend.transaction():
                 if backend._scan(backend._p):
-                    raise StoreError(
+                    raise StoreExistsError(
                         f"a store already exists at {location} (or other keys are under"
                         f" {location.key_prefix.decode()}): choose another prefix"
                     )

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from secretfs.audit import AuditRecord
-from secretfs.errors import StoreError
+from secretfs.errors import StoreError, StoreExistsError
 from secretfs.files import fsync_dir
 from secretfs.store import (
     ClientKeyRecord,
@@ -253,7 +253,7 @@ class SqliteBackend:
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if path.exists():
-            raise StoreError(f"a store already exists at {path}")
+            raise StoreExistsError(f"a store already exists at {path}")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -274,7 +274,7 @@ class SqliteBackend:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise StoreError(f"a store already exists at {path}") from None
+                raise StoreExistsError(f"a store already exists at {path}") from None
             fsync_dir(path.parent)
         finally:
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
