@@ -21,8 +21,9 @@ from secretfs.cli.schedule import (
     schedule_options,
     schedule_record,
 )
-from secretfs.cli.values import parse_optional_mode, take_value, value_options
+from secretfs.cli.values import parse_mode, parse_optional_mode, take_value, value_options
 from secretfs.errors import UsageError
+from secretfs.files import write_file_atomically
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
 from secretfs.timeutil import iso_time
@@ -174,16 +175,75 @@ def get(
             else:
                 emit_json(sealing.sealed_secret(str(full), want, key.key_id, box))
             return
-    state = expiry.status(meta, time.time_ns())
-    if state.expired and version is None:
-        # Still served (an expiry is a reminder, not a lock), but never silently.
-        click.echo(
-            f"warning: {parsed.without_field()} expired at {iso_time(meta.expires_ns or 0)}",
-            err=True,
-        )
+    _warn_if_expired(parsed, meta, version)
     out = fields.extract(value, path) if path else value
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
+
+
+def _warn_if_expired(ref: Ref, meta: SecretMeta, version: int | None) -> None:
+    if expiry.status(meta, time.time_ns()).expired and version is None:
+        # Still served (an expiry is a reminder, not a lock), but never silently.
+        click.echo(
+            f"warning: {ref.without_field()} expired at {iso_time(meta.expires_ns or 0)}",
+            err=True,
+        )
+
+
+@cli.command(name="read")
+@click.argument("ref", type=REF)
+@click.option(
+    "--version",
+    "version",
+    type=bounded_int(),
+    help="An older version.",
+    shell_complete=complete_versions,
+)
+@click.option(
+    "--out-file",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the value to this new file instead of standard output.",
+)
+@click.option(
+    "--file-mode",
+    default="0600",
+    show_default=True,
+    metavar="OCTAL",
+    help="With --out-file: the new file's mode, set before the first byte is written.",
+)
+@click.option("--force", is_flag=True, help="With --out-file: replace an existing file.")
+@store_option
+@handle_errors
+def read(
+    store: Path | None,
+    ref: str,
+    version: int | None,
+    out_file: Path | None,
+    file_mode: str,
+    force: bool,
+) -> None:
+    """Print the exact bytes of REF (a JSON field: NAME/FIELD), or write them to a new
+    file (like `op read`).
+
+    --out-file creates a new file beside the target with --file-mode (exact: the umask
+    does not narrow it), writes and fsyncs it, then moves it into place; an existing
+    file is refused (exit 4) unless --force. The value never goes through a wider file."""
+    parsed = _ref(ref)
+    mode = parse_mode(file_mode, "--file-mode")
+    if out_file is None and (force or file_mode != "0600"):
+        raise UsageError("--file-mode and --force go with --out-file")
+    with open_vault(store) as vault:
+        value = vault.get_value(parsed.without_field(), version)
+        meta = vault.meta(parsed.without_field())
+    _warn_if_expired(parsed, meta, version)
+    out = fields.extract(value, parsed.field) if parsed.field else value
+    if out_file is None:
+        sys.stdout.buffer.write(out)
+        sys.stdout.buffer.flush()
+        return
+    write_file_atomically(out_file, out, mode=mode, replace=force)
+    click.echo(f"wrote {parsed} to {out_file} ({len(out)} bytes, mode {mode:04o})", err=True)
 
 
 @secret.command(name="ls")
