@@ -109,3 +109,14 @@ def test_key_integrity_and_store_failures(
     assert cli("secret", "get", "db", check=False).returncode == 6
     proc = cli("secret", "ls", "--store", str(tmp_path / "none.db"), check=False)
     assert proc.returncode == 7
+
+
+def test_mount_help_lists_every_option_it_accepts(cli: Cli) -> None:
+    from secretfs.cli import mount
+
+    text = " ".join(cli("mount", "--help").stdout.decode().split())
+    accepted = {*mount.KNOWN_OPTIONS, *mount.MOUNT8_OPTIONS}
+    accepted |= {f"{k}=" for k in (*mount.VALUE_OPTIONS, *mount.DAEMON_OPTIONS)}
+    missing = [o for o in sorted(accepted) if not re.search(rf"(?<![\w-]){o}", text)]
+    assert missing == []
+    assert "x-*" in text and "comment=" in text

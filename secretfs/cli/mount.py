@@ -133,7 +133,10 @@ def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
     help="Mount options: allow_other; store=PATH, uid=N, gid=N, mode=OCTAL; max_plain=SIZE:"
     " decrypted bytes held for open files at most, shared per secret version (default 64M;"
     " K/M/G; past it each read decrypts again); audit_fail=closed|open: when audit records"
-    " cannot be written, refuse new opens with EIO (closed, the default) or serve them.",
+    " cannot be written, refuse new opens with EIO (closed, the default) or serve them."
+    " Accepted and ignored, as mount(8) and fstab pass them (the mount is always"
+    f" ro,nosuid,nodev,noexec): {', '.join(sorted(MOUNT8_OPTIONS, key=str.lstrip))},"
+    " x-*, comment=*.",
 )
 @click.option("--uid", type=bounded_int(0, 2**32 - 2), help="Default owner of files.")
 @click.option("--gid", type=bounded_int(0, 2**32 - 2), help="Default group of files.")
