@@ -54,8 +54,11 @@ def test_rotate_prints_the_version_before_and_after(
     data = j(cli("secret", "rotate", "db", "--generate", "20", "--json"))
     assert data == {
         "ref": "$S:db",
+        "action": "rotated",
         "previous_version": 2,
         "new_version": 3,
+        "value_of_version": None,
+        "size": 20,
         "pruned": [],
         "expires": None,
         "rotation_due": None,

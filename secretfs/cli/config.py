@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.records import json_option, setting_record
 from secretfs.errors import UsageError
 from secretfs.vault import MAX_VERSIONS_LIMIT
 
@@ -48,9 +49,10 @@ def show(store: Path | None, as_json: bool) -> None:
 @config.command(name="set")
 @click.argument("name", type=click.Choice(sorted(SETTINGS)))
 @click.argument("value")
+@json_option
 @store_option
 @handle_errors
-def set_(store: Path | None, name: str, value: str) -> None:
+def set_(store: Path | None, name: str, value: str, as_json: bool = False) -> None:
     """Change one setting.
 
     Lowering max-versions removes nothing at once: each secret is pruned at its next
@@ -58,7 +60,9 @@ def set_(store: Path | None, name: str, value: str) -> None:
     (90d, 12w) or 0 to keep every record.
     """
     if name == "audit-max-age":
-        _set_audit_max_age(store, value)
+        seconds = _set_audit_max_age(store, value, as_json)
+        if as_json:
+            emit_json(setting_record(name, f"{seconds}s" if seconds else "0"))
         return
     if not value.isdigit():
         raise UsageError(f"{name} takes a whole number, not {value[:40]!r}")
@@ -69,7 +73,7 @@ def set_(store: Path | None, name: str, value: str) -> None:
                 raise UsageError(f"max-versions must be between 1 and {MAX_VERSIONS_LIMIT}")
             over = len(vault.backend.secrets_over(number))
             vault.set_limits(max_versions=number)
-            click.echo(f"max-versions is now {number}")
+            click.echo(f"max-versions is now {number}", err=as_json)
             if over:
                 click.echo(
                     f"{over} secret(s) keep more versions than that: they are pruned at their"
@@ -80,10 +84,12 @@ def set_(store: Path | None, name: str, value: str) -> None:
             if not 1 <= number <= MAX_VALUE_SIZE_LIMIT:
                 raise UsageError(f"max-value-size must be between 1 and {MAX_VALUE_SIZE_LIMIT}")
             vault.set_limits(max_value_bytes=number)
-            click.echo(f"max-value-size is now {number} bytes")
+            click.echo(f"max-value-size is now {number} bytes", err=as_json)
+    if as_json:
+        emit_json(setting_record(name, number))
 
 
-def _set_audit_max_age(store: Path | None, value: str) -> None:
+def _set_audit_max_age(store: Path | None, value: str, quiet: bool) -> int:
     from secretfs.audit_retention import MAX_AGE_META
     from secretfs.expiry import parse_duration
 
@@ -91,4 +97,6 @@ def _set_audit_max_age(store: Path | None, value: str) -> None:
     with open_vault(store) as vault, vault.backend.transaction():
         vault.backend.meta_set(MAX_AGE_META, str(seconds).encode())
         vault.audit("config", None, detail=f"audit-max-age {seconds}s")
-    click.echo(f"audit-max-age is now {value}" if seconds else "audit records are now all kept")
+    what = f"audit-max-age is now {value}" if seconds else "audit records are now all kept"
+    click.echo(what, err=quiet)  # on stderr when stdout carries --json
+    return seconds

@@ -14,6 +14,7 @@ from secretfs import expiry, fields, sealing
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
 from secretfs.cli.params import bounded_int
+from secretfs.cli.records import json_option, removal_record, write_record
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -73,7 +74,7 @@ def secret() -> None:
     """Create, change, read and list secrets."""
 
 
-def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
+def _write(store: Path | None, ref_text: str, how: str, as_json: bool, **kw: Any) -> None:
     ref = _ref(ref_text)
     source = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
@@ -89,6 +90,8 @@ def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
     verb = "created" if result.previous_version == 0 else "updated"
     click.echo(f"{verb} {ref} version {meta.version} ({meta.size} bytes)", err=True)
     report_write(ref, result, keeps)
+    if as_json:
+        emit_json(write_record(result))
 
 
 @secret.command()
@@ -96,6 +99,7 @@ def _write(store: Path | None, ref_text: str, how: str, **kw: Any) -> None:
 @value_options
 @owner_options
 @schedule_options
+@json_option
 @store_option
 @handle_errors
 def create(store: Path | None, ref: str, **kw: Any) -> None:
@@ -108,6 +112,7 @@ def create(store: Path | None, ref: str, **kw: Any) -> None:
 @value_options
 @owner_options
 @schedule_options
+@json_option
 @store_option
 @handle_errors
 def set_(store: Path | None, ref: str, **kw: Any) -> None:
@@ -293,14 +298,18 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
 @secret.command()
 @click.argument("ref", type=REF)
 @click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
+@json_option
 @store_option
 @handle_errors
-def rm(store: Path | None, ref: str, force: bool) -> None:
+def rm(store: Path | None, ref: str, force: bool, as_json: bool) -> None:
     """Remove REF and all its versions; refused (exit 4) while grants name it."""
     parsed = _ref(ref)
     with open_vault(store) as vault:
+        own_grants = [g for g in vault.grants(parsed) if g.name]
         meta = vault.remove(parsed, force=force)
     click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
+    if as_json:
+        emit_json(removal_record(meta, "removed", len(own_grants), None))
 
 
 @secret.command()

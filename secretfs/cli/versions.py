@@ -12,24 +12,11 @@ from secretfs import expiry
 from secretfs.cli import emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, complete_versions
 from secretfs.cli.params import bounded_int
+from secretfs.cli.records import write_record
 from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_options
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
 from secretfs.errors import UsageError
-from secretfs.vault import WriteResult
-
-
-def _summary(result: WriteResult, extra: dict[str, Any]) -> dict[str, Any]:
-    record = meta_record(result.meta)
-    return {
-        "ref": record["ref"],
-        "previous_version": result.previous_version,
-        "new_version": result.meta.version,
-        **extra,
-        "pruned": list(result.pruned),
-        "expires": record["expires"],
-        "rotation_due": record["rotation_due"],
-    }
 
 
 @secret.command()
@@ -55,7 +42,7 @@ def rotate(store: Path | None, ref: str, as_json: bool, **kw: Any) -> None:
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
     if as_json:
-        emit_json(_summary(result, {}))
+        emit_json(write_record(result, "rotated"))
         return
     click.echo(f"rotated {parsed}: version {result.previous_version} -> {result.meta.version}")
 
@@ -88,7 +75,7 @@ def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> No
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
     if as_json:
-        emit_json(_summary(result, {"value_of_version": to_version}))
+        emit_json(write_record(result, "rolled_back", to_version))
         return
     click.echo(
         f"rolled back {parsed}: version {result.previous_version} -> {result.meta.version}"
