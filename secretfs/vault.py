@@ -684,17 +684,10 @@ class Vault:
         outcomes: list[BulkOutcome] = []
         with self.backend.transaction():
             for ref, value in items:
-                current = self.backend.get_meta(ref.scope.key, ref.name)
-                if current is not None and not current.deleted:
-                    if existing == "fail":
-                        outcomes.append(BulkOutcome(ref, "conflict", current.version))
-                        continue
-                    if existing == "skip":
-                        outcomes.append(BulkOutcome(ref, "skipped", current.version))
-                        continue
-                    if current.fingerprint == crypto.fingerprint(self._fp_key, value):
-                        outcomes.append(BulkOutcome(ref, "unchanged", current.version))
-                        continue
+                kept = self._existing_outcome(ref, value, existing)
+                if kept is not None:
+                    outcomes.append(kept)
+                    continue
                 result = self._write_locked(
                     ref,
                     value,
@@ -711,29 +704,69 @@ class Vault:
                         result.meta.version,
                     )
                 )
-            conflicts = [o.ref for o in outcomes if o.action == "conflict"]
-            if conflicts and not partial:
-                shown = ", ".join(str(r) for r in conflicts[:10])
-                more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-                raise ConflictError(
-                    f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
-                    " nothing was written (choose --overwrite or --skip-existing)"
-                )
+            _refuse_conflicts(outcomes, partial)
         return outcomes
+
+    def plan_many(
+        self,
+        items: Sequence[tuple[Ref, bytes]],
+        *,
+        existing: ExistingPolicy = "fail",
+        partial: bool = False,
+    ) -> list[BulkOutcome]:
+        """What write_many would do (`import --dry-run`), decided the same way, writing
+        nothing (not even an audit record); the version is the one it would write."""
+        for ref, value in items:
+            self.check_writable(ref, value)
+        outcomes: list[BulkOutcome] = []
+        with self.backend.snapshot():
+            for ref, value in items:
+                kept = self._existing_outcome(ref, value, existing)
+                if kept is None:
+                    current = self.backend.get_meta(ref.scope.key, ref.name)
+                    before = 0 if current is None else current.version
+                    live = current is not None and not current.deleted
+                    kept = BulkOutcome(ref, "updated" if live else "created", before + 1)
+                outcomes.append(kept)
+        _refuse_conflicts(outcomes, partial)
+        return outcomes
+
+    def _existing_outcome(
+        self, ref: Ref, value: bytes, existing: ExistingPolicy
+    ) -> BulkOutcome | None:
+        """A secret that exists, left as it is by `existing` (None: write it)."""
+        current = self.backend.get_meta(ref.scope.key, ref.name)
+        if current is None or current.deleted:
+            return None
+        if existing == "fail":
+            return BulkOutcome(ref, "conflict", current.version)
+        if existing == "skip":
+            return BulkOutcome(ref, "skipped", current.version)
+        if current.fingerprint == crypto.fingerprint(self._fp_key, value):
+            return BulkOutcome(ref, "unchanged", current.version)
+        return None
+
+    def removal_plan(
+        self, ref: Ref, *, force: bool = False
+    ) -> tuple[SecretMeta, list[GrantRecord]]:
+        """What `remove` would remove (the secret, its own grants), or its refusal; writes
+        nothing (`rm --dry-run`)."""
+        meta = self.meta(ref)
+        grants = self.backend.list_grants(meta.scope, meta.name)
+        if grants and not force:
+            who = ", ".join(f"{g.kind} {g.principal}" for g in grants)
+            raise ConflictError(
+                f"secret {ref} is granted to {who} (409): `secretfs revoke` first,"
+                " or `rm --force` to remove it and its grants"
+            )
+        return meta, grants
 
     @_retried
     def remove(self, ref: Ref, *, force: bool = False) -> SecretMeta:
         """Remove a secret; refused (409) while grants name it, unless `force` (which
         removes those grants with it)."""
         with self.refusal_audited("rm", ref), self.backend.transaction():
-            meta = self.meta(ref)
-            grants = self.backend.list_grants(meta.scope, meta.name)
-            if grants and not force:
-                who = ", ".join(f"{g.kind} {g.principal}" for g in grants)
-                raise ConflictError(
-                    f"secret {ref} is granted to {who} (409): `secretfs revoke` first,"
-                    " or `rm --force` to remove it and its grants"
-                )
+            meta, grants = self.removal_plan(ref, force=force)
             seq = self.backend.next_seq()
             for g in grants:
                 self.backend.remove_grant(g, seq)
@@ -903,6 +936,17 @@ class Vault:
                 )
                 self.audit("revoke", target, None, audit_log.UNCHANGED, f"no grant matched: {who}")
         return removed
+
+
+def _refuse_conflicts(outcomes: list[BulkOutcome], partial: bool) -> None:
+    conflicts = [o.ref for o in outcomes if o.action == "conflict"]
+    if conflicts and not partial:
+        shown = ", ".join(str(r) for r in conflicts[:10])
+        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        raise ConflictError(
+            f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
+            " nothing was written (choose --overwrite or --skip-existing)"
+        )
 
 
 def _span(versions: Sequence[int]) -> str:

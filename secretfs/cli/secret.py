@@ -298,18 +298,32 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
 @secret.command()
 @click.argument("ref", type=REF)
 @click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 @store_option
 @handle_errors
-def rm(store: Path | None, ref: str, force: bool, as_json: bool) -> None:
-    """Remove REF and all its versions; refused (exit 4) while grants name it."""
+def rm(
+    store: Path | None, ref: str, force: bool, yes: bool, dry_run: bool, as_json: bool
+) -> None:
+    """Remove REF and all its versions; refused (exit 4) while grants name it.
+
+    On a terminal it asks first (--yes: do not); otherwise it does not ask. The versions'
+    ciphertext is deleted at once: a removed secret cannot be restored."""
     parsed = _ref(ref)
     with open_vault(store) as vault:
-        own_grants = [g for g in vault.grants(parsed) if g.name]
-        meta = vault.remove(parsed, force=force)
-    click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
+        meta, grants = vault.removal_plan(parsed, force=force)
+        with_grants = f" and its {len(grants)} grant(s)" if grants else ""
+        what = f"{parsed} (at version {meta.version}, every version){with_grants}"
+        if dry_run:
+            click.echo(f"would remove {what}; nothing was changed", err=True)
+        else:
+            if not yes and sys.stdin.isatty():
+                click.confirm(f"remove {what}?", abort=True, err=True)
+            meta = vault.remove(parsed, force=force)
+            click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
     if as_json:
-        emit_json(removal_record(meta, "removed", len(own_grants), None))
+        emit_json(removal_record(meta, "removed", len(grants), None))
 
 
 @secret.command()

@@ -17,6 +17,8 @@ from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
 from secretfs.errors import UsageError
+from secretfs.refs import Ref, Scope
+from secretfs.vault import Vault
 
 
 @secret.command()
@@ -91,11 +93,17 @@ def rollback(store: Path | None, ref: str, to_version: int, as_json: bool) -> No
     help="Versions to keep, the current one included (default: the store's max-versions).",
 )
 @click.option("--all", "all_secrets", is_flag=True, help="Prune every secret.")
+@click.option("--dry-run", is_flag=True, help="Only say which versions would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
 def prune(
-    store: Path | None, ref: str | None, keep: int | None, all_secrets: bool, as_json: bool
+    store: Path | None,
+    ref: str | None,
+    keep: int | None,
+    all_secrets: bool,
+    as_json: bool,
+    dry_run: bool = False,
 ) -> None:
     """Remove old versions of REF (or of every secret with --all), keeping the newest.
 
@@ -104,8 +112,12 @@ def prune(
     """
     if (ref is None) == (not all_secrets):
         raise UsageError("give a REF to prune, or --all")
+    if keep is not None and keep < 1:
+        raise UsageError("--keep must be at least 1: the current version is always kept")
     with open_vault(store) as vault:
-        if all_secrets:
+        if dry_run:
+            done = _prune_plan(vault, None if all_secrets else _ref(ref or ""), keep)
+        elif all_secrets:
             done = vault.prune_all(keep)
         else:
             parsed = _ref(ref or "")
@@ -116,8 +128,22 @@ def prune(
     pruned = [(r, gone) for r, gone in done if gone]
     if not pruned:
         click.echo("nothing to prune", err=True)
+    verb = "would prune" if dry_run else "pruned"
     for r, gone in pruned:
-        click.echo(f"pruned {r}: {len(gone)} version(s) ({', '.join(map(str, gone))})")
+        click.echo(f"{verb} {r}: {len(gone)} version(s) ({', '.join(map(str, gone))})")
+    if dry_run:
+        click.echo("nothing was changed (--dry-run)", err=True)
+
+
+def _prune_plan(vault: Vault, ref: Ref | None, keep: int | None) -> list[tuple[Ref, list[int]]]:
+    """What prune would remove: all but the newest `keep` versions, read only."""
+    keep = keep or vault.max_versions
+    refs = [ref] if ref is not None else [Ref(Scope.from_key(m.scope), m.name)
+                                          for m in vault.list_secrets()]  # fmt: skip
+    plan = [(r, [v.version for v in vault.history(r)]) for r in refs]
+    return [
+        (r, versions[:-keep]) for r, versions in plan if ref is not None or len(versions) > keep
+    ]
 
 
 @secret.command(name="expiry")
