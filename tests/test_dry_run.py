@@ -98,3 +98,63 @@ def test_key_rotate_dry_run(cli: Cli, initialized_store: Path) -> None:
         assert "would re-encrypt 2 version(s) under data key generation 2" in text
     done = json.loads(cli("key", "rotate", "--reencrypt", "--json").stdout)
     assert (done["generation"], done["reencrypted"]) == (2, 2)
+
+
+def _rm_on_a_terminal(env: dict[str, str], answer: bytes, *extra: str) -> tuple[int, bytes]:
+    """`secret rm db` with a real pty as its stdin/stdout/stderr, answering `answer`."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "secretfs", "secret", "rm", "db", *extra],
+        stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = 10.0
+        while b"?" not in seen and proc.poll() is None and deadline > 0:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            deadline -= 0.1
+            if ready:
+                try:
+                    seen += os.read(master, 4096)
+                except OSError:  # EIO: the child has exited and closed the terminal
+                    break
+        if b"?" in seen:
+            os.write(master, answer)
+        code = proc.wait(timeout=10)
+        while select.select([master], [], [], 0.1)[0]:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return code, seen
+
+
+def test_rm_asks_on_a_terminal(cli: Cli, initialized_store: Path, cli_env: dict[str, str]) -> None:
+    cli("secret", "create", "db", "--generate")
+    code, seen = _rm_on_a_terminal(cli_env, b"n\n")
+    assert b"remove $S:db (at version 1, every version)? [y/N]" in seen
+    assert code == 1 and cli("secret", "get", "db").returncode == 0
+    code, seen = _rm_on_a_terminal(cli_env, b"y\n")
+    assert code == 0 and b"removed $S:db" in seen
+    assert cli("secret", "get", "db", check=False).returncode == 3
+    cli("secret", "create", "db", "--generate")
+    code, seen = _rm_on_a_terminal(cli_env, b"", "--yes")
+    assert code == 0 and b"[y/N]" not in seen
+    # Not a terminal (a script, CI): no question, as before.
+    cli("secret", "create", "db", "--generate")
+    assert cli("secret", "rm", "db").returncode == 0
