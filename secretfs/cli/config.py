@@ -6,15 +6,18 @@ from pathlib import Path
 
 import click
 
+from secretfs import trash
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.records import json_option, setting_record
 from secretfs.errors import UsageError
+from secretfs.expiry import parse_duration
 from secretfs.vault import MAX_VERSIONS_LIMIT
 
 SETTINGS = {
     "max-versions": "versions kept per secret; a write over it prunes the oldest (audited)",
     "max-value-size": "largest value accepted, in bytes",
     "audit-max-age": "audit records older than this are pruned (mounts: hourly); 0: kept",
+    "rm-retention": "a removed secret can be restored this long (`secret restore`); 0: never",
 }
 MAX_VALUE_SIZE_LIMIT = 64 * 1024 * 1024
 
@@ -34,10 +37,12 @@ def show(store: Path | None, as_json: bool) -> None:
 
     with open_vault(store) as vault:
         age = max_age_s(vault.backend)
+        kept = trash.retention_s(vault)
         values: dict[str, object] = {
             "max-versions": vault.max_versions,
             "max-value-size": vault.max_value_bytes,
             "audit-max-age": f"{age}s" if age else "0",
+            "rm-retention": f"{kept}s" if kept else "0",
         }
     if as_json:
         emit_json(values)
@@ -59,6 +64,15 @@ def set_(store: Path | None, name: str, value: str, as_json: bool = False) -> No
     write, or now with `secretfs secret prune --all`. audit-max-age takes a duration
     (90d, 12w) or 0 to keep every record.
     """
+    if name == "rm-retention":
+        seconds = 0 if value.strip() == "0" else parse_duration(value, "rm-retention")
+        with open_vault(store) as vault:
+            trash.set_retention(vault, seconds)
+        what = f"removed secrets are now kept {value}" if seconds else "rm now keeps nothing"
+        click.echo(what, err=as_json)
+        if as_json:
+            emit_json(setting_record(name, f"{seconds}s" if seconds else "0"))
+        return
     if name == "audit-max-age":
         seconds = _set_audit_max_age(store, value, as_json)
         if as_json:
@@ -91,7 +105,6 @@ def set_(store: Path | None, name: str, value: str, as_json: bool = False) -> No
 
 def _set_audit_max_age(store: Path | None, value: str, quiet: bool) -> int:
     from secretfs.audit_retention import MAX_AGE_META
-    from secretfs.expiry import parse_duration
 
     seconds = 0 if value.strip() == "0" else parse_duration(value, "audit-max-age")
     with open_vault(store) as vault, vault.backend.transaction():

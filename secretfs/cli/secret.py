@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from secretfs import expiry, fields, sealing
+from secretfs import expiry, fields, sealing, trash
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
 from secretfs.cli.params import bounded_int
@@ -299,18 +299,30 @@ def ls(store: Path | None, scope: str | None, as_json: bool, due: bool, within: 
 @click.argument("ref", type=REF)
 @click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option(
+    "--purge", is_flag=True, help="Keep nothing to restore: every version is deleted now."
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
 @json_option
 @store_option
 @handle_errors
 def rm(
-    store: Path | None, ref: str, force: bool, yes: bool, dry_run: bool, as_json: bool
+    store: Path | None,
+    ref: str,
+    force: bool,
+    yes: bool,
+    purge: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Remove REF and all its versions; refused (exit 4) while grants name it.
 
-    On a terminal it asks first (--yes: do not); otherwise it does not ask. The versions'
-    ciphertext is deleted at once: a removed secret cannot be restored."""
+    It stays restorable (`secret restore`) for the store's rm-retention (default 7d;
+    `secretfs config set rm-retention`): its versions' ciphertext is kept until then.
+    --purge keeps nothing. On a terminal it asks first (--yes: do not); otherwise it
+    does not ask."""
     parsed = _ref(ref)
+    until: int | None = None
     with open_vault(store) as vault:
         meta, grants = vault.removal_plan(parsed, force=force)
         with_grants = f" and its {len(grants)} grant(s)" if grants else ""
@@ -320,10 +332,54 @@ def rm(
         else:
             if not yes and sys.stdin.isatty():
                 click.confirm(f"remove {what}?", abort=True, err=True)
-            meta = vault.remove(parsed, force=force)
-            click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
+            until = None if purge else trash.keep(vault, meta, grants, parsed)
+            try:
+                meta = vault.remove(parsed, force=force)
+            except BaseException:
+                trash.forget(vault, meta.secret_id)
+                raise
+            if purge:
+                trash.forget(vault, meta.secret_id)  # and any older removal of it
+            kept = (
+                f"; `secretfs secret restore {parsed}` until {iso_time(until)}"
+                if until is not None
+                else ", nothing kept"
+            )
+            click.echo(f"removed {parsed} (it was at version {meta.version}){kept}", err=True)
     if as_json:
-        emit_json(removal_record(meta, "removed", len(grants), None))
+        emit_json(removal_record(meta, "purged" if purge else "removed", len(grants), until))
+
+
+@secret.command()
+@click.argument("ref", type=REF, required=False)
+@click.option("--list", "show", is_flag=True, help="List what can be restored.")
+@json_option
+@store_option
+@handle_errors
+def restore(store: Path | None, ref: str | None, show: bool, as_json: bool) -> None:
+    """Bring back REF removed by `secret rm`: the same versions, owner, mode, schedule and
+    grants (those `rm --force` removed), within the store's rm-retention."""
+    if show == (ref is not None):
+        raise UsageError("give a REF to restore, or --list")
+    with open_vault(store) as vault:
+        if show:
+            kept = trash.listed(vault)
+            if as_json:
+                emit_json([
+                    {"ref": r.ref, "version": r.version, "removed": iso_time(r.removed_ns),
+                     "restorable_until": iso_time(r.until_ns)} for r in kept
+                ])  # fmt: skip
+                return
+            for r in kept:
+                click.echo(f"{r.ref}  version {r.version}  until {iso_time(r.until_ns)}")
+            if not kept:
+                click.echo("nothing to restore", err=True)
+            return
+        parsed = _ref(ref or "")
+        meta = trash.restore(vault, parsed)
+    click.echo(f"restored {parsed} at version {meta.version}", err=True)
+    if as_json:
+        emit_json(meta_record(meta))
 
 
 @secret.command()
