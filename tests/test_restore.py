@@ -78,3 +78,13 @@ def test_restore_refuses_a_name_written_again(cli: Cli, initialized_store: Path)
     assert cli("secret", "get", "db").stdout == b"new"
     assert cli("secret", "restore", "nope", check=False).returncode == 3
     assert cli("secret", "restore", check=False).returncode == 2
+
+
+def test_restore_after_the_data_key_was_retired_is_refused_clearly(
+    cli: Cli, initialized_store: Path
+) -> None:
+    cli("secret", "set", "db", "--generate")
+    cli("secret", "rm", "db")
+    cli("key", "rotate", "--reencrypt")  # retires generation 1: nothing live uses it
+    refused = cli("secret", "restore", "db", check=False)
+    assert refused.returncode == 4 and "retired its data key" in refused.stderr.decode()

@@ -540,3 +540,17 @@ def test_registry_and_git_credentials(store: Store) -> None:
     assert "ghcr.io" not in store.cli("registry", "ls").stdout.decode()
     store.cli("git", "add", "github", "--pat-stdin", input=b"ghp_x\n")
     assert store.cli("secret", "get", "@git/github").stdout.strip() == b"ghp_x"
+
+
+def test_rm_restore_and_purge(store: Store) -> None:
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v2")
+    store.cli("grant", "db", "--uid", "1000")
+    store.cli("secret", "rm", "db", "--force")
+    assert store.cli("secret", "get", "db", check=False).returncode == 3
+    store.cli("secret", "restore", "db")
+    assert store.cli("secret", "get", "db", "--version", "1").stdout == b"v1"
+    assert store.cli("secret", "get", "db").stdout == b"v2"
+    assert _history(store, "db") == [1, 2]
+    store.cli("secret", "rm", "db", "--force", "--purge")
+    assert store.cli("secret", "restore", "db", check=False).returncode == 3
