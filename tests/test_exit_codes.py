@@ -51,6 +51,9 @@ CASES: list[tuple[tuple[str, ...], bytes | None, int]] = [
     (("secret", "history", "nope"), None, 3),
     (("secret", "ls", "not-a-scope"), None, 2),
     (("read", "nope"), None, 3),
+    (("read", "db", "--out-file", "/"), None, 2),
+    (("secret", "restore", "nope"), None, 3),
+    (("secret", "restore", "db"), None, 3),  # live, nothing removed to restore
     # access
     (("grant", "nope", "--uid", "5"), None, 3),
     (("grant", "db"), None, 2),
