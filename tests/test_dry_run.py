@@ -46,6 +46,9 @@ def test_rm_dry_run(cli: Cli, initialized_store: Path) -> None:
         out = cli("secret", "rm", "db", "--force", "--dry-run", "--json")
         assert "would remove $S:db (at version 1, every version) and its 1 grant(s)" in err(out)
         assert json.loads(out.stdout)["grants_removed"] == 1
+        assert json.loads(out.stdout)["recoverable_until"]  # rm-retention, 7d by default
+        purge = cli("secret", "rm", "db", "--force", "--purge", "--dry-run", "--json")
+        assert json.loads(purge.stdout)["recoverable_until"] is None
         assert cli("secret", "rm", "nope", "--dry-run", check=False).returncode == 3
     assert cli("secret", "get", "db").stdout
 

@@ -328,6 +328,8 @@ def rm(
         with_grants = f" and its {len(grants)} grant(s)" if grants else ""
         what = f"{parsed} (at version {meta.version}, every version){with_grants}"
         if dry_run:
+            seconds = 0 if purge else trash.retention_s(vault)
+            until = time.time_ns() + seconds * expiry.NS if seconds > 0 else None
             click.echo(f"would remove {what}; nothing was changed", err=True)
         else:
             if not yes and sys.stdin.isatty():
