@@ -108,3 +108,12 @@ def test_existing_emitters_match_their_documented_schemas(
     assert set(out(cli, "import", "--file", str(env))) == documented_fields("import")
     pruned = out(cli, "secret", "prune", "A")
     assert set(pruned[0]) == documented_fields("prune")
+
+
+def test_audit_prune_record(cli: Cli, store: Path) -> None:
+    cli("secret", "create", "db", "--generate")
+    fields = documented_fields("audit prune")
+    dry = out(cli, "audit", "prune", "--before", "1d", "--dry-run")
+    assert set(dry) == fields and dry["dry_run"] is True
+    done = out(cli, "audit", "prune", "--before", "2000-01-01")
+    assert set(done) == fields and (done["removed"], done["dry_run"]) == (0, False)
