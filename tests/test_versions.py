@@ -134,6 +134,8 @@ def test_max_versions_changes_later_and_prune_is_explicit(
     assert j(cli("config", "show", "--json")) == {
         "max-versions": 10,
         "max-value-size": 1024 * 1024,
+        "audit-max-age": "0",
+        "rm-retention": "604800s",
     }
     seed(initialized_store, {"a": [b"a%d" % i for i in range(1, 7)], "b": [b"b1", b"b2"]})
     out = cli("config", "set", "max-versions", "4")
