@@ -11,12 +11,13 @@ names two values.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from secretfs.errors import ConflictError, NotFoundError
+from secretfs.errors import ConflictError, IntegrityError, NotFoundError
 from secretfs.refs import Ref
 from secretfs.store import GrantRecord, SecretMeta
 from secretfs.vault import Vault
@@ -24,6 +25,7 @@ from secretfs.vault import Vault
 RETENTION_META = "rm_retention_s"  # meta key: seconds a removed secret is kept
 DEFAULT_RETENTION_S = 7 * 86400
 _INDEX = "trash"  # meta key: JSON list of the kept removals
+_PURPOSE = b"removed secret"
 NS = 1_000_000_000
 
 
@@ -57,7 +59,8 @@ def keep(vault: Vault, meta: SecretMeta, grants: list[GrantRecord], ref: Ref) ->
     now = time.time_ns()
     backend = vault.backend
     versions = backend.history(meta.secret_id)
-    record = {
+    digests: dict[str, str] = {}
+    record: dict[str, Any] = {
         "ref": str(ref),
         "scope": meta.scope,
         "name": meta.name,
@@ -69,6 +72,7 @@ def keep(vault: Vault, meta: SecretMeta, grants: list[GrantRecord], ref: Ref) ->
         "versions": [
             [v.version, v.created_ns, v.size, v.kind, v.key_gen, v.fingerprint] for v in versions
         ],
+        "ciphertexts": digests,
         "removed_ns": now,
         "until_ns": now + seconds * NS,
     }
@@ -79,7 +83,14 @@ def keep(vault: Vault, meta: SecretMeta, grants: list[GrantRecord], ref: Ref) ->
             sealed = backend.sealed(meta.secret_id, v.version)
             if sealed is not None:
                 backend.meta_set(_version_key(meta.secret_id, v.version), sealed.ciphertext)
-        backend.meta_set(_key(meta.secret_id), json.dumps(record).encode())
+                digests[str(v.version)] = hashlib.sha256(sealed.ciphertext).hexdigest()
+        body = json.dumps(record, sort_keys=True).encode()
+        tagged = {
+            "record": body.decode(),
+            "gen": vault.active_gen,
+            "tag": vault.record_tag(_PURPOSE, body),
+        }
+        backend.meta_set(_key(meta.secret_id), json.dumps(tagged).encode())
         index = _index(vault)
         index.append(meta.secret_id)
         backend.meta_set(_INDEX, json.dumps(index).encode())
@@ -122,23 +133,26 @@ def restore(vault: Vault, ref: Ref) -> SecretMeta:
                 f"no removed secret {ref} to restore (removed more than the store's"
                 " rm-retention ago, removed with --purge, or never there)"
             )
-        if not current.deleted or current.version != record["version"]:
-            raise ConflictError(
-                f"secret {ref} was written again after it was removed (409): remove it"
-                " first to restore the removed one"
-            )
         have = backend.data_keys()
         if any(v[4] not in have for v in record["versions"]):
             raise ConflictError(
                 f"secret {ref} was removed before a `key rotate --reencrypt` retired its"
                 " data key: it cannot be restored"
             )
+        _check(vault, ref, record)
+        if not current.deleted or current.version != record["version"]:
+            raise ConflictError(
+                f"secret {ref} was written again after it was removed (409): remove it"
+                " first to restore the removed one"
+            )
         sid = current.secret_id
         seq = backend.next_seq()
         backend.revive_secret(sid, record["created_ns"], seq)
         for version, created_ns, size, kind, key_gen, fingerprint in record["versions"]:
             ciphertext = backend.meta_get(_version_key(sid, version))
-            assert ciphertext is not None, "kept with its record"
+            digest = None if ciphertext is None else hashlib.sha256(ciphertext).hexdigest()
+            if ciphertext is None or digest != record["ciphertexts"].get(str(version)):
+                raise IntegrityError(f"the kept copy of {ref} version {version} was changed")
             backend.put_version(
                 sid, version, created_ns=created_ns, size=size, kind=kind, key_gen=key_gen,
                 fingerprint=fingerprint, ciphertext=ciphertext, seq=seq,
@@ -182,8 +196,27 @@ def _index(vault: Vault) -> list[int]:
 
 
 def _record(vault: Vault, secret_id: int) -> dict[str, Any] | None:
+    """The kept record as stored (checked by _check before anything is restored)."""
     raw = vault.backend.meta_get(_key(secret_id))
-    return None if raw is None else dict(json.loads(raw))
+    if raw is None:
+        return None
+    try:
+        tagged = json.loads(raw)
+        record = dict(json.loads(tagged["record"]))
+    except (ValueError, KeyError, TypeError):
+        return {"until_ns": 0, "versions": [], "_bad": True}  # dropped as expired
+    record["_raw"], record["_tag"] = tagged["record"].encode(), tagged.get("tag")
+    record["_gen"] = tagged.get("gen")
+    return record
+
+
+def _check(vault: Vault, ref: Ref, record: dict[str, Any]) -> None:
+    gen = record.get("_gen")
+    tag = None if not isinstance(gen, int) else vault.record_tag(_PURPOSE, record["_raw"], gen)
+    if record.get("_bad") or tag is None or tag != record["_tag"]:
+        raise IntegrityError(f"the kept copy of {ref} failed authentication: not restored")
+    if record["scope"] != ref.scope.key or record["name"] != ref.name:
+        raise IntegrityError(f"the kept copy of {ref} names another secret: not restored")
 
 
 def _key(secret_id: int) -> str:

@@ -274,6 +274,16 @@ class Vault:
             raise NotFoundError(f"secret {ref.without_field()} not found")
         return found
 
+    def record_tag(self, purpose: bytes, data: bytes, gen: int | None = None) -> str | None:
+        """A keyed tag over a record kept outside the secret rows (a removed secret kept
+        for restore), so that a record changed in the store is refused, not trusted; under
+        data key generation `gen` (default: the active one), None once it is retired."""
+        data_key = self._data_keys.get(self.active_gen if gen is None else gen)
+        if data_key is None:
+            return None
+        message = b"secretfs record\0" + purpose + b"\0" + data
+        return crypto.fingerprint(crypto.fingerprint_key(data_key), message)
+
     def list_secrets(self, scope: str | None = None) -> list[SecretMeta]:
         return self.backend.list_meta(scope)
 

@@ -88,3 +88,22 @@ def test_restore_after_the_data_key_was_retired_is_refused_clearly(
     cli("key", "rotate", "--reencrypt")  # retires generation 1: nothing live uses it
     refused = cli("secret", "restore", "db", check=False)
     assert refused.returncode == 4 and "retired its data key" in refused.stderr.decode()
+
+
+def test_a_kept_copy_changed_in_the_store_is_not_restored(
+    cli: Cli, initialized_store: Path
+) -> None:
+    cli("secret", "set", "db", "--from-stdin", "--mode", "0400", input=b"v1")
+    cli("secret", "rm", "db")
+    with sqlite3.connect(initialized_store) as conn:
+        ((key, raw),) = conn.execute(
+            "SELECT k, v FROM meta WHERE k LIKE 'trash/%' AND k NOT LIKE 'trash/%/%'"
+        ).fetchall()
+        tagged = json.loads(raw)
+        record = json.loads(tagged["record"])
+        record["owner"] = [None, None, 0o444]  # everyone may read, says the store
+        tagged["record"] = json.dumps(record, sort_keys=True)
+        conn.execute("UPDATE meta SET v = ? WHERE k = ?", (json.dumps(tagged).encode(), key))
+    refused = cli("secret", "restore", "db", check=False)
+    assert refused.returncode == 6 and "failed authentication" in refused.stderr.decode()
+    assert cli("secret", "get", "db", check=False).returncode == 3
