@@ -167,6 +167,21 @@ def mount_device(mountpoint: Path) -> tuple[int, int] | None:
     return found
 
 
+def mount_fs_type(mountpoint: Path) -> str | None:
+    """The file system type of the top mount on `mountpoint` (after mountinfo's " - ")."""
+    target, found = mount_path(mountpoint), None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            for line in fh:
+                head, _, tail = line.partition(" - ")
+                fields = head.split()
+                if len(fields) > 4 and _unescape(fields[4]) == target and tail.split():
+                    found = tail.split()[0]
+    except OSError:
+        return None
+    return found
+
+
 def is_mounted(mountpoint: Path) -> bool:
     return mount_device(mountpoint) is not None
 

@@ -68,3 +68,10 @@ class TooLargeError(UsageError):
 class WriteConflictError(ConflictError):
     """Another writer committed while this write was being made (a replicated store):
     nothing was written, and the whole write may be tried again."""
+
+
+class StoreExistsError(StoreError, ConflictError):
+    """`init` where a store is already: an existing thing (4), like any other create."""
+
+    exit_code = ConflictError.exit_code
+    errno = ConflictError.errno

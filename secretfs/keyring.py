@@ -421,6 +421,14 @@ class Keyring:
         assert key is not None
         return _gen_tag(self.active_gen, crypto.mac(key, row))
 
+    def record_tag(self, purpose: bytes, data: bytes, gen: int | None = None) -> str | None:
+        """A keyed tag (hex) over a record kept outside the rows (a removed secret kept for
+        restore), under generation `gen` (default: the active one); None once retired."""
+        key = self._mac_key(self.active_gen if gen is None else gen)
+        if key is None:
+            return None
+        return crypto.mac(key, crypto.row_data("record", purpose, data)).hex()
+
     def verify(self, row: bytes, stored: bytes | None) -> bool:
         """Whether `stored` (from `tag`) authenticates `row` (constant time)."""
         import hmac

@@ -27,6 +27,7 @@ from secretfs.errors import (
     NotFoundError,
     SecretfsError,
     StoreError,
+    StoreExistsError,
     TooLargeError,
     UsageError,
     WriteConflictError,
@@ -158,7 +159,7 @@ class Vault:
         """Create a store; its KEK from the environment, else a new key file beside it."""
         path = location_of(path)
         if path.exists():
-            raise StoreError(f"a store already exists at {path}")
+            raise StoreExistsError(f"a store already exists at {path}")
         source = keys.env_source()
         new_key_file: bytes | None = None
         salt = params = None
@@ -310,6 +311,12 @@ class Vault:
         if found is None or found.deleted:
             raise NotFoundError(f"secret {ref.without_field()} not found")
         return found
+
+    def record_tag(self, purpose: bytes, data: bytes, gen: int | None = None) -> str | None:
+        """A keyed tag over a record kept outside the secret rows (a removed secret kept
+        for restore), so that a record changed in the store is refused, not trusted; under
+        data key generation `gen` (default: the active one), None once it is retired."""
+        return self.keyring.record_tag(purpose, data, gen)
 
     def list_secrets(self, scope: str | None = None) -> list[SecretMeta]:
         return self.backend.list_meta(scope)
@@ -675,18 +682,10 @@ class Vault:
         with self.backend.transaction():
             self.backend.prefetch_secrets([(r.scope.key, r.name) for r, _ in items])
             for ref, value in items:
-                current = self.backend.get_meta(ref.scope.key, ref.name)
-                if current is not None and not current.deleted:
-                    if existing == "fail":
-                        outcomes.append(BulkOutcome(ref, "conflict", current.version))
-                        continue
-                    if existing == "skip":
-                        outcomes.append(BulkOutcome(ref, "skipped", current.version))
-                        continue
-                    fp = self.keyring.fingerprint(ref.scope.key, ref.name, value)
-                    if current.fingerprint == fp:
-                        outcomes.append(BulkOutcome(ref, "unchanged", current.version))
-                        continue
+                kept = self._existing_outcome(ref, value, existing)
+                if kept is not None:
+                    outcomes.append(kept)
+                    continue
                 result = self._write_locked(
                     ref,
                     value,
@@ -703,24 +702,69 @@ class Vault:
                         result.meta.version,
                     )
                 )
-            conflicts = [o.ref for o in outcomes if o.action == "conflict"]
-            if conflicts and not partial:
-                raise ConflictError(_conflicts_message(conflicts))
+            _refuse_conflicts(outcomes, partial)
         return outcomes
+
+    def plan_many(
+        self,
+        items: Sequence[tuple[Ref, bytes]],
+        *,
+        existing: ExistingPolicy = "fail",
+        partial: bool = False,
+    ) -> list[BulkOutcome]:
+        """What write_many would do (`import --dry-run`), decided the same way, writing
+        nothing (not even an audit record); the version is the one it would write."""
+        for ref, value in items:
+            self.check_writable(ref, value)
+        outcomes: list[BulkOutcome] = []
+        with self.backend.snapshot():
+            for ref, value in items:
+                kept = self._existing_outcome(ref, value, existing)
+                if kept is None:
+                    current = self.backend.get_meta(ref.scope.key, ref.name)
+                    before = 0 if current is None else current.version
+                    live = current is not None and not current.deleted
+                    kept = BulkOutcome(ref, "updated" if live else "created", before + 1)
+                outcomes.append(kept)
+        _refuse_conflicts(outcomes, partial)
+        return outcomes
+
+    def _existing_outcome(
+        self, ref: Ref, value: bytes, existing: ExistingPolicy
+    ) -> BulkOutcome | None:
+        """A secret that exists, left as it is by `existing` (None: write it)."""
+        current = self.backend.get_meta(ref.scope.key, ref.name)
+        if current is None or current.deleted:
+            return None
+        if existing == "fail":
+            return BulkOutcome(ref, "conflict", current.version)
+        if existing == "skip":
+            return BulkOutcome(ref, "skipped", current.version)
+        if current.fingerprint == self.keyring.fingerprint(ref.scope.key, ref.name, value):
+            return BulkOutcome(ref, "unchanged", current.version)
+        return None
+
+    def removal_plan(
+        self, ref: Ref, *, force: bool = False
+    ) -> tuple[SecretMeta, list[GrantRecord]]:
+        """What `remove` would remove (the secret, its own grants), or its refusal; writes
+        nothing (`rm --dry-run`)."""
+        meta = self.meta(ref)
+        grants = self.backend.list_grants(meta.scope, meta.name)
+        if grants and not force:
+            who = ", ".join(f"{g.kind} {g.principal}" for g in grants)
+            raise ConflictError(
+                f"secret {ref} is granted to {who} (409): `secretfs revoke` first,"
+                " or `rm --force` to remove it and its grants"
+            )
+        return meta, grants
 
     @_retried
     def remove(self, ref: Ref, *, force: bool = False) -> SecretMeta:
         """Remove a secret; refused (409) while grants name it, unless `force` (which
         removes those grants with it)."""
         with self.refusal_audited("rm", ref), self.backend.transaction():
-            meta = self.meta(ref)
-            grants = self.backend.list_grants(meta.scope, meta.name)
-            if grants and not force:
-                who = ", ".join(f"{g.kind} {g.principal}" for g in grants)
-                raise ConflictError(
-                    f"secret {ref} is granted to {who} (409): `secretfs revoke` first,"
-                    " or `rm --force` to remove it and its grants"
-                )
+            meta, grants = self.removal_plan(ref, force=force)
             seq = self.backend.next_seq()
             for g in grants:
                 self.backend.remove_grant(g, seq)
@@ -900,6 +944,17 @@ class Vault:
                 )
                 self.audit("revoke", target, None, audit_log.UNCHANGED, f"no grant matched: {who}")
         return removed
+
+
+def _refuse_conflicts(outcomes: list[BulkOutcome], partial: bool) -> None:
+    conflicts = [o.ref for o in outcomes if o.action == "conflict"]
+    if conflicts and not partial:
+        shown = ", ".join(str(r) for r in conflicts[:10])
+        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
+        raise ConflictError(
+            f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
+            " nothing was written (choose --overwrite or --skip-existing)"
+        )
 
 
 def _span(versions: Sequence[int]) -> str:

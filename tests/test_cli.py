@@ -109,7 +109,7 @@ def test_init_refuses_an_existing_store(cli: Cli, initialized_store: Path) -> No
     key_file = Path(f"{initialized_store}.key")
     key, db = key_file.read_bytes(), initialized_store.read_bytes()
     proc = cli("init", check=False)
-    assert proc.returncode == 7
+    assert proc.returncode == 4  # exists (docs/cli.md#exit-codes)
     assert "already exists" in err(proc) and str(initialized_store) in err(proc)
     assert key_file.read_bytes() == key and initialized_store.read_bytes() == db
 

@@ -250,7 +250,7 @@ def test_init_refuses_an_existing_etcd_store(etcd_cluster: EtcdCluster, tmp_path
     run_cli("init", "--store", url, env=env)
     env["SECRETFS_KEY_FILE"] = str(tmp_path / "k2")
     proc = run_cli("init", "--store", url, env=env, check=False)
-    assert proc.returncode == 7 and "already exists" in proc.stderr.decode()
+    assert proc.returncode == 4 and "already exists" in proc.stderr.decode()
     assert not (tmp_path / "k2").exists()
 
 
@@ -632,3 +632,15 @@ def test_audit_batches_are_merged_keeping_their_ids(etcd_store: Store) -> None:
         assert [r.ref for r in backend.read_audit(after_id=last)] == ["$S:new"]
     finally:
         backend.close()
+def test_rm_restore_and_purge(store: Store) -> None:
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
+    store.cli("secret", "set", "db", "--from-stdin", input=b"v2")
+    store.cli("grant", "db", "--uid", "1000")
+    store.cli("secret", "rm", "db", "--force")
+    assert store.cli("secret", "get", "db", check=False).returncode == 3
+    store.cli("secret", "restore", "db")
+    assert store.cli("secret", "get", "db", "--version", "1").stdout == b"v1"
+    assert store.cli("secret", "get", "db").stdout == b"v2"
+    assert _history(store, "db") == [1, 2]
+    store.cli("secret", "rm", "db", "--force", "--purge")
+    assert store.cli("secret", "restore", "db", check=False).returncode == 3

@@ -54,8 +54,11 @@ def test_rotate_prints_the_version_before_and_after(
     data = j(cli("secret", "rotate", "db", "--generate", "20", "--json"))
     assert data == {
         "ref": "$S:db",
+        "action": "rotated",
         "previous_version": 2,
         "new_version": 3,
+        "value_of_version": None,
+        "size": 20,
         "pruned": [],
         "expires": None,
         "rotation_due": None,
@@ -132,6 +135,7 @@ def test_max_versions_changes_later_and_prune_is_explicit(
         "max-versions": 10,
         "max-value-size": 1024 * 1024,
         "audit-max-age": "0",
+        "rm-retention": "604800s",
     }
     seed(initialized_store, {"a": [b"a%d" % i for i in range(1, 7)], "b": [b"b1", b"b2"]})
     out = cli("config", "set", "max-versions", "4")

@@ -16,6 +16,7 @@ from secretfs.access import Layer, Ownership, ReaderEntry, readers_of, resolve
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.cli.params import GROUP_ID, USER_ID, parse_id
+from secretfs.cli.records import grant_record, json_option, owner_record, revoked_record
 from secretfs.cli.secret import secret as secret_group
 from secretfs.cli.values import parse_mode
 from secretfs.errors import RefError, UsageError
@@ -82,7 +83,11 @@ def _show(key: str, value: int | None) -> str:
 
 
 def _set_owner(
-    store: StoreLocation | None, target_text: str, changes: dict[str, int | None], action: str
+    store: StoreLocation | None,
+    target_text: str,
+    changes: dict[str, int | None],
+    action: str,
+    as_json: bool = False,
 ) -> None:
     target = parse_target(target_text)
     with open_vault(store) as vault:
@@ -90,34 +95,39 @@ def _set_owner(
     shown = ", ".join(f"{k} {_show(k, before[k])} -> {_show(k, after[k])}" for k in changes)
     verb = "changed" if before != after else "unchanged"
     click.echo(f"{target_label(target)}: {verb} ({shown})", err=True)
+    if as_json:
+        key = target.key if isinstance(target, Scope) else str(target)
+        emit_json(owner_record(key, before, after))
 
 
 @secret_group.command()
 @click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.argument("mode", metavar="MODE")
+@json_option
 @store_option
 @handle_errors
-def chmod(store: StoreLocation | None, target: str, mode: str) -> None:
+def chmod(store: StoreLocation | None, target: str, mode: str, as_json: bool = False) -> None:
     """Set the file mode of a secret, or the default of a whole scope.
 
     MODE is octal (0400, 440) or `inherit` (from the scope, then the mount). Seen by the
     mount within a second. Only read bits give access; the mount stays read-only.
     """
-    _set_owner(store, target, {"mode": parse_mode_or_inherit(mode)}, "chmod")
+    _set_owner(store, target, {"mode": parse_mode_or_inherit(mode)}, "chmod", as_json)
 
 
 @secret_group.command()
 @click.argument("target", metavar="REF|SCOPE", type=REF_OR_SCOPE)
 @click.argument("owner", metavar="UID[:GID]")
+@json_option
 @store_option
 @handle_errors
-def chown(store: StoreLocation | None, target: str, owner: str) -> None:
+def chown(store: StoreLocation | None, target: str, owner: str, as_json: bool = False) -> None:
     """Set the owner and/or group of a secret, or the defaults of a whole scope.
 
     OWNER is UID, UID:GID or :GID, numbers or names of this host; a part may be
     `inherit`, and a bare `inherit` resets both (to the scope's, then the mount's).
     """
-    _set_owner(store, target, parse_owner(owner), "chown")
+    _set_owner(store, target, parse_owner(owner), "chown", as_json)
 
 
 # -- grant / revoke ----------------------------------------------------------------------
@@ -136,6 +146,7 @@ def _principals(uids: tuple[int, ...], gids: tuple[int, ...]) -> list[tuple[str,
     is_flag=True,
     help="Only the sealed form (.sealed/… in the mount), never the value: a relay.",
 )
+@json_option
 @store_option
 @handle_errors
 def grant(
@@ -144,6 +155,7 @@ def grant(
     uids: tuple[int, ...],
     gids: tuple[int, ...],
     sealed_only: bool,
+    as_json: bool = False,
 ) -> None:
     """Let more uids or gids read a secret, or every secret of a scope.
 
@@ -156,16 +168,21 @@ def grant(
     if not principals:
         raise UsageError("grant to whom? give --uid N and/or --gid N")
     parsed = parse_target(target)
+    form = "sealed" if sealed_only else "plain"
+    records = []
     with open_vault(store) as vault:
         for kind, principal in principals:
-            added = vault.grant(
-                parsed, kind, principal, form="sealed" if sealed_only else "plain"
-            )
+            added = vault.grant(parsed, kind, principal, form=form)
             state = "granted" if added else "already granted"
             what = "the sealed form of " if sealed_only else ""
             click.echo(
                 f"{state}: {kind} {principal} may read {what}{target_label(parsed)}", err=True
             )
+            target_text = parsed.key if isinstance(parsed, Scope) else str(parsed)
+            action = "granted" if added else "already_granted"
+            records.append(grant_record(target_text, action, kind, principal, form))
+    if as_json:
+        emit_json(records)
 
 
 @cli.command()
@@ -173,6 +190,7 @@ def grant(
 @click.option("--uid", "uids", multiple=True, type=USER_ID, help="A user (repeatable).")
 @click.option("--gid", "gids", multiple=True, type=GROUP_ID, help="A group (repeatable).")
 @click.option("--all", "everyone", is_flag=True, help="Every grant on the target.")
+@json_option
 @store_option
 @handle_errors
 def revoke(
@@ -181,6 +199,7 @@ def revoke(
     uids: tuple[int, ...],
     gids: tuple[int, ...],
     everyone: bool,
+    as_json: bool = False,
 ) -> None:
     """Remove every matching grant, and say how many.
 
@@ -203,6 +222,8 @@ def revoke(
                 f" {_grant_on(g)}",
                 err=True,
             )
+    if as_json:
+        emit_json([revoked_record(g) for g in removed])
 
 
 def _grant_on(g: GrantRecord) -> str:

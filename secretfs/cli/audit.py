@@ -15,6 +15,7 @@ from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.access import parse_target
 from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.cli.params import bounded_int
+from secretfs.cli.records import json_option
 from secretfs.errors import UsageError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_ref
 from secretfs.store.base import Backend
@@ -165,9 +166,12 @@ def _query(
 @audit.command()
 @click.option("--before", metavar="TIME", help="Remove records older than TIME: 90d or ISO 8601.")
 @click.option("--dry-run", is_flag=True, help="Only say how many records would go.")
+@json_option
 @store_option
 @handle_errors
-def prune(store: StoreLocation | None, before: str | None, dry_run: bool) -> None:
+def prune(
+    store: StoreLocation | None, before: str | None, dry_run: bool, as_json: bool = False
+) -> None:
     """Remove audit records older than --before (default: the store's audit-max-age).
 
     Needs the key. Each prune is itself recorded ("pruned N audit records before ...").
@@ -195,6 +199,9 @@ def prune(store: StoreLocation | None, before: str | None, dry_run: bool) -> Non
             dry_run=dry_run,
         )
     when = iso_time_ns(before_ns)
+    if as_json:
+        emit_json({"before": when, "removed": count, "dry_run": dry_run})
+        return
     if dry_run:
         click.echo(f"{count} audit records before {when} would be removed")
     else:

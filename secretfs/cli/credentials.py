@@ -12,6 +12,7 @@ import click
 from secretfs import credentials as creds
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.params import GROUP_ID, USER_ID
+from secretfs.cli.records import json_option, write_record
 from secretfs.cli.values import parse_optional_mode, read_stdin
 from secretfs.errors import NotFoundError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited
@@ -80,6 +81,7 @@ def registry() -> None:
     "--secret", "secret_ref", metavar="REF", default=creds.DEFAULT_REGISTRY_REF, help=_SECRET_HELP
 )
 @_owner_options(None)
+@json_option
 @store_option
 @handle_errors
 def registry_add(
@@ -92,6 +94,7 @@ def registry_add(
     gid: int | None,
     mode_text: str | None,
     store: StoreLocation | None,
+    as_json: bool = False,
 ) -> None:
     """Add (or replace) the login for REGISTRY in the config secret.
 
@@ -124,6 +127,8 @@ def registry_add(
         f" (mounted at {ref.path})",
         err=True,
     )
+    if as_json:
+        emit_json(write_record(result))
 
 
 @registry.command(name="ls")
@@ -164,9 +169,12 @@ def registry_ls(secret_ref: str, as_json: bool, store: StoreLocation | None) -> 
 @click.option(
     "--secret", "secret_ref", metavar="REF", default=creds.DEFAULT_REGISTRY_REF, help=_SECRET_HELP
 )
+@json_option
 @store_option
 @handle_errors
-def registry_rm(registry_name: str, secret_ref: str, store: StoreLocation | None) -> None:
+def registry_rm(
+    registry_name: str, secret_ref: str, store: StoreLocation | None, as_json: bool = False
+) -> None:
     """Remove the login for REGISTRY (the other logins stay)."""
     ref = _whole_secret(secret_ref)
     removed = ""
@@ -186,6 +194,8 @@ def registry_rm(registry_name: str, secret_ref: str, store: StoreLocation | None
     click.echo(
         f"removed the login for {removed} from {ref}, version {result.meta.version}", err=True
     )
+    if as_json:
+        emit_json(write_record(result))
 
 
 # --------------------------------------------------------------------------- git
@@ -216,6 +226,7 @@ def git() -> None:
     help=f"Where to keep it (default {creds.GIT_SCOPE}/NAME).",
 )
 @_owner_options("0400")
+@json_option
 @store_option
 @handle_errors
 def git_add(
@@ -227,6 +238,7 @@ def git_add(
     gid: int | None,
     mode_text: str,
     store: StoreLocation | None,
+    as_json: bool = False,
 ) -> None:
     """Store a git credential NAME as a token file or an SSH key file.
 
@@ -252,3 +264,5 @@ def git_add(
         f"{verb} {kind} {ref}, version {result.meta.version} (mounted at {ref.path}{shown_mode})",
         err=True,
     )
+    if as_json:
+        emit_json(write_record(result))

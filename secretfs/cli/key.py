@@ -14,6 +14,7 @@ from secretfs.cli.values import resolve_uri
 from secretfs.errors import UsageError
 from secretfs.files import read_limited
 from secretfs.store.location import StoreLocation
+from secretfs.vault import Vault
 
 MIN_PASSWORD_CHARS = 12
 KEY_INPUT_LIMIT = 64 * 1024  # a key or password is far smaller; /dev/zero is not read whole
@@ -122,6 +123,7 @@ def _progress(done: int, total: int) -> None:
     help="Versions re-encrypted per transaction.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be re-wrapped and re-encrypted.")
 @store_option
 @handle_errors
 def rotate(
@@ -130,6 +132,7 @@ def rotate(
     new_key_from: str | None,
     batch_size: int,
     as_json: bool,
+    dry_run: bool = False,
 ) -> None:
     """Give the store a new key-encryption key: the data key(s) are re-wrapped under it,
     values are not touched (O(1) in the number of secrets).
@@ -150,6 +153,54 @@ def rotate(
             _read_input(new_key_from, "--new-key-from").decode("ascii", "replace")
         )
     outcome = rotation.Outcome()
+    if dry_run:
+        with open_vault(store) as vault:  # the key must open the store, as for the real one
+            _rotation_plan(vault, reencrypt, new_key is not None, outcome)
+        outcome.notes.append("nothing was changed (--dry-run)")
+    else:
+        _rotate(store, reencrypt, new_key, batch_size, as_json, outcome)
+    if as_json:
+        emit_json({**outcome.data, "notes": outcome.notes})
+        return
+    for note in outcome.notes:
+        click.echo(note)
+
+
+def _rotation_plan(vault: Vault, reencrypt: bool, new_key: bool, outcome: rotation.Outcome) -> None:
+    """What `key rotate` would do, read only."""
+    outcome.data["dry_run"] = True
+    kind = vault.kek_source.kind
+    info = vault.backend.data_key_info()
+    pending = rotation.pending_reencryption(vault.backend)
+    if kind == keys.KIND_KEY and not new_key:
+        if not reencrypt:
+            raise UsageError(
+                "this store's key comes from $SECRETFS_KEY: give the new key with --new-key-from"
+            )
+        outcome.notes.append("would keep the KEK ($SECRETFS_KEY): --new-key-from changes it")
+    elif not (reencrypt and pending is not None):
+        outcome.data["rewrapped"] = len(info)
+        outcome.notes.append(
+            f"would give the store a new key-encryption key ({kind}) and re-wrap"
+            f" {len(info)} data key(s)"
+        )
+    if reencrypt:
+        target = pending if pending is not None else max(g for g, _, _ in info) + 1
+        left = sum(count for gen, _, count in info if gen != target)
+        outcome.data["generation"] = target
+        outcome.data["reencrypted"] = left
+        verb = "resume re-encrypting" if pending is not None else "re-encrypt"
+        outcome.notes.append(f"would {verb} {left} version(s) under data key generation {target}")
+
+
+def _rotate(
+    store: StoreLocation | None,
+    reencrypt: bool,
+    new_key: bytes | None,
+    batch_size: int,
+    as_json: bool,
+    outcome: rotation.Outcome,
+) -> None:
     with open_vault(store) as vault:
         kind = vault.kek_source.kind
         op = "key rotate --reencrypt" if reencrypt else "key rotate"
@@ -182,11 +233,6 @@ def rotate(
                     batch_size=batch_size,
                     progress=None if as_json else _progress,
                 )
-    if as_json:
-        emit_json({**outcome.data, "notes": outcome.notes})
-        return
-    for note in outcome.notes:
-        click.echo(note)
 
 
 @key.command()

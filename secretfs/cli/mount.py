@@ -16,7 +16,7 @@ import click
 from secretfs.cli import cli, handle_errors, store_option, store_path
 from secretfs.cli.params import GROUP_ID, USER_ID, bounded_int, parse_id
 from secretfs.cli.resolver_options import resolver_args, resolver_config, resolver_options
-from secretfs.errors import SecretfsError, UsageError
+from secretfs.errors import SecretfsError, StoreError, UsageError
 from secretfs.store.location import StoreLocation
 from secretfs.store.location import parse as parse_location
 
@@ -129,7 +129,10 @@ def _daemon_options(opts: tuple[str, ...]) -> dict[str, str]:
     " max_plain=SIZE:"
     " decrypted bytes held for open files at most, shared per secret version (default 64M;"
     " K/M/G; past it each read decrypts again); audit_fail=closed|open: when audit records"
-    " cannot be written, refuse new opens with EIO (closed, the default) or serve them.",
+    " cannot be written, refuse new opens with EIO (closed, the default) or serve them."
+    " Accepted and ignored, as mount(8) and fstab pass them (the mount is always"
+    f" ro,nosuid,nodev,noexec): {', '.join(sorted(MOUNT8_OPTIONS, key=str.lstrip))},"
+    " x-*, comment=*.",
 )
 @click.option("--uid", type=USER_ID, help="Default owner of files (number or name).")
 @click.option("--gid", type=GROUP_ID, help="Default group of files (number or name).")
@@ -372,9 +375,15 @@ def diagnose(mountpoint: Path, exc: BaseException) -> str:
 @handle_errors
 def umount(mountpoint: Path, lazy: bool) -> None:
     """Unmount a secretfs mount (its daemon then exits)."""
-    from secretfs.daemon import is_mounted, unmount
+    from secretfs.daemon import is_mounted, mount_fs_type, unmount
 
     if not is_mounted(mountpoint):
         raise UsageError(f"{mountpoint} is not mounted")
-    unmount(mountpoint, lazy=lazy)
+    fs_type = mount_fs_type(mountpoint) or "unknown"
+    if not fs_type.startswith("fuse"):
+        raise UsageError(f"{mountpoint} is not a secretfs mount (it is {fs_type})")
+    try:
+        unmount(mountpoint, lazy=lazy)
+    except StoreError as exc:  # the kernel refused (busy...): a mount failure, not the store's
+        raise MountError(str(exc)) from None
     click.echo(f"unmounted {mountpoint}", err=True)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
-from secretfs import expiry, fields, sealing
+from secretfs import expiry, fields, sealing, trash
 from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
 from secretfs.cli.params import GROUP_ID, USER_ID, bounded_int
+from secretfs.cli.records import json_option, removal_record, write_record
 from secretfs.cli.schedule import (
     parse_schedule,
     report_write,
@@ -20,8 +22,9 @@ from secretfs.cli.schedule import (
     schedule_options,
     schedule_record,
 )
-from secretfs.cli.values import parse_optional_mode, take_value, value_options
+from secretfs.cli.values import parse_mode, parse_optional_mode, take_value, value_options
 from secretfs.errors import UsageError
+from secretfs.files import write_file_atomically
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
 from secretfs.store.location import StoreLocation
@@ -72,7 +75,7 @@ def secret() -> None:
     """Create, change, read and list secrets."""
 
 
-def _write(store: StoreLocation | None, ref_text: str, how: str, **kw: Any) -> None:
+def _write(store: StoreLocation | None, ref_text: str, how: str, as_json: bool, **kw: Any) -> None:
     ref = _ref(ref_text)
     source = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
@@ -88,6 +91,8 @@ def _write(store: StoreLocation | None, ref_text: str, how: str, **kw: Any) -> N
     verb = "created" if result.previous_version == 0 else "updated"
     click.echo(f"{verb} {ref} version {meta.version} ({meta.size} bytes)", err=True)
     report_write(ref, result, keeps)
+    if as_json:
+        emit_json(write_record(result))
 
 
 @secret.command()
@@ -95,6 +100,7 @@ def _write(store: StoreLocation | None, ref_text: str, how: str, **kw: Any) -> N
 @value_options
 @owner_options
 @schedule_options
+@json_option
 @store_option
 @handle_errors
 def create(store: StoreLocation | None, ref: str, **kw: Any) -> None:
@@ -107,6 +113,7 @@ def create(store: StoreLocation | None, ref: str, **kw: Any) -> None:
 @value_options
 @owner_options
 @schedule_options
+@json_option
 @store_option
 @handle_errors
 def set_(store: StoreLocation | None, ref: str, **kw: Any) -> None:
@@ -175,16 +182,75 @@ def get(
             else:
                 emit_json(sealing.sealed_secret(str(full), want, key.key_id, box))
             return
-    state = expiry.status(meta, time.time_ns())
-    if state.expired and version is None:
-        # Still served (an expiry is a reminder, not a lock), but never silently.
-        click.echo(
-            f"warning: {parsed.without_field()} expired at {iso_time(meta.expires_ns or 0)}",
-            err=True,
-        )
+    _warn_if_expired(parsed, meta, version)
     out = fields.extract(value, path) if path else value
     sys.stdout.buffer.write(out)
     sys.stdout.buffer.flush()
+
+
+def _warn_if_expired(ref: Ref, meta: SecretMeta, version: int | None) -> None:
+    if expiry.status(meta, time.time_ns()).expired and version is None:
+        # Still served (an expiry is a reminder, not a lock), but never silently.
+        click.echo(
+            f"warning: {ref.without_field()} expired at {iso_time(meta.expires_ns or 0)}",
+            err=True,
+        )
+
+
+@cli.command(name="read")
+@click.argument("ref", type=REF)
+@click.option(
+    "--version",
+    "version",
+    type=bounded_int(),
+    help="An older version.",
+    shell_complete=complete_versions,
+)
+@click.option(
+    "--out-file",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the value to this new file instead of standard output.",
+)
+@click.option(
+    "--file-mode",
+    default="0600",
+    show_default=True,
+    metavar="OCTAL",
+    help="With --out-file: the new file's mode, set before the first byte is written.",
+)
+@click.option("--force", is_flag=True, help="With --out-file: replace an existing file.")
+@store_option
+@handle_errors
+def read(
+    store: StoreLocation | None,
+    ref: str,
+    version: int | None,
+    out_file: Path | None,
+    file_mode: str,
+    force: bool,
+) -> None:
+    """Print the exact bytes of REF (a JSON field: NAME/FIELD), or write them to a new
+    file (like `op read`).
+
+    --out-file creates a new file beside the target with --file-mode (exact: the umask
+    does not narrow it), writes and fsyncs it, then moves it into place; an existing
+    file is refused (exit 4) unless --force. The value never goes through a wider file."""
+    parsed = _ref(ref)
+    mode = parse_mode(file_mode, "--file-mode")
+    if out_file is None and (force or file_mode != "0600"):
+        raise UsageError("--file-mode and --force go with --out-file")
+    with open_vault(store) as vault:
+        value = vault.get_value(parsed.without_field(), version)
+        meta = vault.meta(parsed.without_field())
+    _warn_if_expired(parsed, meta, version)
+    out = fields.extract(value, parsed.field) if parsed.field else value
+    if out_file is None:
+        sys.stdout.buffer.write(out)
+        sys.stdout.buffer.flush()
+        return
+    write_file_atomically(out_file, out, mode=mode, replace=force)
+    click.echo(f"wrote {parsed} to {out_file} ({len(out)} bytes, mode {mode:04o})", err=True)
 
 
 @secret.command(name="ls")
@@ -237,14 +303,90 @@ def ls(
 @secret.command()
 @click.argument("ref", type=REF)
 @click.option("--force", is_flag=True, help="Remove it even if grants name it (and them).")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation on a terminal.")
+@click.option(
+    "--purge", is_flag=True, help="Keep nothing to restore: every version is deleted now."
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be removed.")
+@json_option
 @store_option
 @handle_errors
-def rm(store: StoreLocation | None, ref: str, force: bool) -> None:
-    """Remove REF and all its versions; refused (exit 4) while grants name it."""
+def rm(
+    store: StoreLocation | None,
+    ref: str,
+    force: bool,
+    yes: bool,
+    purge: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove REF and all its versions; refused (exit 4) while grants name it.
+
+    It stays restorable (`secret restore`) for the store's rm-retention (default 7d;
+    `secretfs config set rm-retention`): its versions' ciphertext is kept until then.
+    --purge keeps nothing. On a terminal it asks first (--yes: do not); otherwise it
+    does not ask."""
     parsed = _ref(ref)
+    until: int | None = None
     with open_vault(store) as vault:
-        meta = vault.remove(parsed, force=force)
-    click.echo(f"removed {parsed} (it was at version {meta.version})", err=True)
+        meta, grants = vault.removal_plan(parsed, force=force)
+        with_grants = f" and its {len(grants)} grant(s)" if grants else ""
+        what = f"{parsed} (at version {meta.version}, every version){with_grants}"
+        if dry_run:
+            seconds = 0 if purge else trash.retention_s(vault)
+            until = time.time_ns() + seconds * expiry.NS if seconds > 0 else None
+            click.echo(f"would remove {what}; nothing was changed", err=True)
+        else:
+            if not yes and sys.stdin.isatty():
+                click.confirm(f"remove {what}?", abort=True, err=True)
+            until = None if purge else trash.keep(vault, meta, grants, parsed)
+            try:
+                meta = vault.remove(parsed, force=force)
+            except BaseException:
+                trash.forget(vault, meta.secret_id)
+                raise
+            if purge:
+                trash.forget(vault, meta.secret_id)  # and any older removal of it
+            kept = (
+                f"; `secretfs secret restore {parsed}` until {iso_time(until)}"
+                if until is not None
+                else ", nothing kept"
+            )
+            click.echo(f"removed {parsed} (it was at version {meta.version}){kept}", err=True)
+    if as_json:
+        emit_json(removal_record(meta, "purged" if purge else "removed", len(grants), until))
+
+
+@secret.command()
+@click.argument("ref", type=REF, required=False)
+@click.option("--list", "show", is_flag=True, help="List what can be restored.")
+@json_option
+@store_option
+@handle_errors
+def restore(store: StoreLocation | None, ref: str | None, show: bool, as_json: bool) -> None:
+    """Bring back REF removed by `secret rm`: the same versions, owner, mode, schedule and
+    grants (those `rm --force` removed), within the store's rm-retention."""
+    if show == (ref is not None):
+        raise UsageError("give a REF to restore, or --list")
+    with open_vault(store) as vault:
+        if show:
+            kept = trash.listed(vault)
+            if as_json:
+                emit_json([
+                    {"ref": r.ref, "version": r.version, "removed": iso_time(r.removed_ns),
+                     "restorable_until": iso_time(r.until_ns)} for r in kept
+                ])  # fmt: skip
+                return
+            for r in kept:
+                click.echo(f"{r.ref}  version {r.version}  until {iso_time(r.until_ns)}")
+            if not kept:
+                click.echo("nothing to restore", err=True)
+            return
+        parsed = _ref(ref or "")
+        meta = trash.restore(vault, parsed)
+    click.echo(f"restored {parsed} at version {meta.version}", err=True)
+    if as_json:
+        emit_json(meta_record(meta))
 
 
 @secret.command()

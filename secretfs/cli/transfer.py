@@ -81,6 +81,9 @@ class ImportFailed(UsageError):
 )
 @click.option("--skip-existing", is_flag=True, help="Leave secrets that exist as they are.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+@click.option(
+    "--dry-run", is_flag=True, help="Only say what would be created, updated or skipped."
+)
 @store_option
 @handle_errors
 def import_(
@@ -92,6 +95,7 @@ def import_(
     overwrite: bool,
     skip_existing: bool,
     as_json: bool,
+    dry_run: bool = False,
 ) -> None:
     """Import secrets into SCOPE (default: deployment) from a dotenv, JSON or
     Kubernetes Secret file: all of them in one transaction, or none (on etcd, in
@@ -120,9 +124,12 @@ def import_(
             lines[entry.name] = entry.line
         if problems and not partial:
             problems.sort(key=lambda p: p.line or 0)
+            if dry_run:
+                raise FormatError(problems, f"{len(problems)} problem(s): would import nothing")
             with vault.refusal_audited("import", target):  # records the refusal
                 raise FormatError(problems, f"{len(problems)} problem(s), nothing was imported")
-        outcomes = vault.write_many(items, existing=existing, partial=partial) if items else []
+        write = vault.plan_many if dry_run else vault.write_many
+        outcomes = write(items, existing=existing, partial=partial) if items else []
     conflicts = [
         Problem(
             lines[o.ref.name],
@@ -137,13 +144,13 @@ def import_(
         if o.action in counts:
             counts[o.action] += 1
     summary = (
-        f"imported into {target}: "
+        ("would import into " if dry_run else "imported into ") + f"{target}: "
         + ", ".join(f"{n} {a}" for a, n in counts.items())
         + (f"; {len(failed)} failed" if failed else "")
     )
     if as_json:
         emit_json(_report(target, outcomes, failed))
-    click.echo(summary, err=True)
+    click.echo(summary + ("; nothing was changed (--dry-run)" if dry_run else ""), err=True)
     if failed:
         raise ImportFailed(
             str(FormatError(failed, f"{len(failed)} line(s) not imported")),

@@ -11,12 +11,14 @@ from secretfs import expiry
 from secretfs.cli import emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, complete_versions
 from secretfs.cli.params import bounded_int
+from secretfs.cli.records import write_record
 from secretfs.cli.schedule import CLEAR, parse_schedule, report_write, schedule_options
 from secretfs.cli.secret import _ref, meta_record, secret
 from secretfs.cli.values import take_value, value_options
 from secretfs.errors import UsageError
+from secretfs.refs import Ref, Scope
 from secretfs.store.location import StoreLocation
-from secretfs.vault import WriteResult
+from secretfs.vault import Vault, WriteResult
 
 
 def _summary(result: WriteResult, extra: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def rotate(store: StoreLocation | None, ref: str, as_json: bool, **kw: Any) -> N
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
     if as_json:
-        emit_json(_summary(result, {}))
+        emit_json(write_record(result, "rotated"))
         return
     click.echo(f"rotated {parsed}: version {result.previous_version} -> {result.meta.version}")
 
@@ -88,7 +90,7 @@ def rollback(store: StoreLocation | None, ref: str, to_version: int, as_json: bo
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
     if as_json:
-        emit_json(_summary(result, {"value_of_version": to_version}))
+        emit_json(write_record(result, "rolled_back", to_version))
         return
     click.echo(
         f"rolled back {parsed}: version {result.previous_version} -> {result.meta.version}"
@@ -104,11 +106,17 @@ def rollback(store: StoreLocation | None, ref: str, to_version: int, as_json: bo
     help="Versions to keep, the current one included (default: the store's max-versions).",
 )
 @click.option("--all", "all_secrets", is_flag=True, help="Prune every secret.")
+@click.option("--dry-run", is_flag=True, help="Only say which versions would be removed.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
 def prune(
-    store: StoreLocation | None, ref: str | None, keep: int | None, all_secrets: bool, as_json: bool
+    store: StoreLocation | None,
+    ref: str | None,
+    keep: int | None,
+    all_secrets: bool,
+    as_json: bool,
+    dry_run: bool = False,
 ) -> None:
     """Remove old versions of REF (or of every secret with --all), keeping the newest.
 
@@ -117,8 +125,12 @@ def prune(
     """
     if (ref is None) == (not all_secrets):
         raise UsageError("give a REF to prune, or --all")
+    if keep is not None and keep < 1:
+        raise UsageError("--keep must be at least 1: the current version is always kept")
     with open_vault(store) as vault:
-        if all_secrets:
+        if dry_run:
+            done = _prune_plan(vault, None if all_secrets else _ref(ref or ""), keep)
+        elif all_secrets:
             done = vault.prune_all(keep)
         else:
             parsed = _ref(ref or "")
@@ -129,8 +141,22 @@ def prune(
     pruned = [(r, gone) for r, gone in done if gone]
     if not pruned:
         click.echo("nothing to prune", err=True)
+    verb = "would prune" if dry_run else "pruned"
     for r, gone in pruned:
-        click.echo(f"pruned {r}: {len(gone)} version(s) ({', '.join(map(str, gone))})")
+        click.echo(f"{verb} {r}: {len(gone)} version(s) ({', '.join(map(str, gone))})")
+    if dry_run:
+        click.echo("nothing was changed (--dry-run)", err=True)
+
+
+def _prune_plan(vault: Vault, ref: Ref | None, keep: int | None) -> list[tuple[Ref, list[int]]]:
+    """What prune would remove: all but the newest `keep` versions, read only."""
+    keep = keep or vault.max_versions
+    refs = [ref] if ref is not None else [Ref(Scope.from_key(m.scope), m.name)
+                                          for m in vault.list_secrets()]  # fmt: skip
+    plan = [(r, [v.version for v in vault.history(r)]) for r in refs]
+    return [
+        (r, versions[:-keep]) for r, versions in plan if ref is not None or len(versions) > keep
+    ]
 
 
 @secret.command(name="expiry")

@@ -57,6 +57,7 @@ from secretfs.errors import (
     IntegrityError,
     SecretfsError,
     StoreError,
+    StoreExistsError,
     UsageError,
     WriteConflictError,
 )
@@ -819,7 +820,7 @@ class EtcdBackend:
         try:
             with backend.transaction():
                 if backend._scan(backend._p):
-                    raise StoreError(
+                    raise StoreExistsError(
                         f"a store already exists at {location} (or other keys are under"
                         f" {location.key_prefix.decode()}): choose another prefix"
                     )

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from secretfs import keys
 from secretfs.audit import AuditRecord
 from secretfs.checks import Check, mode_check
-from secretfs.errors import StoreError
+from secretfs.errors import StoreError, StoreExistsError
 from secretfs.files import fsync_dir
 from secretfs.store import (
     ClientKeyRecord,
@@ -314,7 +314,7 @@ class SqliteBackend:
         """
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         if path.exists():
-            raise StoreError(f"a store already exists at {path}")
+            raise StoreExistsError(f"a store already exists at {path}")
         tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -335,7 +335,7 @@ class SqliteBackend:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                raise StoreError(f"a store already exists at {path}") from None
+                raise StoreExistsError(f"a store already exists at {path}") from None
             fsync_dir(path.parent)
         finally:
             for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):

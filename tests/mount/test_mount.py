@@ -280,3 +280,12 @@ def test_a_new_secret_opens_as_soon_as_the_cli_returns(mounted: Mount) -> None:
     assert (mounted.path / "deployment/fresh").read_bytes() == b"just made"
     mounted.cli("secret", "create", "@brand-new/key", "--from-stdin", input=b"k")
     assert (mounted.path / "@brand-new/key").read_bytes() == b"k"
+
+
+def test_a_restored_secret_comes_back_in_the_mount(mounted: Mount) -> None:
+    path = mounted.path / "deployment/db"
+    mounted.cli("secret", "rm", "db")
+    wait_for(lambda: not path.exists(), timeout=5)
+    mounted.cli("secret", "restore", "db")
+    wait_for(path.exists, timeout=5)
+    assert path.read_bytes() == b"hunter2"
