@@ -97,7 +97,9 @@ def _parse_gen_tag(raw: bytes | None) -> tuple[int, bytes] | None:
         gen = int(gen_text)
     except (UnicodeDecodeError, ValueError):
         return None
-    return (gen, tag) if len(tag) == crypto.MAC_BYTES else None
+    if len(tag) != crypto.MAC_BYTES or raw != _gen_tag(gen, tag):
+        return None  # only the one canonical form: no byte of a stored tag may change
+    return gen, tag
 
 
 def secret_row(meta: SecretMeta) -> bytes:
