@@ -326,6 +326,20 @@ def _mounts(store: StoreLocation) -> list[Check]:
                 )
             )
             continue
+        key_problems = status.get("key_problems") or []
+        if key_problems:
+            out.append(
+                Check(
+                    name,
+                    "fail",
+                    f"cannot open every value of {status.get('store')}: "
+                    + "; ".join(map(str, key_problems))
+                    + " (those values answer EIO)",
+                    "enroll this node again from a member (`secretfs node enroll PUBKEY`), or"
+                    " remount it with a key that opens the store",
+                )
+            )
+            continue
         if status.get("connected", True):
             detail = f"{status.get('backend')} {status.get('store')}: current"
             if status.get("last_revision") is not None:

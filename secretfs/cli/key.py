@@ -166,6 +166,11 @@ def rotate(
                             "the KEK ($SECRETFS_KEY) is unchanged: give --new-key-from to"
                             " change it too"
                         )
+                    elif kind == keys.KIND_NODE and not vault.keyring.has_kek and reencrypt:
+                        outcome.notes.append(
+                            "this node opens the store with its node key: the key-encryption"
+                            " key (held elsewhere) is unchanged"
+                        )
                     else:
                         rotation.rotate_kek(vault, new_key, outcome)
                 if pending is not None:
