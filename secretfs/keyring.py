@@ -322,6 +322,8 @@ class Keyring:
                     raise
                 raise KeySourceError(f"{node_problem}; and {exc}") from None
         if keyring.active_gen in keyring.damaged:
+            if not backend.data_keys().get(keyring.active_gen):
+                raise KeySourceError(keyring.damaged[keyring.active_gen])
             raise IntegrityError(keyring.damaged[keyring.active_gen])
         if keyring.active_gen not in keyring._data_keys:
             from secretfs.errors import StoreError
@@ -435,7 +437,16 @@ class Keyring:
                 f"the key from {self.kek_source.description} does not unlock {backend.name}"
                 f" (wrong key or password{damaged_hint})"
             )
+        wrapped = backend.data_keys()
         for gen in failed:
+            if not wrapped.get(gen):
+                self.damaged[gen] = (
+                    f"{backend.name}: data key generation {gen} was made by a node without the"
+                    " key-encryption key, so it is sealed to the enrolled nodes only: open the"
+                    " store with a node key (`secretfs node enroll`), or run `secretfs key"
+                    " rotate --reencrypt` on a node that also has the key file"
+                )
+                continue
             self.damaged[gen] = (
                 f"{backend.name}: the wrapped data key of generation {gen} is damaged (the"
                 f" key from {self.kek_source.description} is right): restore the store from"
