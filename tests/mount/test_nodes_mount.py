@@ -7,12 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
+from secretfs.refs import parse_ref
+from secretfs.store import location
+from secretfs.vault import Vault
 from tests.conftest import run_cli, run_cli_process
 from tests.mount.conftest import Mount, wait_for
 from tests.mount.test_rotation_mount import Reader, many_secrets, secret_paths
@@ -42,18 +46,42 @@ def status(m: Mount) -> dict[str, object]:
     return data
 
 
+@pytest.fixture(params=["sqlite", "etcd"])
+def store_env(
+    request: pytest.FixtureRequest, cli_env: dict[str, str], tmp_path: Path
+) -> dict[str, str]:
+    """The CLI environment of a new store: a SQLite file, or a prefix on the test cluster."""
+    if request.param == "sqlite":
+        return cli_env
+    cluster = request.getfixturevalue("etcd_cluster")
+    env = {**cli_env, "SECRETFS_STORE": cluster.url(f"n{uuid.uuid4().hex[:12]}")}
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "store.key")
+    return env
+
+
 def test_reencrypt_on_one_node_and_revoke_the_other(
-    cli_env: dict[str, str], tmp_path: Path, mount_factory: Callable[..., Mount]
+    store_env: dict[str, str],
+    tmp_path: Path,
+    mount_factory: Callable[..., Mount],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     del mount_factory  # only its /dev/fuse check
     values = many_secrets(24)
-    run_cli("init", env=cli_env)
-    one = node_env(cli_env, tmp_path, "one", kek=True)
-    two = node_env(cli_env, tmp_path, "two", kek=False)
+    run_cli("init", env=store_env)
+    one = node_env(store_env, tmp_path, "one", kek=True)
+    two = node_env(store_env, tmp_path, "two", kek=False)
     run_cli("node", "enroll", env=one)
     asked = json.loads(run_cli("node", "enroll", "--json", env=two).stdout)
     run_cli("node", "enroll", asked["public_key"], env=one)
-    Mount(tmp_path, Path(cli_env["SECRETFS_STORE"]), one).seed(values)
+    for name in ("SECRETFS_KEY_FILE", "SECRETFS_NODE_KEY_FILE"):
+        if name in one:
+            monkeypatch.setenv(name, one[name])
+    vault = Vault.open(location.parse(one["SECRETFS_STORE"]))
+    try:
+        for ref, value in values.items():
+            vault.set(parse_ref(ref), value)
+    finally:
+        vault.close()
     with node_mount(tmp_path / "m1", one) as m1, node_mount(tmp_path / "m2", two) as m2:
         reader = Reader(secret_paths(values, m2.path))
         with reader.running():
