@@ -82,7 +82,7 @@ from secretfs.vault import Vault
 DEFAULT_BATCH = 500
 
 VALUE_CIPHER = "XChaCha20-Poly1305 (libsodium), 256-bit data key"
-WRAP_CIPHER = "XChaCha20-Poly1305 under the key-encryption key"
+WRAP_CIPHER = "XChaCha20-Poly1305 under the key-encryption key; X25519 sealed box to each node key"
 PASSWORD_KDF = "Argon2id"  # noqa: S105 - an algorithm name
 
 Progress = Callable[[int, int], None]  # (versions done, versions in all)
@@ -193,8 +193,16 @@ def _status(backend: Backend) -> tuple[dict[str, Any], SecretfsError | None]:
             "running": running(holder),
         }
     error: SecretfsError | None = None
+    nodes = list_nodes(backend)
+    info["nodes"] = {
+        "enrolled": sum(n.revoked_ns is None for n in nodes),
+        "revoked": sum(n.revoked_ns is not None for n in nodes),
+    }
+    info["opened_with"] = None
     try:
-        damaged = Keyring.unlock(backend).damaged
+        unlocked = Keyring.unlock(backend)
+        info["opened_with"] = unlocked.kek_source.description
+        damaged = unlocked.damaged
         for gen, problem in damaged.items():
             for record in info["data_keys"]:
                 if record["generation"] == gen:

@@ -51,6 +51,9 @@ def test_enroll_read_revoke(
     key_file = Path(two["SECRETFS_NODE_KEY_FILE"])
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
     assert cli("secret", "get", "db", env=two).stdout == b"before"
+    info = json.loads(cli("key", "status", "--json", env=two).stdout)
+    assert info["opened_with"] == f"node key {key_file} ({node_two})"
+    assert info["nodes"] == {"enrolled": 2, "revoked": 0}
     nodes = json.loads(cli("node", "ls", "--json", env=two).stdout)
     assert {n["label"] for n in nodes} == {"one", "two"}
     assert all(n["authentic"] and n["generations"] == [1] for n in nodes)

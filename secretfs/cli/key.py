@@ -95,6 +95,11 @@ def _print_status(info: dict[str, Any]) -> None:
         op = info["operation"]
         state = "running" if op["running"] else "interrupted"
         click.echo(f"operation:   `{op['op']}` (pid {op['pid']}) {state}")
+    nodes = info["nodes"]
+    if nodes["enrolled"] or nodes["revoked"]:
+        click.echo(f"nodes:       {nodes['enrolled']} enrolled, {nodes['revoked']} revoked")
+    if info["opened_with"]:
+        click.echo(f"opened with: {info['opened_with']}")
     click.echo(f"unlocks:     {'yes' if info['unlocks'] else 'NO'}")
 
 
