@@ -251,11 +251,20 @@ def _key_source(store: StoreLocation) -> Check:
             None,
         )
     path = key_file_path(store)
+    node_path = keys.node_key_file_path(path)
+    if node_path.exists():
+        # This node's own key comes first (docs/cluster.md, "Nodes"); `unlock` says whether
+        # it is enrolled.
+        check = _mode_check("key source", node_path, "node key")
+        if check.status == "ok":
+            return Check("key source", "ok", f"node key file {check.detail}")
+        return check
     if not path.exists():
         return Check(
             "key source",
             "fail",
-            f"$SECRETFS_KEY and $SECRETFS_PASSWORD are unset and there is no key file {path}",
+            f"$SECRETFS_KEY and $SECRETFS_PASSWORD are unset and there is no key file {path}"
+            f" nor node key file {node_path}",
             "set the variable the store was made with, or restore the key file from its"
             " backup (or point $SECRETFS_KEY_FILE at it)",
         )

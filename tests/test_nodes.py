@@ -54,6 +54,8 @@ def test_enroll_read_revoke(
     info = json.loads(cli("key", "status", "--json", env=two).stdout)
     assert info["opened_with"] == f"node key {key_file} ({node_two})"
     assert info["nodes"] == {"enrolled": 2, "revoked": 0}
+    doctor = cli("doctor", env=two, check=False).stdout
+    assert b"node key file" in doctor and b"FAIL  key source" not in doctor
     nodes = json.loads(cli("node", "ls", "--json", env=two).stdout)
     assert {n["label"] for n in nodes} == {"one", "two"}
     assert all(n["authentic"] and n["generations"] == [1] for n in nodes)
@@ -75,6 +77,8 @@ def test_enroll_read_revoke(
     assert b"after" not in proc.stdout + proc.stderr
     assert cli("secret", "get", "db", env=one).stdout == b"after"
     assert cli("secret", "get", "db").stdout == b"after"  # the KEK host
+    doctor = cli("doctor", env=two, check=False)
+    assert doctor.returncode != 0 and b"was revoked" in doctor.stdout
     nodes = {n["node_id"]: n for n in json.loads(cli("node", "ls", "--json", env=one).stdout)}
     assert nodes[node_two]["revoked_at"] and nodes[node_two]["generations"] == []
     assert all(n["authentic"] for n in nodes.values())

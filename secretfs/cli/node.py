@@ -156,8 +156,6 @@ def revoke(store: Path | None, node_id: str, as_json: bool) -> None:
     outcome = rotation.Outcome()
     with open_vault(store) as vault, rotation.key_operation(vault, "node revoke", outcome):
         rotation.revoke_node(vault, node_id, outcome)
-        target = rotation.pending_reencryption(vault.backend) or rotation.start_reencryption(
-            vault, outcome
-        )
-        rotation.reencrypt(vault, target, outcome)
+        # Always a new generation: one a pending re-encryption made was sealed to the node.
+        rotation.reencrypt(vault, rotation.start_reencryption(vault, outcome), outcome)
     _say(outcome, as_json)
