@@ -135,3 +135,15 @@ def test_a_wrap_moved_or_changed_does_not_open(
     with sqlite3.connect(initialized_store) as db:
         db.execute("UPDATE meta SET v = ? WHERE k = ?", (own, slot))
     assert cli("secret", "get", "db", env=two).stdout == b"v"
+
+
+def test_a_node_key_others_can_read_is_refused(
+    cli: Cli, initialized_store: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    two = node_env(cli_env, tmp_path, "two", kek=False)
+    cli("node", "enroll", env=two)
+    key_file = Path(two["SECRETFS_NODE_KEY_FILE"])
+    key_file.chmod(0o644)
+    proc = cli("secret", "ls", env=two, check=False)
+    assert proc.returncode == 5
+    assert f"node key file {key_file} is mode 0644".encode() in proc.stderr
