@@ -29,6 +29,7 @@ import nacl.bindings
 import nacl.encoding
 import nacl.exceptions
 import nacl.hash
+import nacl.public
 from argon2.low_level import Type, hash_secret_raw
 
 from secretfs.errors import IntegrityError, UsageError
@@ -397,3 +398,31 @@ def wipe(buf: bytearray) -> None:
     n = len(buf)
     if n:
         ctypes.memset((ctypes.c_char * n).from_buffer(buf), 0, n)
+
+
+# -- node keys: libsodium sealed boxes (X25519) -----------------------------------------
+
+BOX_KEY_BYTES = 32
+
+
+def box_private_key() -> bytes:
+    """A new X25519 private key (a node's own)."""
+    return bytes(nacl.public.PrivateKey.generate())
+
+
+def box_public_key(private_key: bytes) -> bytes:
+    _check_key(private_key, "node private key")
+    return bytes(nacl.public.PrivateKey(private_key).public_key)
+
+
+def box_seal(public_key: bytes, message: bytes) -> bytes:
+    """libsodium's sealed box of `message` to `public_key` (anonymous sender)."""
+    return bytes(nacl.public.SealedBox(nacl.public.PublicKey(public_key)).encrypt(message))
+
+
+def box_open(private_key: bytes, box: bytes) -> bytes:
+    """Open a sealed box; IntegrityError if it was not sealed to this key or was changed."""
+    try:
+        return bytes(nacl.public.SealedBox(nacl.public.PrivateKey(private_key)).decrypt(box))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise IntegrityError("sealed box does not open with this key") from None

@@ -469,7 +469,12 @@ class Watcher:
 
     def integrity(self) -> dict[str, object]:
         """For the status file: whether the store verifies, and rows served to nobody."""
-        return {"integrity": self.store_problem or "ok", "tampered": len(self.tampered)}
+        return {
+            "integrity": self.store_problem or "ok",
+            "tampered": len(self.tampered),
+            # Generations this mount cannot open (a revoked node): their values answer EIO.
+            "key_problems": [p for _, p in sorted(self.vault.keyring.damaged.items())],
+        }
 
     def verify_store(self) -> None:
         """Full verification at load: a store-wide failure stops every open (EIO)."""

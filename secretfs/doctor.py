@@ -189,11 +189,20 @@ def _key_source(store: StoreLocation) -> Check:
             None,
         )
     path = store.key_file()
+    node_path = keys.node_key_file_path(path)
+    if node_path.exists():
+        # This node's own key comes first (docs/cluster.md, "Nodes"); `unlock` says whether
+        # it is enrolled.
+        check = mode_check("key source", node_path, "node key")
+        if check.status == "ok":
+            return Check("key source", "ok", f"node key file {check.detail}")
+        return check
     if not path.exists():
         return Check(
             "key source",
             "fail",
-            f"$SECRETFS_KEY and $SECRETFS_PASSWORD are unset and there is no key file {path}",
+            f"$SECRETFS_KEY and $SECRETFS_PASSWORD are unset and there is no key file {path}"
+            f" nor node key file {node_path}",
             "set the variable the store was made with, or restore the key file from its"
             " backup (or point $SECRETFS_KEY_FILE at it)",
         )
@@ -237,6 +246,20 @@ def _mounts(store: StoreLocation) -> list[Check]:
                     f" (since {status.get('stale_since')}); every open answers EIO",
                     f"check the store file, then remount: `secretfs umount {mountpoint}`"
                     f" and `secretfs mount {mountpoint}`",
+                )
+            )
+            continue
+        key_problems = status.get("key_problems") or []
+        if key_problems:
+            out.append(
+                Check(
+                    name,
+                    "fail",
+                    f"cannot open every value of {status.get('store')}: "
+                    + "; ".join(map(str, key_problems))
+                    + " (those values answer EIO)",
+                    "enroll this node again from a member (`secretfs node enroll PUBKEY`), or"
+                    " remount it with a key that opens the store",
                 )
             )
             continue

@@ -84,6 +84,112 @@ class AuthState:
     access: int = 0  # the sum of the scope and grant tags alone (a mount checks it often)
 
 
+# Per-node keys (docs/cluster.md, "Nodes"): `node/<id>` is an enrolled node's record
+# (JSON, tagged like an access row); `nodewrap/<gen>/<id>` is data key generation `gen`
+# in a sealed box to that node's public key, after a tag binding store id, generation,
+# node id and public key (the box alone says nothing of who made it or for which slot).
+NODE_PREFIX = "node/"
+NODE_WRAP_PREFIX = "nodewrap/"
+
+
+def node_wrap_key(gen: int, node_id: str) -> str:
+    return f"{NODE_WRAP_PREFIX}{gen}/{node_id}"
+
+
+def node_id_of(public_key: bytes) -> str:
+    """A node's id: `nd_` and 16 hex digits of a hash of its public key."""
+    return "nd_" + crypto.kdf_record_digest(public_key, b"secretfs node id").hex()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """An enrolled node: what decides which public keys the data keys are sealed to."""
+
+    node_id: str
+    public_key: bytes
+    label: str
+    created_ns: int
+    revoked_ns: int | None = None
+    tag: bytes | None = None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "public_key": self.public_key.hex(),
+                "label": self.label,
+                "created_ns": self.created_ns,
+                "revoked_ns": self.revoked_ns,
+                "tag": None if self.tag is None else self.tag.decode(),
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, node_id: str, raw: bytes) -> NodeRecord | None:
+        try:
+            obj: Any = json.loads(raw)
+            revoked = obj["revoked_ns"]
+            tag = obj["tag"]
+            return cls(
+                node_id,
+                bytes.fromhex(obj["public_key"]),
+                str(obj["label"]),
+                int(obj["created_ns"]),
+                None if revoked is None else int(revoked),
+                None if tag is None else str(tag).encode(),
+            )
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def node_row(store_id: bytes, node: NodeRecord) -> bytes:
+    return crypto.row_data(
+        "node",
+        store_id,
+        node.node_id,
+        node.public_key,
+        node.label,
+        node.created_ns,
+        node.revoked_ns,
+    )
+
+
+def _node_wrap_row(store_id: bytes, gen: int, node_id: str, public_key: bytes) -> bytes:
+    return crypto.row_data("node_wrap", store_id, gen, node_id, public_key)
+
+
+def list_nodes(backend: Backend) -> list[NodeRecord]:
+    """Every node record in the store (an unparsable one is skipped: it seals to nobody)."""
+    out = []
+    for key, raw in sorted(backend.meta_scan(NODE_PREFIX).items()):
+        record = NodeRecord.from_json(key[len(NODE_PREFIX) :], raw)
+        if record is None:
+            log.error("%s: node record %s is damaged: ignored", backend.name, key)
+            continue
+        out.append(record)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NodeKey:
+    """This node's own key pair, from its key file (the private half never leaves it)."""
+
+    path: str
+    private_key: bytes
+
+    @property
+    def public_key(self) -> bytes:
+        return crypto.box_public_key(self.private_key)
+
+    @property
+    def node_id(self) -> str:
+        return node_id_of(self.public_key)
+
+    @property
+    def source(self) -> keys.KekSource:
+        return keys.KekSource(keys.KIND_NODE, f"node key {self.path} ({self.node_id})")
+
+
 def _gen_tag(gen: int, tag: bytes) -> bytes:
     return f"{gen}:{tag.hex()}".encode()
 
@@ -155,8 +261,10 @@ class Keyring:
         source: keys.KekSource,
         kek: bytes | None = None,
         damaged: dict[int, str] | None = None,
+        node: NodeKey | None = None,
     ) -> None:
         self.store_id = store_id
+        self.node = node
         self._data_keys = data_keys
         self.active_gen = active_gen
         self.kek_source = source
@@ -190,12 +298,34 @@ class Keyring:
             from secretfs.errors import StoreError
 
             raise StoreError(f"{backend.name} is not an initialized secretfs store")
-        kek, source = resolve_kek(backend)
-        keyring = cls(store_id, {}, int(active), source, kek)
+        node = None if keys.env_source() is not None else load_node_key(backend)
+        node_problem = ""
+        if node is not None:
+            keyring = cls(store_id, {}, int(active), node.source, None, node=node)
+            keyring._unwrap_node(backend, list(backend.data_keys()))
+            if keyring.active_gen in keyring._data_keys:
+                keyring._add_key_file_quietly(backend)
+                return keyring
+            node_problem = keyring.node_problem(backend)
+        try:
+            kek, source = resolve_kek(backend)
+        except KeySourceError as exc:
+            if node is None:
+                node_path = keys.node_key_file_path(backend.key_file())
+                raise KeySourceError(f"{exc} (no node key file at {node_path} either)") from None
+            raise KeySourceError(f"{node_problem}; and {exc}") from None
+        keyring = cls(store_id, {}, int(active), source, kek, node=node)
         failed = keyring._unwrap(backend, backend.data_keys(), kek)
         if failed:
-            keyring._diagnose(backend, failed)
+            try:
+                keyring._diagnose(backend, failed)
+            except KeySourceError as exc:
+                if node is None:
+                    raise
+                raise KeySourceError(f"{node_problem}; and {exc}") from None
         if keyring.active_gen in keyring.damaged:
+            if not backend.data_keys().get(keyring.active_gen):
+                raise KeySourceError(keyring.damaged[keyring.active_gen])
             raise IntegrityError(keyring.damaged[keyring.active_gen])
         if keyring.active_gen not in keyring._data_keys:
             from secretfs.errors import StoreError
@@ -223,6 +353,79 @@ class Keyring:
                 failed.append(gen)
         return failed
 
+    def _unwrap_node(self, backend: Backend, gens: list[int]) -> None:
+        """Open what is sealed to this node of `gens`; a wrap that opens but whose tag
+        does not bind it to this store, generation and node is refused as damaged."""
+        import hmac
+
+        node = self.node
+        if node is None:
+            return
+        public = node.public_key
+        for gen in sorted(gens):
+            if gen in self._data_keys:
+                continue
+            blob = backend.meta_get(node_wrap_key(gen, node.node_id))
+            if blob is None:
+                continue
+            tag, box = blob[: crypto.MAC_BYTES], blob[crypto.MAC_BYTES :]
+            try:
+                key = crypto.box_open(node.private_key, box)
+            except IntegrityError:
+                key = b""
+            row = _node_wrap_row(self.store_id, gen, node.node_id, public)
+            if len(key) != crypto.KEY_BYTES or not hmac.compare_digest(
+                crypto.mac(crypto.mac_key(key), row), tag
+            ):
+                self.damaged[gen] = (
+                    f"{backend.name}: data key generation {gen} sealed to {node.node_id} is"
+                    " damaged or not authentic: enroll this node again from a member"
+                    f" (`secretfs node enroll {crypto.format_key_text(public)}`)"
+                )
+                continue
+            self._data_keys[gen] = key
+            self.damaged.pop(gen, None)
+
+    def _add_key_file_quietly(self, backend: Backend) -> None:
+        """A node that also has the store's key file holds the KEK too, so a generation it
+        adds is wrapped under the KEK as well (hosts without a node key keep opening)."""
+        try:
+            path = backend.key_file()
+            if not path.exists():
+                return
+            kek = keys.read_key_file(path)
+        except SecretfsError:
+            return
+        if self.kek_matches(backend.meta_get("kek_check") or b"", kek):
+            self._kek = kek
+            self._unwrap(
+                backend,
+                {g: b for g, b in backend.data_keys().items() if g not in self._data_keys},
+                kek,
+            )
+
+    def node_problem(self, backend: Backend) -> str:
+        """Why this node's key does not open the store's active generation."""
+        node = self.node
+        assert node is not None
+        record = next((n for n in list_nodes(backend) if n.node_id == node.node_id), None)
+        what = f"the node key {node.path} ({node.node_id})"
+        if record is None:
+            return (
+                f"{what} is not enrolled in {backend.name}: on a member that opens the store,"
+                f" run `secretfs node enroll {crypto.format_key_text(node.public_key)}`"
+            )
+        if record.revoked_ns is not None:
+            from secretfs.timeutil import iso_time
+
+            return f"{what} was revoked from {backend.name} at {iso_time(record.revoked_ns)}"
+        if self.active_gen in self.damaged:
+            return self.damaged[self.active_gen]
+        return (
+            f"{what} has no copy of {backend.name}'s data key generation {self.active_gen}"
+            " (enrolled after a key change it missed?): enroll it again from a member"
+        )
+
     def _diagnose(self, backend: Backend, failed: list[int]) -> None:
         """A wrong KEK (KeySourceError) or damaged generations (named in `damaged`)."""
         assert self._kek is not None
@@ -236,7 +439,16 @@ class Keyring:
                 f"the key from {self.kek_source.description} does not unlock {backend.name}"
                 f" (wrong key or password{damaged_hint})"
             )
+        wrapped = backend.data_keys()
         for gen in failed:
+            if not wrapped.get(gen):
+                self.damaged[gen] = (
+                    f"{backend.name}: data key generation {gen} was made by a node without the"
+                    " key-encryption key, so it is sealed to the enrolled nodes only: open the"
+                    " store with a node key (`secretfs node enroll`), or run `secretfs key"
+                    " rotate --reencrypt` on a node that also has the key file"
+                )
+                continue
             self.damaged[gen] = (
                 f"{backend.name}: the wrapped data key of generation {gen} is damaged (the"
                 f" key from {self.kek_source.description} is right): restore the store from"
@@ -254,9 +466,21 @@ class Keyring:
         if not new:
             return []
         before = set(self._data_keys)
+        self._unwrap_node(backend, list(new))
         if self._kek is not None:
-            self._unwrap(backend, new, self._kek)
+            self._unwrap(
+                backend, {g: b for g, b in new.items() if g not in self._data_keys}, self._kek
+            )
         missing = {g: b for g, b in new.items() if g not in self._data_keys}
+        if missing and self.kek_source.kind == keys.KIND_NODE:
+            for gen in missing:
+                if gen not in self.damaged:
+                    self.damaged[gen] = (
+                        f"data key generation {gen} is not sealed to this node: "
+                        + self._node_gen_problem(backend)
+                    )
+                    log.error("%s", self.damaged[gen])
+            missing = {}
         if missing and time.monotonic() >= self._retry_at:
             try:
                 kek = resolve_kek(backend)[0]
@@ -275,6 +499,14 @@ class Keyring:
                 )
                 log.error("%s", self.damaged[gen])
         return sorted(set(self._data_keys) - before)
+
+    def _node_gen_problem(self, backend: Backend) -> str:
+        node = self.node
+        assert node is not None
+        record = next((n for n in list_nodes(backend) if n.node_id == node.node_id), None)
+        if record is None or record.revoked_ns is not None:
+            return f"{node.node_id} was revoked (values written from now on do not open here)"
+        return f"{node.node_id} was left out of a key change: enroll it again from a member"
 
     def sync_active(self, backend: Backend) -> int:
         """The store's active generation now (a re-encryption may have moved it on)."""
@@ -390,11 +622,28 @@ class Keyring:
 
     def add_generation(self, existing: list[int]) -> tuple[int, bytes]:
         """A new data key generation after `existing`, held here: (gen, wrapped)."""
-        kek = self._require_kek()
         gen = max(existing) + 1 if existing else 1
         key = crypto.random_key()
         self._data_keys[gen] = key
-        return gen, crypto.wrap_key(kek, key, crypto.data_key_aad(self.store_id, gen))
+        if self._kek is None:
+            # A node without the KEK: the generation is sealed to the enrolled nodes only.
+            return gen, b""
+        return gen, crypto.wrap_key(self._kek, key, crypto.data_key_aad(self.store_id, gen))
+
+    # -- nodes ------------------------------------------------------------------------
+
+    def tag_node(self, node: NodeRecord) -> NodeRecord:
+        """The node record with its tag under the active generation."""
+        return dataclasses.replace(node, tag=self.tag(node_row(self.store_id, node)))
+
+    def node_ok(self, node: NodeRecord) -> bool:
+        return self.verify(node_row(self.store_id, node), node.tag)
+
+    def wrap_to_node(self, gen: int, node: NodeRecord) -> bytes:
+        """Data key generation `gen` sealed to `node`, after its binding tag."""
+        key = self._data_keys[gen]
+        row = _node_wrap_row(self.store_id, gen, node.node_id, node.public_key)
+        return crypto.mac(crypto.mac_key(key), row) + crypto.box_seal(node.public_key, key)
 
     def drop(self, gens: list[int]) -> None:
         for gen in gens:
@@ -477,6 +726,14 @@ def tag_value(stored: bytes | None) -> int:
 
 
 DIGEST_MOD = 2**256
+
+
+def load_node_key(backend: Backend) -> NodeKey | None:
+    """This node's key, when its node key file exists (KeySourceError if unusable)."""
+    path = keys.node_key_file_path(backend.key_file())
+    if not path.exists():
+        return None
+    return NodeKey(str(path), keys.read_node_key(path))
 
 
 def resolve_kek(backend: Backend) -> tuple[bytes, keys.KekSource]:

@@ -1,9 +1,11 @@
 """Where the key-encryption key (KEK) comes from.
 
 Sources, in order: `SECRETFS_KEY` (32 bytes, hex or base64), `SECRETFS_PASSWORD`
-(Argon2id with the salt and parameters stored in the store), then the key file next to
-the store (`<store>.key`, or `$SECRETFS_KEY_FILE`). `secretfs init` writes that key file
-when neither variable is set. An existing store is never given a fresh key.
+(Argon2id with the salt and parameters stored in the store), then this node's own key
+(`<store>.node.key`, or `$SECRETFS_NODE_KEY_FILE`; an X25519 private key the data keys
+are sealed to once the node is enrolled, see secretfs/keyring.py), then the key file
+next to the store (`<store>.key`, or `$SECRETFS_KEY_FILE`). `secretfs init` writes that
+key file when neither variable is set. An existing store is never given a fresh key.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from secretfs.files import fsync_dir, write_file_atomically
 ENV_KEY = "SECRETFS_KEY"
 ENV_PASSWORD = "SECRETFS_PASSWORD"  # noqa: S105 - the variable's name, not a password
 ENV_KEY_FILE = "SECRETFS_KEY_FILE"
+ENV_NODE_KEY_FILE = "SECRETFS_NODE_KEY_FILE"
 
 #: Variables that hold key material: never in a child's environment (see child_environment).
 KEY_ENV_VARS = (ENV_KEY, ENV_PASSWORD)
 #: SECRETFS_ variables whose names say KEY but that hold a path, not key material.
-_KEY_PATH_VARS = (ENV_KEY_FILE, "SECRETFS_ETCD_KEY")
+_KEY_PATH_VARS = (ENV_KEY_FILE, ENV_NODE_KEY_FILE, "SECRETFS_ETCD_KEY")
 
 _E = TypeVar("_E", str, bytes)
 
 KIND_KEY = "key"
 KIND_PASSWORD = "password"  # noqa: S105
 KIND_KEY_FILE = "key-file"
+KIND_NODE = "node-key"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +51,23 @@ class KekSource:
 def key_file_path(store_path: Path) -> Path:
     env = os.environ.get(ENV_KEY_FILE)
     return Path(env) if env else store_path.with_name(store_path.name + ".key")
+
+
+def node_key_file_path(key_file: Path) -> Path:
+    """This node's private key: `$SECRETFS_NODE_KEY_FILE`, else beside the store key file
+    (`<store>.node.key`)."""
+    env = os.environ.get(ENV_NODE_KEY_FILE)
+    return (
+        Path(env) if env else key_file.with_name(key_file.name.removesuffix(".key") + ".node.key")
+    )
+
+
+def read_node_key(path: Path) -> bytes:
+    """A node's X25519 private key from its file (refused unless 0600, as the key file)."""
+    try:
+        return read_key_file(path)
+    except KeySourceError as exc:
+        raise KeySourceError(str(exc).replace("key file", "node key file", 1)) from None
 
 
 def env_source() -> KekSource | None:

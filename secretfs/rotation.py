@@ -35,6 +35,7 @@ Only one key operation runs at a time (`key_op` in the store names its process).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import stat
@@ -49,6 +50,7 @@ from secretfs.errors import (
     ConflictError,
     IntegrityError,
     KeySourceError,
+    NotFoundError,
     SecretfsError,
     UsageError,
 )
@@ -57,9 +59,15 @@ from secretfs.keyring import (
     KEK_NEXT_CHECK,
     KEK_ROTATION,
     KEY_OP,
+    NODE_PREFIX,
+    NODE_WRAP_PREFIX,
     REENCRYPT,
     Keyring,
+    NodeRecord,
     key_op_holder,
+    list_nodes,
+    node_id_of,
+    node_wrap_key,
     pending_reencryption,
     running,
     start_ticks,
@@ -74,7 +82,7 @@ from secretfs.vault import Vault
 DEFAULT_BATCH = 500
 
 VALUE_CIPHER = "XChaCha20-Poly1305 (libsodium), 256-bit data key"
-WRAP_CIPHER = "XChaCha20-Poly1305 under the key-encryption key"
+WRAP_CIPHER = "XChaCha20-Poly1305 under the key-encryption key; X25519 sealed box to each node key"
 PASSWORD_KDF = "Argon2id"  # noqa: S105 - an algorithm name
 
 Progress = Callable[[int, int], None]  # (versions done, versions in all)
@@ -187,8 +195,16 @@ def _status(backend: Backend) -> tuple[dict[str, Any], SecretfsError | None]:
             "running": running(holder),
         }
     error: SecretfsError | None = None
+    nodes = list_nodes(backend)
+    info["nodes"] = {
+        "enrolled": sum(n.revoked_ns is None for n in nodes),
+        "revoked": sum(n.revoked_ns is not None for n in nodes),
+    }
+    info["opened_with"] = None
     try:
-        damaged = Keyring.unlock(backend).damaged
+        unlocked = Keyring.unlock(backend)
+        info["opened_with"] = unlocked.kek_source.description
+        damaged = unlocked.damaged
         for gen, problem in damaged.items():
             for record in info["data_keys"]:
                 if record["generation"] == gen:
@@ -212,7 +228,16 @@ def rotate_kek(vault: Vault, new_key: bytes | None, outcome: Outcome) -> None:
     for a password store, `new_key` for a $SECRETFS_KEY store."""
     _require_whole(vault)
     kind = vault.kek_source.kind
-    if kind == keys.KIND_KEY_FILE:
+    if kind == keys.KIND_NODE and vault.keyring.has_kek:
+        # A node that also holds the store's key file: that key file is rotated.
+        _rotate_key_file(vault, new_key or crypto.random_key(), outcome)
+    elif kind == keys.KIND_NODE:
+        raise UsageError(
+            f"this host opens the store with {vault.kek_source.description}, not the"
+            " key-encryption key: `key rotate` changes that key, so run it where the key is;"
+            " `key rotate --reencrypt` (a new data key) works here"
+        )
+    elif kind == keys.KIND_KEY_FILE:
         _rotate_key_file(vault, new_key or crypto.random_key(), outcome)
     elif kind == keys.KIND_PASSWORD:
         if new_key is not None:
@@ -337,6 +362,8 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
 
 def _key_file(vault: Vault) -> Path:
     """The key file itself: a symlink to it (a secrets volume) stays a symlink."""
+    if vault.kek_source.kind == keys.KIND_NODE:
+        return vault.backend.key_file().resolve()
     return Path(vault.kek_source.description).resolve()
 
 
@@ -398,7 +425,7 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
         return True
     next_path = keys.next_key_file_path(key_path)
     candidate: bytes | None = None
-    if vault.kek_source.kind == keys.KIND_KEY_FILE:
+    if vault.kek_source.kind in (keys.KIND_KEY_FILE, keys.KIND_NODE):
         with contextlib.suppress(SecretfsError):
             candidate = keys.read_key_file(next_path)
     if candidate is not None and next_check and vault.keyring.kek_matches(next_check, candidate):
@@ -429,6 +456,14 @@ def start_reencryption(vault: Vault, outcome: Outcome) -> int:
     with backend.transaction():
         gen, wrapped = keyring.add_generation(list(backend.data_keys()))
         backend.put_data_key(gen, wrapped, time.time_ns())
+        # Sealed to every live node in the same transaction: a mount learns the generation
+        # (its watch, its next refresh) before any value sealed under it exists.
+        sealed_to = _wrap_to_nodes(vault, gen)
+        if not wrapped and not sealed_to:
+            raise KeySourceError(
+                "this host has no key-encryption key and no enrolled node is live: the new"
+                " data key would be sealed to nobody; nothing was changed"
+            )
         backend.meta_set("active_gen", str(gen).encode())
         backend.meta_set(REENCRYPT, str(gen).encode())
         vault.audit("key-reencrypt", None, detail=f"started: data key generation {gen}")
@@ -507,8 +542,11 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
             return False  # written concurrently under an old generation: another pass
         old = sorted(g for g in backend.data_keys() if g != target)
         vault.auth.rekey()  # the metadata tags move to the new generation too
+        _retag_nodes(vault)
         for gen in old:
             backend.delete_data_key(gen)
+            for key in backend.meta_scan(f"{NODE_WRAP_PREFIX}{gen}/"):
+                backend.meta_delete(key)
         backend.meta_delete(REENCRYPT)
         vault.audit(
             "key-reencrypt",
@@ -524,14 +562,114 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
     return True
 
 
+# -- nodes (per-node keys: docs/cluster.md, "Nodes") --------------------------------------
+
+
+def live_nodes(vault: Vault) -> list[NodeRecord]:
+    """Enrolled, not revoked, and authentic: the nodes data keys are sealed to. A record
+    whose tag fails (written without the key) is named in the log and sealed to nobody."""
+    out = []
+    for node in list_nodes(vault.backend):
+        if node.revoked_ns is not None:
+            continue
+        if not vault.keyring.node_ok(node):
+            vault.audit(
+                "node-tamper",
+                node.node_id,
+                outcome="tamper",
+                detail="node record fails authentication: not sealed to",
+            )
+            continue
+        out.append(node)
+    return out
+
+
+def _wrap_to_nodes(vault: Vault, gen: int) -> list[str]:
+    """Seal generation `gen` to every live node (inside the caller's transaction)."""
+    nodes = live_nodes(vault)
+    for node in nodes:
+        vault.backend.meta_set(
+            node_wrap_key(gen, node.node_id), vault.keyring.wrap_to_node(gen, node)
+        )
+    return [n.node_id for n in nodes]
+
+
+def _retag_nodes(vault: Vault) -> None:
+    """Node records that verify now (revoked ones too) tagged again under the active
+    generation: a re-encryption is about to delete the one their tags are under."""
+    for node in list_nodes(vault.backend):
+        if not vault.keyring.node_ok(node):
+            continue
+        vault.backend.meta_set(NODE_PREFIX + node.node_id, vault.keyring.tag_node(node).to_json())
+
+
+def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -> NodeRecord:
+    """Record a node and seal every data key generation to it, in one transaction."""
+    _require_whole(vault)
+    backend, keyring = vault.backend, vault.keyring
+    node_id = node_id_of(public_key)
+    with backend.transaction():
+        existing = next((n for n in list_nodes(backend) if n.node_id == node_id), None)
+        if existing is not None and existing.revoked_ns is not None:
+            raise ConflictError(
+                f"node {node_id} was revoked: a revoked node key is never enrolled again;"
+                " on that node, move its node key file away and run `secretfs node enroll`"
+                " for a new one"
+            )
+        record = keyring.tag_node(
+            existing
+            if existing is not None and keyring.node_ok(existing)
+            else NodeRecord(node_id, public_key, label, time.time_ns())
+        )
+        backend.meta_set(NODE_PREFIX + node_id, record.to_json())
+        for gen in keyring.generations:
+            backend.meta_set(node_wrap_key(gen, node_id), keyring.wrap_to_node(gen, record))
+        vault.audit(
+            "node-enroll",
+            node_id,
+            detail=f"{len(keyring.generations)} data key generation(s) sealed to it",
+        )
+    outcome.notes.append(
+        (
+            f"node {node_id} was enrolled already: its copies of the data keys were sealed again"
+            if existing is not None
+            else f"node {node_id} enrolled"
+        )
+        + f" ({len(keyring.generations)} data key generation(s) sealed to it)"
+    )
+    outcome.data.update({"node_id": node_id, "generations": keyring.generations})
+    return record
+
+
+def revoke_node(vault: Vault, node_id: str, outcome: Outcome) -> None:
+    """Mark the node revoked and drop what was sealed to it (one transaction); the caller
+    then re-encrypts (start_reencryption, reencrypt) so its old copies stop mattering."""
+    backend = vault.backend
+    with backend.transaction():
+        node = next((n for n in list_nodes(backend) if n.node_id == node_id), None)
+        if node is None:
+            raise NotFoundError(f"no node {node_id} in {backend.name} (`secretfs node ls`)")
+        if node.revoked_ns is None:
+            revoked = vault.keyring.tag_node(dataclasses.replace(node, revoked_ns=time.time_ns()))
+            backend.meta_set(NODE_PREFIX + node_id, revoked.to_json())
+        for key in backend.meta_scan(NODE_WRAP_PREFIX):
+            if key.endswith(f"/{node_id}"):
+                backend.meta_delete(key)
+        vault.audit("node-revoke", node_id, detail="revoked; a new data key generation follows")
+    outcome.notes.append(f"node {node_id} revoked: nothing is sealed to it any more")
+
+
 __all__ = [
     "DEFAULT_BATCH",
     "Outcome",
     "change_password",
+    "enroll_node",
     "finish_kek_rotation",
     "key_operation",
+    "live_nodes",
     "pending_reencryption",
     "reencrypt",
+    "revoke_node",
     "rotate_kek",
     "start_reencryption",
     "status",

@@ -106,6 +106,7 @@ def commands() -> click.Group:
         install,
         key,
         mount,
+        node,
         run,
         secret,
         setup,

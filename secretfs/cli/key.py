@@ -96,6 +96,11 @@ def _print_status(info: dict[str, Any]) -> None:
         op = info["operation"]
         state = "running" if op["running"] else "interrupted"
         click.echo(f"operation:   `{op['op']}` (pid {op['pid']}) {state}")
+    nodes = info["nodes"]
+    if nodes["enrolled"] or nodes["revoked"]:
+        click.echo(f"nodes:       {nodes['enrolled']} enrolled, {nodes['revoked']} revoked")
+    if info["opened_with"]:
+        click.echo(f"opened with: {info['opened_with']}")
     click.echo(f"unlocks:     {'yes' if info['unlocks'] else 'NO'}")
 
 
@@ -216,6 +221,11 @@ def _rotate(
                         outcome.notes.append(
                             "the KEK ($SECRETFS_KEY) is unchanged: give --new-key-from to"
                             " change it too"
+                        )
+                    elif kind == keys.KIND_NODE and not vault.keyring.has_kek and reencrypt:
+                        outcome.notes.append(
+                            "this node opens the store with its node key: the key-encryption"
+                            " key (held elsewhere) is unchanged"
                         )
                     else:
                         rotation.rotate_kek(vault, new_key, outcome)

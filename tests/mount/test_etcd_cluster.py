@@ -153,6 +153,7 @@ def test_a_sqlite_mount_has_a_status_file_too(mounted: Mount) -> None:
         "audit": {"dropped": 0, "failing": None, "pending": 0},
         "integrity": "ok",
         "tampered": 0,
+        "key_problems": [],
     }
     assert isinstance(status["last_revision"], int) and status["last_revision"] > 0
     assert os.stat(mounted.path / ".secretfs-status").st_mode & 0o777 == 0o444

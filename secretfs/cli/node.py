@@ -1,0 +1,157 @@
+"""`secretfs node enroll | ls | revoke`: per-node keys (docs/cluster.md, "Nodes").
+
+Each node has its own X25519 key pair; the private half stays in its node key file
+(0600), the data keys are sealed to each enrolled node's public key. The records and the
+sealing are secretfs/keyring.py and secretfs/rotation.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from secretfs import crypto, keyring, keys, rotation
+from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
+from secretfs.errors import KeySourceError, SecretfsError, UsageError
+from secretfs.store.location import StoreLocation
+from secretfs.timeutil import iso_time
+
+
+@cli.group()
+def node() -> None:
+    """Nodes with their own keys: enroll, list, revoke.
+
+    A node opens the store with its own node key once a member has enrolled it; revoking
+    a node gives the store a new data key, so values written afterwards never open on it.
+    """
+
+
+def _node_key_path(store: StoreLocation | None) -> Path:
+    return keys.node_key_file_path(store_path(store).key_file())
+
+
+def _own_node_key(path: Path) -> tuple[bytes, bool]:
+    """This host's node public key, creating the key pair (0600) when there is none."""
+    if path.exists():
+        return crypto.box_public_key(keys.read_node_key(path)), False
+    private = crypto.box_private_key()
+    keys.write_key_file(path, private)
+    return crypto.box_public_key(private), True
+
+
+@node.command()
+@click.argument("public_key", required=False, metavar="[PUBKEY]")
+@click.option("--label", default="", help="A note on which node this is (a host name).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@store_option
+@handle_errors
+def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_json: bool) -> None:
+    """Enroll a node: seal every data key to its public key.
+
+    On a new node, without PUBKEY: make this node's key pair (its node key file, 0600)
+    and print its public key; run `secretfs node enroll PUBKEY` on a member that opens
+    the store to enroll it. A host that opens the store already enrolls itself.
+    """
+    outcome = rotation.Outcome()
+    if public_key is not None:
+        try:
+            public = crypto.parse_key_text(public_key)
+        except SecretfsError:
+            raise UsageError("PUBKEY is a node's 32-byte public key (64 hex digits)") from None
+        with open_vault(store) as vault, rotation.key_operation(vault, "node enroll", outcome):
+            rotation.enroll_node(vault, public, label, outcome)
+        _say(outcome, as_json)
+        return
+    path = _node_key_path(store)
+    public, created = _own_node_key(path)
+    node_id = keyring.node_id_of(public)
+    text = crypto.format_key_text(public)
+    outcome.data.update({"node_id": node_id, "public_key": text, "node_key_file": str(path)})
+    if created:
+        outcome.notes.append(f"new node key {path} (0600) for node {node_id}")
+    try:
+        with open_vault(store) as vault:
+            if vault.kek_source.kind == keys.KIND_NODE:
+                outcome.notes.append(f"node {node_id} is enrolled: it opens the store")
+                outcome.data["enrolled"] = True
+            else:
+                with rotation.key_operation(vault, "node enroll", outcome):
+                    rotation.enroll_node(vault, public, label, outcome)
+                outcome.data["enrolled"] = True
+    except KeySourceError as exc:
+        outcome.data["enrolled"] = False
+        if "was revoked" in str(exc):
+            raise KeySourceError(
+                f"node {node_id} was revoked: a revoked node key is never enrolled again;"
+                f" move {path} away and run `secretfs node enroll` for a new one"
+            ) from None
+        outcome.notes.append(
+            f"this node cannot open the store yet; on a member that does, run:\n"
+            f"  secretfs node enroll {text}" + (f" --label {label}" if label else "")
+        )
+    _say(outcome, as_json)
+
+
+def _say(outcome: rotation.Outcome, as_json: bool) -> None:
+    if as_json:
+        emit_json({**outcome.data, "notes": outcome.notes})
+        return
+    for note in outcome.notes:
+        click.echo(note)
+
+
+@node.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@store_option
+@handle_errors
+def ls(store: StoreLocation | None, as_json: bool) -> None:
+    """List enrolled and revoked nodes, and which data key generations each can open."""
+    with open_vault(store) as vault:
+        backend, kr = vault.backend, vault.keyring
+        own = kr.node.node_id if kr.node is not None else None
+        wraps = backend.meta_scan(keyring.NODE_WRAP_PREFIX)
+        rows: list[dict[str, Any]] = []
+        for n in keyring.list_nodes(backend):
+            gens = sorted(int(k.split("/")[1]) for k in wraps if k.endswith(f"/{n.node_id}"))
+            rows.append(
+                {
+                    "node_id": n.node_id,
+                    "label": n.label,
+                    "public_key": crypto.format_key_text(n.public_key),
+                    "enrolled_at": iso_time(n.created_ns),
+                    "revoked_at": None if n.revoked_ns is None else iso_time(n.revoked_ns),
+                    "authentic": kr.node_ok(n),
+                    "generations": gens,
+                    "this_node": n.node_id == own,
+                }
+            )
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no nodes enrolled (the store opens with its key-encryption key only)")
+    for r in rows:
+        state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "enrolled"
+        flags = (" (this node)" if r["this_node"] else "") + (
+            "" if r["authentic"] else " NOT AUTHENTIC: sealed to nobody"
+        )
+        shown = ",".join(map(str, r["generations"])) or "-"
+        click.echo(f"{r['node_id']}  {r['label'] or '-'}  {state}  generations {shown}{flags}")
+
+
+@node.command()
+@click.argument("node_id", metavar="ID")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@store_option
+@handle_errors
+def revoke(store: StoreLocation | None, node_id: str, as_json: bool) -> None:
+    """Revoke a node: nothing is sealed to it any more, and a new data key generation
+    re-encrypts every value, so values written from now on never open on it."""
+    outcome = rotation.Outcome()
+    with open_vault(store) as vault, rotation.key_operation(vault, "node revoke", outcome):
+        rotation.revoke_node(vault, node_id, outcome)
+        # Always a new generation: one a pending re-encryption made was sealed to the node.
+        rotation.reencrypt(vault, rotation.start_reencryption(vault, outcome), outcome)
+    _say(outcome, as_json)
