@@ -210,6 +210,8 @@ def test_password_store_mount_across_new_salt_and_passwd(
 
     # The documented limit: the daemon cannot learn a new password, so values sealed
     # under a data key made after `key passwd` give EIO there, and nothing else breaks.
+    # (Their rows are tagged under that key too: unverifiable, so served to nobody, and
+    # an open may answer EACCES before it reaches the value: fail closed either way.)
     new_env = {**m.env, "SECRETFS_PASSWORD": "second password"}
     subprocess.run(
         [sys.executable, "-m", "secretfs", "key", "rotate", "--reencrypt"],
@@ -220,8 +222,10 @@ def test_password_store_mount_across_new_salt_and_passwd(
     one = next(iter(files))
     with pytest.raises(OSError) as exc:
         wait_for(lambda: not one.read_bytes(), timeout=5)
-    assert exc.value.errno == errno.EIO
-    assert sorted(os.listdir(m.path / "deployment")) == sorted(values)
+    assert exc.value.errno in (errno.EIO, errno.EACCES)
+    # Rows it cannot verify are listed to nobody; the status file says why.
+    status = json.loads((m.path / ".secretfs-status").read_bytes())
+    assert status["key_problems"] or status["tampered"]
     assert m.daemon_pids()
     # Mounted again with the new password, everything reads.
     m.cli("umount", str(m.path))
