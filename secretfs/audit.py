@@ -207,6 +207,9 @@ class AuditQueue:
         self.dropped_total = 0  # since the start, for status and the log
         # Set while records cannot be written (why): new opens may be refused meanwhile.
         self.failing: str | None = None
+        # The store is unreachable (not refusing): records wait here, opens go on, until
+        # the queue would have to drop one.
+        self.waiting_for_store = False
 
     def add(self, record: AuditRecord) -> None:
         self._append(record)

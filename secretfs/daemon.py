@@ -30,7 +30,13 @@ from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
 from secretfs.authmeta import TAMPER, Problem
-from secretfs.errors import IntegrityError, NotFoundError, SecretfsError, StoreError
+from secretfs.errors import (
+    IntegrityError,
+    NotFoundError,
+    SecretfsError,
+    StoreError,
+    StoreUnavailableError,
+)
 from secretfs.fs import SecretFS
 from secretfs.hardening import no_core_dumps
 from secretfs.keyring import SealedValue
@@ -702,6 +708,7 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
         if queue.failing is not None and now < writer.report_at:
             return  # said already: once at the first failure, then every half minute
         queue.failing = f"{exc}"
+        queue.waiting_for_store = isinstance(exc, StoreUnavailableError)
         writer.report_at = now + AUDIT_REPORT_SECONDS
         # Never silent: how many wait, and how many the bounded queue had to drop.
         log.error(
@@ -798,8 +805,11 @@ def serve(
         """Why opens are refused (EIO) now: the store not served, or audit not written."""
         if watcher.problem is not None:
             return "store not served"
+        # An unreachable cluster is no refusal while its records wait in memory (SPEC §8:
+        # serve what it last knew); a store that refuses them, or a full queue, is.
         if closed and queue.failing is not None:
-            return "audit records cannot be written"
+            if not queue.waiting_for_store or queue.dropped_total:
+                return "audit records cannot be written"
         return None
 
     def status() -> dict[str, object]:

@@ -61,6 +61,11 @@ class StoreError(SecretfsError):
     errno = errno.EIO
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now (etcd: no member answered, no quorum): what was
+    asked may work later, unchanged."""
+
+
 class TooLargeError(UsageError):
     """A value is over the configured size limit."""
 

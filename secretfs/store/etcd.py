@@ -58,6 +58,7 @@ from secretfs.errors import (
     SecretfsError,
     StoreError,
     StoreExistsError,
+    StoreUnavailableError,
     UsageError,
     WriteConflictError,
 )
@@ -406,7 +407,7 @@ class Gateway:
                 continue
             self._good = index
             return dict(data)
-        raise StoreError(
+        raise StoreUnavailableError(
             f"cannot reach the etcd cluster of {self.location} within {budget:g}s: "
             + "; ".join(problems)
         )
