@@ -31,6 +31,7 @@ from secretfs.verified import VerifiedVersions
 
 PROVIDER = "secretfs"
 NOT_FOUND = "secret not found"  # the engine's ErrNotFound, word for word
+PARSED_KEPT = 4096  # patterns kept parsed, at most
 CHECKPOINT_EVERY = 128  # envelopes decrypted between two yields to the FUSE loop
 
 # Connect's error codes and the HTTP status each is sent with (connectrpc.com/docs/protocol).
@@ -120,6 +121,8 @@ class Resolver:
         self._clock = clock
         self._names = _audit.ProcessNames()
         self._prefixes: dict[str, tuple[tuple[str, ...], str]] = {}
+        # Patterns as parsed (pure): the same IDs are asked for again and again.
+        self._parsed: dict[str, tuple[Pattern, Ref | None]] = {}
 
     # -- which secrets -------------------------------------------------------------------
 
@@ -128,23 +131,31 @@ class Resolver:
     ) -> list[Match]:
         """What `text` resolves to for `caller`, not decrypted yet (ConnectError if
         nothing, or if it names one ID the caller may not read)."""
-        try:
-            pattern = parse_pattern(text)
-        except InvalidPattern as exc:
-            raise ConnectError(
-                "invalid_argument", f"invalid pattern {_go_quote(text)}: {exc}"
-            ) from None
+        parsed = self._parsed.get(text)
+        if parsed is None:
+            try:
+                pattern = parse_pattern(text)
+            except InvalidPattern as exc:
+                raise ConnectError(
+                    "invalid_argument", f"invalid pattern {_go_quote(text)}: {exc}"
+                ) from None
+            parsed = (pattern, id_to_ref(text) if pattern.literal else None)
+            if len(self._parsed) >= PARSED_KEPT:
+                self._parsed.clear()
+            self._parsed[text] = parsed
+        pattern, ref = parsed
         self._catch_up()  # a write just made is served by the next request, as by an open
         opts = options or RequestOptions()
         if pattern.literal:
-            return [self._exact(caller, text, opts)]
+            return [self._exact(caller, text, ref, opts)]
         found = self._scan(caller, pattern, opts)
         if not found:
             raise ConnectError("not_found", NOT_FOUND)
         return found
 
-    def _exact(self, caller: Caller, text: str, options: RequestOptions) -> Match:
-        ref = id_to_ref(text)
+    def _exact(
+        self, caller: Caller, text: str, ref: Ref | None, options: RequestOptions
+    ) -> Match:
         if ref is None:
             raise ConnectError("not_found", NOT_FOUND)
         meta = self.tree.find(ref.scope.key, ref.name)
