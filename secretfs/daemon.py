@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.2  # a change in the store reaches new opens well within 1 s
+RECHECK_SECONDS = 1.0  # a refused row is verified again this often (a key may come)
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
 AUDIT_REPORT_SECONDS = 30.0  # audit records still not written are logged this often
@@ -330,6 +331,7 @@ class Watcher:
         # Rows that failed verification (served to nobody, EIO) and the newest version
         # seen of each secret (an older one later is a rollback).
         self.tampered: dict[int, str] = {}
+        self._recheck_at = 0.0  # refused rows are looked at again from then on
         self.high_water: dict[int, int] = {}
         self.store_problem: str | None = None  # set: every open fails (EIO)
         self.audit: AuditQueue | None = None
@@ -499,11 +501,13 @@ class Watcher:
         out = []
         for meta in changes:
             why = None
-            if not auth.secret_ok(meta, tags) and (
-                not self.vault.refresh_data_keys() or not auth.secret_ok(meta, tags)
-            ):  # tagged under a generation this mount may not have loaded yet
-                why = "its row fails authentication (changed without the key)"
-            elif meta.version < self.high_water.get(meta.secret_id, 0):
+            if not auth.secret_ok(meta, tags):
+                # Tagged under a generation this mount may not have loaded yet, or re-tagged
+                # by a re-encryption since `tags` was read: load, then read the tag again.
+                self.vault.refresh_data_keys()
+                if not auth.secret_ok(meta):
+                    why = "its row fails authentication (changed without the key)"
+            if why is None and meta.version < self.high_water.get(meta.secret_id, 0):
                 why = (
                     f"rolled back from version {self.high_water[meta.secret_id]} to {meta.version}"
                 )
@@ -512,8 +516,10 @@ class Watcher:
                 self.high_water[meta.secret_id] = meta.version
                 out.append(meta)
                 continue
-            self.tampered[meta.secret_id] = f"secret #{meta.secret_id}: {why}"
-            self.report(Problem("secret", f"{meta.scope}/{meta.name}", why))
+            reason = f"secret #{meta.secret_id}: {why}"
+            if self.tampered.get(meta.secret_id) != reason:  # said once, not every recheck
+                self.report(Problem("secret", f"{meta.scope}/{meta.name}", why))
+            self.tampered[meta.secret_id] = reason
             out.append(dataclasses.replace(meta, uid=0, gid=0, mode=0))
         return out
 
@@ -571,7 +577,8 @@ class Watcher:
             return None
         backend = self.vault.backend
         data_version = backend.data_version()
-        if data_version == self._data_version:
+        recheck = bool(self.tampered) and time.monotonic() >= self._recheck_at
+        if data_version == self._data_version and not recheck:
             return None
         self._data_version = data_version
         # A re-encryption adds data key generations: unwrap them before a read needs them.
@@ -590,6 +597,17 @@ class Watcher:
         changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)
+        if recheck:
+            # A row refused for want of a key this mount had not loaded yet (a password
+            # store's new salt, a generation sealed to this node late) is looked at again,
+            # so a passing refusal does not last until the row next changes.
+            self._recheck_at = time.monotonic() + RECHECK_SECONDS
+            seen = {c.secret_id for c in changes}
+            for sid in list(self.tampered):
+                meta = backend.get_meta_by_id(sid)
+                if meta is not None and sid not in seen:
+                    changes.append(meta)
+        if changes:
             self.versions.forget(c.secret_id for c in changes)
             out.extend(self.tree.apply(self._verified(changes), time.time_ns()))
         return out or None
