@@ -252,6 +252,9 @@ def test_a_store_restored_from_an_older_copy_is_not_served(
 ) -> None:
     m = mount_factory(secrets={"db": b"v1"}, parent=open_dir)
     m.cli("umount", str(m.path))
+    # The daemon's last audit batch and checkpoint go to the file it has open: let it
+    # finish before the file is overwritten (else its WAL lands in the restored copy).
+    wait_for(lambda: not m.daemon_pids(), timeout=5)
     backup = tmp_path / "backup.db"
     shutil.copy(m.store, backup)
     m.cli("secret", "set", "db", "--from-stdin", input=b"v2")  # this host saw serial N+1
