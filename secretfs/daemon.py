@@ -174,6 +174,23 @@ def mount_device(mountpoint: Path) -> tuple[int, int] | None:
     return found
 
 
+def device_elsewhere(device: tuple[int, int] | None, mountpoint: Path) -> bool:
+    """Whether `device` is mounted somewhere other than `mountpoint` now: our connection's
+    number, freed by the unmount and taken by a new mount (fusectl names it the same)."""
+    if device is None:
+        return False
+    target, wanted = mount_path(mountpoint), f"{device[0]}:{device[1]}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 4 and fields[2] == wanted and _unescape(fields[4]) != target:
+                    return True
+    except OSError:
+        return True  # unsure: aborting someone else's mount is the worse mistake
+    return False
+
+
 def mount_fs_type(mountpoint: Path) -> str | None:
     """The file system type of the top mount on `mountpoint` (after mountinfo's " - ")."""
     target, found = mount_path(mountpoint), None
@@ -290,7 +307,11 @@ class ShutdownWatchdog:
         if self._done.wait(self.grace):
             return
         log.error("shutdown stuck for %.0f s: aborting the FUSE connection", self.grace)
-        abort_connection(self.device)
+        if device_elsewhere(self.device, self.mountpoint):
+            # Unmounted already, and its number given to another mount: never abort that.
+            log.error("the FUSE connection's number now belongs to another mount: not aborting")
+        else:
+            abort_connection(self.device)
         if is_mounted(self.mountpoint):
             detach(self.mountpoint)
         if self._done.wait(1.0):
