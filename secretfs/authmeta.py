@@ -138,6 +138,15 @@ class Authenticator:
                 put(client_key_tag_key(key_id), None if ck is None else client_key_row(ck))
         kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1, access % DIGEST_MOD))
 
+    def _tagged_rows(self) -> list[tuple[str, bytes]]:
+        """Every authenticated row as (its tag's meta key, its encoding)."""
+        b = self.backend
+        rows = [(secret_tag_key(m.secret_id), secret_row(m)) for m in b.changes_since(0)]
+        rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
+        rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
+        rows += [(client_key_tag_key(k.key_id), client_key_row(k)) for k in b.list_client_keys()]
+        return rows
+
     def retag_all(self) -> int:
         """Tag every row afresh under the active generation (a new store state); rows
         are taken as they are. Returns how many rows were tagged."""
@@ -145,12 +154,7 @@ class Authenticator:
         for key in b.meta_scan("mac/"):
             b.meta_delete(key)
         digest, access, count = 0, 0, 0
-        rows: list[tuple[str, bytes]] = [
-            (secret_tag_key(m.secret_id), secret_row(m)) for m in b.changes_since(0)
-        ]
-        rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
-        rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
-        rows += [(client_key_tag_key(k.key_id), client_key_row(k)) for k in b.list_client_keys()]
+        rows = self._tagged_rows()
         for key, row in rows:
             tag = kr.tag(row)
             b.meta_set(key, tag)
@@ -172,12 +176,7 @@ class Authenticator:
         if state is None:
             return 0
         tags = b.meta_scan("mac/")
-        rows: list[tuple[str, bytes]] = [
-            (secret_tag_key(m.secret_id), secret_row(m)) for m in b.changes_since(0)
-        ]
-        rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
-        rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
-        rows += [(client_key_tag_key(k.key_id), client_key_row(k)) for k in b.list_client_keys()]
+        rows = self._tagged_rows()
         digest, access, count = state.digest, state.access, 0
         for key, row in rows:
             old = tags.get(key)

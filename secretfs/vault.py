@@ -949,12 +949,7 @@ class Vault:
 def _refuse_conflicts(outcomes: list[BulkOutcome], partial: bool) -> None:
     conflicts = [o.ref for o in outcomes if o.action == "conflict"]
     if conflicts and not partial:
-        shown = ", ".join(str(r) for r in conflicts[:10])
-        more = f" and {len(conflicts) - 10} more" if len(conflicts) > 10 else ""
-        raise ConflictError(
-            f"{len(conflicts)} secret(s) exist already (409): {shown}{more};"
-            " nothing was written (choose --overwrite or --skip-existing)"
-        )
+        raise ConflictError(_conflicts_message(conflicts))
 
 
 def _span(versions: Sequence[int]) -> str:
