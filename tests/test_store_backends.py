@@ -278,8 +278,8 @@ def test_a_follower_resyncs_after_compaction(
         assert reader.get_value(parse_ref("db")) == b"two"
         # Pretend the watch was broken since the start, and compact what it missed.
         backend = reader.backend
-        follow = backend._follow  # type: ignore[attr-defined]
-        follow.revision = 1
+        follower = backend._follower  # type: ignore[attr-defined]
+        follower._follow.revision = 1
         writer.set(parse_ref("db"), b"three")
         head = httpx.post(
             f"http://{etcd_cluster.endpoints[0]}/v3/kv/range",
@@ -291,7 +291,7 @@ def test_a_follower_resyncs_after_compaction(
             json={"revision": head, "physical": True},
             timeout=5,
         ).raise_for_status()
-        backend._watch_gw.stop_watch()  # type: ignore[attr-defined]
+        follower._watch_gw.stop_watch()
         deadline = time.monotonic() + 3
         while reader.get_value(parse_ref("db")) != b"three":
             assert time.monotonic() < deadline, "no resync after compaction"

@@ -1,4 +1,4 @@
-"""The etcd v3 backend: the SQLite backend's rows as keys under one prefix.
+"""The etcd v3 backend's records: the SQLite backend's rows as keys under one prefix.
 
 etcd holds only what SQLite holds: sealed, row-bound ciphertext and metadata. Keys
 never leave the nodes. We talk to etcd through its JSON gateway (`/v3/kv/range`,
@@ -32,34 +32,22 @@ answers (the status file), and restarts a watch that fell behind.
 
 from __future__ import annotations
 
-import base64
-import bisect
 import contextlib
 import json
 import logging
 import os
-import re
-import socket
-import ssl
-import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-
-from secretfs import keys
 from secretfs.audit import AuditRecord
-from secretfs.checks import Check
 from secretfs.errors import (
     IntegrityError,
     SecretfsError,
     StoreError,
     StoreExistsError,
-    StoreUnavailableError,
-    UsageError,
     WriteConflictError,
 )
 from secretfs.store import (
@@ -70,26 +58,27 @@ from secretfs.store import (
     SecretMeta,
     VersionMeta,
 )
+from secretfs.store.etcd.follower import Follower
+from secretfs.store.etcd.gateway import (
+    DEFAULT_LOAD_TIMEOUT,
+    ENV_LOAD_TIMEOUT,
+    LOAD_PAGE,
+    CompactedError,
+    Gateway,
+    UnknownOutcomeError,
+    b64,
+    env_seconds,
+    max_txn_ops,
+    prefix_end,
+    unb64,
+)
 from secretfs.testhooks import checkpoint, fault
-from secretfs.timeutil import iso_time
+
+if TYPE_CHECKING:
+    from secretfs.store.etcd.location import EtcdLocation
 
 log = logging.getLogger(__name__)
-# httpx logs every request at INFO: noise in a mount's log, so only its warnings.
-logging.getLogger("httpx").setLevel(logging.WARNING)
 
-ENV_TIMEOUT = "SECRETFS_ETCD_TIMEOUT"
-ENV_CACERT = "SECRETFS_ETCD_CACERT"
-ENV_CERT = "SECRETFS_ETCD_CERT"
-ENV_CERT_KEY = "SECRETFS_ETCD_KEY"
-ENV_USER = "SECRETFS_ETCD_USER"
-ENV_PASSWORD = "SECRETFS_ETCD_PASSWORD"  # noqa: S105 - a variable name
-ENV_PASSWORD_FILE = "SECRETFS_ETCD_PASSWORD_FILE"  # noqa: S105 - a variable name
-ENV_LOAD_TIMEOUT = "SECRETFS_ETCD_LOAD_TIMEOUT"
-ENV_MAX_TXN_OPS = "SECRETFS_ETCD_MAX_TXN_OPS"
-DEFAULT_TIMEOUT = 2.0  # seconds for one request; a cluster without quorum fails this fast
-DEFAULT_LOAD_TIMEOUT = 120.0  # seconds for a mount's initial load (paginated)
-LOAD_PAGE = 2000  # keys per range while loading
-DEFAULT_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 TXN_RESERVED_OPS = 8  # a write's own keys: d/lock, counters, its audit batch
 AUDIT_CHUNK_BYTES = 256 << 10  # compact_audit() merges batches into keys up to this
 # A mount's writer compacts batches older than this, every AUDIT_COMPACT_EVERY batches.
@@ -97,22 +86,6 @@ AUDIT_COMPACT_AGE_NS = 600 * 10**9
 AUDIT_COMPACT_EVERY = 200
 COMMIT_TRIES = 3  # sends of one Txn whose outcome was unknown (its compare dedupes)
 TXN_BYTES = 1 << 20  # under etcd's default --max-request-bytes (1.5 MiB)
-CONNECT_TIMEOUT = 1.0
-MIN_ATTEMPT = 0.3  # the least one endpoint gets of a call's deadline
-# A watch that delivers nothing (no event, no progress notification) for this long is
-# dropped and started on another member: a hung member must not hold a mount's view.
-WATCH_IDLE_SECONDS = 3.0
-# Behind the cluster (the health check saw a newer write) and silent this long: switch.
-WATCH_SILENT_SECONDS = 0.3
-CLOSE_SECONDS = 0.5  # what closing a mount's store waits for its threads, in all
-# How often a mount checks that the cluster answers and that its watch keeps up: a
-# change reaches a mount whose member hangs within about this plus a reconnect.
-HEALTH_SECONDS = 0.5
-HEALTH_TIMEOUT = 1.0  # for that check, across members
-RETRY_SECONDS = 0.5  # between attempts to re-establish a broken watch
-# Cancel a watch (and fail a request) on a member that has lost its leader, rather
-# than leave it silently waiting: the gateway passes this on as gRPC metadata.
-_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 
 def _record(key: bytes, raw: bytes) -> Any:
@@ -129,427 +102,6 @@ def _damaged(key: bytes, why: str) -> IntegrityError:
         f"etcd record {key.decode(errors='replace')} is damaged ({why}); `secretfs doctor`"
         " checks every record; restore the store from its backup (docs/cluster.md)"
     )
-
-
-class CompactedError(StoreError):
-    """A read at a revision etcd has compacted away."""
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The first key after every key that starts with `prefix`."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
-
-
-def _seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise StoreError(f"${name}={raw!r} is not a number of seconds") from None
-    if not 0 < value <= 3600:
-        raise StoreError(f"${name} must be between 0 and 3600 seconds")
-    return value
-
-
-def _timeout() -> float:
-    return _seconds(ENV_TIMEOUT, DEFAULT_TIMEOUT)
-
-
-def _tls(location: EtcdLocation) -> ssl.SSLContext | bool:
-    """The TLS context: the CA bundle, and the client certificate when one is set.
-
-    One SSLContext carries both (httpx 0.28 ignores `cert=` when `verify` is a path).
-    """
-    if not location.tls:
-        # Plain etcd:// speaks only http://: no context to build, which saves loading
-        # the CA bundle (~0.1 s) on every CLI command.
-        return False
-    cafile = os.environ.get(ENV_CACERT) or None
-    cert = os.environ.get(ENV_CERT) or None
-    key = os.environ.get(ENV_CERT_KEY) or None
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise StoreError(
-            f"${ENV_CACERT}: cannot load the CA file {cafile}: {_reason(exc)}"
-        ) from None
-    if key and not cert:
-        raise StoreError(f"${ENV_CERT_KEY} is set but ${ENV_CERT} is not: set both")
-    if cert:
-        try:
-            context.load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            raise StoreError(
-                f"${ENV_CERT}/${ENV_CERT_KEY}: cannot load the client certificate {cert}"
-                f" with its key: {_reason(exc)}"
-            ) from None
-    return context
-
-
-def _max_txn_ops() -> int:
-    raw = os.environ.get(ENV_MAX_TXN_OPS)
-    if not raw:
-        return DEFAULT_MAX_TXN_OPS
-    if not raw.isdigit() or not 16 <= int(raw) <= 1_000_000:
-        raise StoreError(
-            f"${ENV_MAX_TXN_OPS}={raw!r}: give the cluster's --max-txn-ops (16 or more)"
-        )
-    return int(raw)
-
-
-def _password() -> str | None:
-    path = os.environ.get(ENV_PASSWORD_FILE)
-    if path:
-        try:
-            return Path(path).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise StoreError(f"${ENV_PASSWORD_FILE}: cannot read {path}: {_reason(exc)}") from None
-    return os.environ.get(ENV_PASSWORD)
-
-
-class UnknownOutcomeError(StoreError):
-    """A write reached a member that gave no answer: it may or may not be applied."""
-
-
-class WatchIdleError(StoreError):
-    """A watch that sent nothing for a while: a hung member, or an idle store on a
-    cluster that sends no progress notifications."""
-
-
-class AuthError(StoreError):
-    """etcd refused our credentials or our user's permissions (not a reachability problem)."""
-
-
-# etcd's messages that say "your credentials", not "the cluster is down".
-_AUTH_REFUSED = (
-    "authentication failed",
-    "user name is empty",
-    "user name not found",
-    "permission denied",
-    "authentication is not enabled",
-)
-_TOKEN_STALE = ("invalid auth token", "auth token is expired", "revision of auth store is old")
-
-
-class Gateway:
-    """etcd's JSON gateway on each endpoint in turn: the one that answered last first.
-
-    Every call has ONE deadline across endpoints (the request timeout): an endpoint
-    gets what is left but MIN_ATTEMPT for each one after it, so hung members cost the
-    call its timeout once, not once each.
-    """
-
-    def __init__(self, location: EtcdLocation, timeout: float | None = None) -> None:
-        self.location = location
-        self.timeout = _timeout() if timeout is None else timeout
-        self._urls = location.urls()
-        self._good = 0
-        self._user = os.environ.get(ENV_USER) or None
-        self._token: str | None = None
-        self._client = httpx.Client(
-            timeout=httpx.Timeout(self.timeout, connect=min(CONNECT_TIMEOUT, self.timeout)),
-            verify=_tls(location),
-            trust_env=False,  # never through an HTTP proxy
-            headers=_LEADER,
-        )
-        self._watch_lock = threading.Lock()
-        self._watch_response: httpx.Response | None = None
-        self.watch_url: str | None = None  # the member carrying the watch, when one does
-
-    def close(self) -> None:
-        self.stop_watch()
-        self._client.close()
-
-    def _order(self) -> list[int]:
-        n = len(self._urls)
-        return [(self._good + i) % n for i in range(n)]
-
-    def _headers(self, url: str, *, renew: bool = False) -> dict[str, str]:
-        """The Authorization header when a user is set: a token from etcd (renewed when
-        it expired or `renew`)."""
-        if self._user is None:
-            return {}
-        if self._token is None or renew:
-            self._token = self._authenticate(url)
-        return {"Authorization": self._token}
-
-    def _authenticate(self, url: str) -> str:
-        password = _password()
-        if password is None:
-            raise AuthError(
-                f"${ENV_USER} is set but neither ${ENV_PASSWORD_FILE} nor ${ENV_PASSWORD}"
-            )
-        response = self._client.post(
-            url + "/v3/auth/authenticate", json={"name": self._user, "password": password}
-        )
-        try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        token = data.get("token") if response.status_code == 200 else None
-        if not token:
-            message = str(data.get("message") or data.get("error") or response.status_code)
-            raise AuthError(
-                f"etcd at {url} refused user {self._user!r}: {message} (check"
-                f" ${ENV_USER} and the password in ${ENV_PASSWORD_FILE}/${ENV_PASSWORD})"
-            )
-        return str(token)
-
-    def _post(self, url: str, path: str, body: dict[str, Any], timeout: float) -> httpx.Response:
-        limit = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
-        response = self._client.post(
-            url + path, json=body, headers=self._headers(url), timeout=limit
-        )
-        if response.status_code != 200 and self._user is not None:
-            text = response.text
-            if any(stale in text for stale in _TOKEN_STALE):
-                response = self._client.post(
-                    url + path, json=body, headers=self._headers(url, renew=True), timeout=limit
-                )
-        return response
-
-    def call(
-        self,
-        path: str,
-        body: dict[str, Any],
-        *,
-        write: bool = False,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        """POST to the first endpoint that answers; StoreError naming every one tried.
-
-        A write that reached a member but got no answer is not sent elsewhere (it may
-        have been applied): UnknownOutcomeError, which the caller resolves by reading.
-        """
-        budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        problems: list[str] = []
-        order = self._order()
-        for n, index in enumerate(order):
-            url = self._urls[index]
-            left = deadline - time.monotonic()
-            if left <= 0:
-                problems.append(f"{url}: not tried (the {budget:g}s were spent)")
-                continue
-            # Most of what is left, keeping MIN_ATTEMPT for each endpoint after this one.
-            after = len(order) - n - 1
-            share = max(left - MIN_ATTEMPT * after, left / (after + 1))
-            try:
-                response = self._post(url, path, body, min(share, left))
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-                _refused_tls(url, exc)
-                problems.append(f"{url}: cannot connect ({_reason(exc)})")
-                continue
-            except httpx.TimeoutException:
-                if write:
-                    raise UnknownOutcomeError(
-                        f"etcd at {url} did not confirm the write within {share:.1f}s"
-                    ) from None
-                problems.append(f"{url}: did not answer within {share:.1f}s (hung? no quorum?)")
-                continue
-            except httpx.HTTPError as exc:
-                _refused_tls(url, exc)
-                if write:
-                    raise UnknownOutcomeError(
-                        f"etcd at {url} broke off during the write ({_reason(exc)})"
-                    ) from None
-                problems.append(f"{url}: {_reason(exc)}")
-                continue
-            try:
-                data = response.json()
-            except ValueError:
-                problems.append(f"{url}: HTTP {response.status_code}, not an etcd answer")
-                continue
-            if response.status_code != 200:
-                message = str(data.get("message") or data.get("error") or response.status_code)
-                if "compacted" in message:
-                    raise CompactedError(f"etcd: {message}")
-                if any(refused in message for refused in _AUTH_REFUSED):
-                    who = f"user {self._user!r}" if self._user else "no user"
-                    raise AuthError(
-                        f"etcd at {url} refused the request ({who}): {message}"
-                        + (
-                            ""
-                            if self._user
-                            else f" (the cluster asks for a user: set ${ENV_USER} and"
-                            f" ${ENV_PASSWORD_FILE}, or a client certificate)"
-                        )
-                    )
-                if "too many operations" in message:
-                    raise StoreError(
-                        f"etcd refused the write: {message} (raise the cluster's"
-                        f" --max-txn-ops, or set ${ENV_MAX_TXN_OPS} to the cluster's value)"
-                    )
-                if "request is too large" in message:
-                    raise StoreError(
-                        f"etcd refused the write: {message} (raise the cluster's"
-                        " --max-request-bytes, or lower the store's max value size)"
-                    )
-                if write and "no leader" not in message:
-                    raise StoreError(f"etcd at {url}: {message}")
-                problems.append(f"{url}: {message}")
-                continue
-            self._good = index
-            return dict(data)
-        raise StoreUnavailableError(
-            f"cannot reach the etcd cluster of {self.location} within {budget:g}s: "
-            + "; ".join(problems)
-        )
-
-    def range(
-        self,
-        key: bytes,
-        end: bytes | None = None,
-        *,
-        revision: int = 0,
-        limit: int = 0,
-        keys_only: bool = False,
-    ) -> tuple[list[dict[str, Any]], int]:
-        body: dict[str, Any] = {"key": _b64(key)}
-        if end is not None:
-            body["range_end"] = _b64(end)
-        if revision:
-            body["revision"] = str(revision)
-        if limit:
-            body["limit"] = str(limit)
-        if keys_only:
-            body["keys_only"] = True
-        data = self.call("/v3/kv/range", body)
-        return list(data.get("kvs", [])), int(data["header"]["revision"])
-
-    def range_all(
-        self, key: bytes, end: bytes, *, page: int, deadline: float
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Every key in [key, end) at one revision, `page` keys per request, all of it
-        before `deadline` (time.monotonic())."""
-        out: list[dict[str, Any]] = []
-        kvs, revision = self.range(key, end, limit=page)
-        while True:
-            out.extend(kvs)
-            if len(kvs) < page:
-                return out, revision
-            if time.monotonic() > deadline:
-                raise StoreError(
-                    f"loading {self.location} took longer than ${ENV_LOAD_TIMEOUT}"
-                    f" ({len(out)} keys read): raise it"
-                )
-            start = _unb64(kvs[-1]["key"]) + b"\0"
-            kvs, _ = self.range(start, end, revision=revision, limit=page)
-
-    def watch(
-        self, key: bytes, end: bytes, start_revision: int, idle: float
-    ) -> Generator[dict[str, Any], None, None]:
-        """The watch's results, from the first endpoint that takes it; StoreError when
-        none does, when the stream breaks, or when it delivers nothing (not even a
-        progress notification) for `idle` seconds: the next try starts elsewhere."""
-        body = {
-            "create_request": {
-                "key": _b64(key),
-                "range_end": _b64(end),
-                "start_revision": str(start_revision),
-                "progress_notify": True,
-            }
-        }
-        problems: list[str] = []
-        for index in self._order():
-            url = self._urls[index]
-            timeout = httpx.Timeout(idle, connect=CONNECT_TIMEOUT)
-            established = False
-            try:
-                with self._client.stream(
-                    "POST",
-                    url + "/v3/watch",
-                    json=body,
-                    timeout=timeout,
-                    headers=self._headers(url),
-                ) as response:
-                    if response.status_code != 200:
-                        self._token = None  # an expired token shows here: a new one next
-                        problems.append(f"{url}: HTTP {response.status_code}")
-                        continue
-                    established = True
-                    with self._watch_lock:
-                        self._watch_response = response
-                        self.watch_url = url
-                    self._good = index
-                    for line in response.iter_lines():
-                        if not line.strip():
-                            continue
-                        message = json.loads(line)
-                        if "error" in message:
-                            error = message["error"]
-                            raise StoreError(f"etcd watch at {url}: {error.get('message', error)}")
-                        yield dict(message.get("result", {}))
-            except httpx.ReadTimeout:
-                self._good = (index + 1) % len(self._urls)  # try another member next
-                raise WatchIdleError(f"etcd watch at {url}: sent nothing for {idle:g}s") from None
-            except httpx.HTTPError as exc:
-                problems.append(f"{url}: {_reason(exc)}")
-                if established:
-                    break  # it was established, then broke: the caller decides what next
-                continue
-            finally:
-                with self._watch_lock:
-                    self._watch_response = None
-                    self.watch_url = None
-            problems.append(f"{url}: the watch ended")
-            break
-        raise StoreError(f"etcd watch on {self.location}: " + "; ".join(problems))
-
-    def stop_watch(self, *, elsewhere: bool = False) -> None:
-        """Break the current watch stream now, from another thread (a read blocked on a
-        hung member included); `elsewhere`: the next watch starts on another member."""
-        with self._watch_lock:
-            response = self._watch_response
-            if response is not None and elsewhere and self.watch_url in self._urls:
-                self._good = (self._urls.index(self.watch_url) + 1) % len(self._urls)
-        if response is None:
-            return
-        stream = response.extensions.get("network_stream")
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if sock is not None:
-            # close() alone does not wake a recv() in another thread; shutdown does.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(Exception):
-            response.close()
-
-
-def _refused_tls(url: str, exc: BaseException) -> None:
-    """A TLS handshake refused (no or unknown client certificate, unverifiable server):
-    AuthError saying so, not "cannot reach the cluster"."""
-    text = _reason(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        raise AuthError(
-            f"cannot verify the certificate of etcd at {url}: {text} (is ${ENV_CACERT} the"
-            " cluster's CA?)"
-        )
-    if "certificate" in text.lower() and "alert" in text.lower():
-        raise AuthError(
-            f"etcd at {url} refused our TLS client certificate: {text} (the cluster asks for"
-            f" one its CA signed: set ${ENV_CERT} and ${ENV_CERT_KEY})"
-        )
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text[:200] if text else type(exc).__name__
 
 
 @dataclass(slots=True)
@@ -577,88 +129,10 @@ class _ReadCache:
         return any(lo <= start and end <= hi for lo, hi in self.ranges)
 
 
-@dataclass(slots=True)
-class _Follow:
-    """A mount's in-memory copy of every `d/` key and how current it is."""
-
-    kv: dict[bytes, bytes]
-    revision: int  # the watch resumes after this
-    version: int = 0  # bumped on every change: data_version()
-    watching: bool = False
-    reachable: bool = True
-    stale_since: float | None = None
-    problem: str | None = None
-    lag: int = 0
-    threads: list[threading.Thread] = field(default_factory=list)
-    heard: float = field(default_factory=time.monotonic)  # the watch's last message
-    member: str | None = None  # the member carrying the watch
-    switching: bool = False  # the watch was dropped on purpose: restart it at once
-    catch_up: int = 0  # a watch started after a switch is current once it got to here
-    # Rows by their `seq`, so changes_since() costs the change, not the store.
-    row_seq: dict[bytes, int] = field(default_factory=dict)
-    by_seq: list[tuple[int, bytes]] = field(default_factory=list)  # sorted; stale ok
-    keys: list[bytes] = field(default_factory=list)  # kv's keys, sorted: scans by prefix
-
-    def put(self, key: bytes, value: bytes) -> None:
-        if key not in self.kv:
-            bisect.insort(self.keys, key)
-        self.kv[key] = value
-
-    def pop(self, key: bytes) -> None:
-        if self.kv.pop(key, None) is not None:
-            at = bisect.bisect_left(self.keys, key)
-            if at < len(self.keys) and self.keys[at] == key:
-                del self.keys[at]
-        self.row_seq.pop(key, None)
-
-    def scan(self, prefix: bytes) -> dict[bytes, bytes]:
-        out = {}
-        for at in range(bisect.bisect_left(self.keys, prefix), len(self.keys)):
-            key = self.keys[at]
-            if not key.startswith(prefix):
-                break
-            out[key] = self.kv[key]
-        return out
-
-    def index_all(self, rows: bytes) -> None:
-        self.keys = sorted(self.kv)
-        self.row_seq = {}
-        for key, value in self.kv.items():
-            if key.startswith(rows):
-                self.row_seq[key] = _row_seq(value)
-        self.by_seq = sorted((seq, key) for key, seq in self.row_seq.items())
-
-    def index(self, key: bytes, value: bytes) -> None:
-        seq = _row_seq(value)
-        if self.row_seq.get(key) == seq:
-            return
-        self.row_seq[key] = seq
-        bisect.insort(self.by_seq, (seq, key))
-        if len(self.by_seq) > 2 * len(self.row_seq) + 1024:
-            self.by_seq = sorted((s, k) for k, s in self.row_seq.items())
-
-    def changed_rows(self, seq: int) -> list[bytes]:
-        """Keys of rows whose seq is above `seq` (each once)."""
-        start = bisect.bisect_right(self.by_seq, (seq, b"\xff" * 8))
-        keys = {k for s, k in self.by_seq[start:] if self.row_seq.get(k) == s}
-        return sorted(keys)
-
-
-_DAMAGED_SEQ = 2**62
-
-
-def _row_seq(raw: bytes) -> int:
-    """A row's seq; one that does not parse counts as changed (reading it reports it)."""
-    try:
-        return int(json.loads(raw)["seq"])
-    except (ValueError, KeyError, TypeError):
-        return _DAMAGED_SEQ
-
-
 def _audit_batch(kv: dict[str, Any]) -> list[dict[str, Any]]:
     """The records of one audit key, each with its id (see read_audit)."""
-    key = _unb64(kv["key"])
-    records = _record(key, _unb64(kv.get("value")))
+    key = unb64(kv["key"])
+    records = _record(key, unb64(kv.get("value")))
     if not isinstance(records, list):
         raise _damaged(key, "not a list of audit records")
     base = int(kv["mod_revision"]) * 10000
@@ -671,104 +145,6 @@ def _opt(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-DEFAULT_ETCD_PREFIX = "secretfs"
-_HOST = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
-_PREFIX = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
-
-
-@dataclass(frozen=True, slots=True)
-class EtcdLocation:
-    """An etcd cluster (its client endpoints) and the key prefix of one store on it (a
-    `StoreLocation`)."""
-
-    endpoints: tuple[str, ...]  # host:port
-    prefix: str  # without slashes at either end, e.g. "secretfs/prod"
-    tls: bool = False
-
-    @classmethod
-    def parse(cls, text: str) -> EtcdLocation:
-        """`etcd://host:port,host:port/prefix` or `etcd+https://...`; UsageError if malformed."""
-        tls = text.startswith("etcd+https://")
-        rest = text.partition("://")[2]
-        hosts, _, prefix = rest.partition("/")
-        prefix = prefix.strip("/") or DEFAULT_ETCD_PREFIX
-        endpoints = []
-        # "+" separates endpoints too: a comma would end a mount option (-o store=, fstab).
-        for host in filter(None, re.split(r"[,+]", hosts)):
-            m = _HOST.match(host)
-            if m is None:
-                raise UsageError(f"store URL {text!r}: {host!r} is not host or host:port")
-            endpoints.append(host if m.group(2) else host + ":2379")
-        if not endpoints:
-            raise UsageError(f"store URL {text!r} names no etcd endpoint: etcd://host:2379/prefix")
-        if not _PREFIX.match(prefix):
-            raise UsageError(
-                f"store URL {text!r}: the prefix {prefix!r} may hold letters, digits, '.', '_',"
-                " '-' and '/' between names"
-            )
-        return cls(tuple(endpoints), prefix, tls)
-
-    @property
-    def key_prefix(self) -> bytes:
-        return f"/{self.prefix}/".encode()
-
-    def urls(self) -> list[str]:
-        scheme = "https" if self.tls else "http"
-        return [f"{scheme}://{e}" for e in self.endpoints]
-
-    def __str__(self) -> str:
-        scheme = "etcd+https" if self.tls else "etcd"
-        return f"{scheme}://{','.join(self.endpoints)}/{self.prefix}"
-
-    def open(self, *, readonly: bool = False) -> EtcdBackend:
-        return EtcdBackend.open(self)
-
-    def exists(self) -> bool:
-        return EtcdBackend.exists(self)
-
-    def create(self, init: Callable[[EtcdBackend], None]) -> None:
-        EtcdBackend.create(self, init)
-
-    def key_file(self) -> Path:
-        """`$SECRETFS_KEY_FILE`, else `/etc/secretfs/etcd/<prefix>.key` (root) or
-        `~/.config/secretfs/etcd/<prefix>.key`, `/` in the prefix written as `_`."""
-        env = os.environ.get(keys.ENV_KEY_FILE)
-        if env:
-            return Path(env)
-        if os.geteuid() == 0:
-            base = Path("/etc/secretfs")
-        else:
-            base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "secretfs"
-        return base / "etcd" / (self.prefix.replace("/", "_") + ".key")
-
-    def local_file(self) -> Path | None:
-        return None
-
-    def doctor_checks(self) -> tuple[list[Check], bool]:
-        """Does the cluster answer, and is there a store at the prefix."""
-        try:
-            found = self.exists()
-        except SecretfsError as exc:
-            return [
-                Check(
-                    "store",
-                    "fail",
-                    str(exc),
-                    "start the etcd members, or check the endpoints in --store / $SECRETFS_STORE",
-                )
-            ], False
-        if not found:
-            return [
-                Check(
-                    "store",
-                    "fail",
-                    f"the etcd cluster answers but holds no store at {self}",
-                    f"create one with `secretfs init --store {self}`, or check the prefix",
-                )
-            ], False
-        return [Check("store", "ok", f"etcd cluster answers; store at {self}")], True
-
-
 class EtcdBackend:
     """A secretfs store under one key prefix of an etcd v3 cluster."""
 
@@ -778,11 +154,9 @@ class EtcdBackend:
         self._p = location.key_prefix
         self._txn: _Txn | None = None
         self._snapshot_rev: int | None = None
-        self._follow: _Follow | None = None
+        self._follower: Follower | None = None
         self._cache: _ReadCache | None = None
         self._audit_commits = 0
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
 
     # -- opening -------------------------------------------------------------------------
 
@@ -835,18 +209,9 @@ class EtcdBackend:
         return EtcdBackend(self.location)
 
     def close(self) -> None:
-        self._stop.set()
         self._gw.close()
-        watch_gw: Gateway | None = getattr(self, "_watch_gw", None)
-        if watch_gw is not None:
-            watch_gw.stop_watch()
-        follow = self._follow
-        if follow is not None:
-            # One bound for all the threads: a hung or unreachable cluster must not hold
-            # a stopping daemon (they are daemon threads; what is left dies with us).
-            deadline = time.monotonic() + CLOSE_SECONDS
-            for thread in follow.threads:
-                thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self._follower is not None:
+            self._follower.close()
 
     # -- raw keys ------------------------------------------------------------------------
 
@@ -859,7 +224,7 @@ class EtcdBackend:
         return self._snapshot_rev or 0
 
     def _local(self) -> bool:
-        return self._follow is not None and self._txn is None and self._snapshot_rev is None
+        return self._follower is not None and self._txn is None and self._snapshot_rev is None
 
     def _remote_range(self, key: bytes, end: bytes | None) -> list[dict[str, Any]]:
         try:
@@ -877,14 +242,13 @@ class EtcdBackend:
         if txn is not None and key in txn.writes:
             return txn.writes[key]
         if self._local():
-            assert self._follow is not None
-            with self._lock:
-                return self._follow.kv.get(key)
+            assert self._follower is not None
+            return self._follower.get(key)
         cache = self._cached()
         if cache is not None and cache.knows(key):
             return cache.kv.get(key)
         kvs = self._remote_range(key, None)
-        return _unb64(kvs[0].get("value")) if kvs else None
+        return unb64(kvs[0].get("value")) if kvs else None
 
     def _cached(self) -> _ReadCache | None:
         cache = self._cache
@@ -899,14 +263,14 @@ class EtcdBackend:
         cache = self._cache
         wanted: list[tuple[bytes, bytes | None]] = [(k, None) for k in keys if not cache.knows(k)]
         wanted += [(lo, hi) for lo, hi in ranges if not cache.knows(lo, hi)]
-        step = max(1, _max_txn_ops())
+        step = max(1, max_txn_ops())
         for at in range(0, len(wanted), step):
             chunk = wanted[at : at + step]
             ops = []
             for start, end in chunk:
-                body: dict[str, Any] = {"key": _b64(start), "revision": str(revision)}
+                body: dict[str, Any] = {"key": b64(start), "revision": str(revision)}
                 if end is not None:
-                    body["range_end"] = _b64(end)
+                    body["range_end"] = b64(end)
                 ops.append({"request_range": body})
             try:
                 answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
@@ -920,11 +284,11 @@ class EtcdBackend:
             for (start, end), response in zip(chunk, answer.get("responses", []), strict=True):
                 kvs = (response.get("response_range") or {}).get("kvs") or []
                 if end is None:
-                    cache.kv[start] = _unb64(kvs[0].get("value")) if kvs else None
+                    cache.kv[start] = unb64(kvs[0].get("value")) if kvs else None
                 else:
                     cache.ranges.append((start, end))
                     for kv in kvs:
-                        cache.kv[_unb64(kv["key"])] = _unb64(kv.get("value"))
+                        cache.kv[unb64(kv["key"])] = unb64(kv.get("value"))
 
     def prefetch_secrets(self, refs: list[tuple[str, str]]) -> None:
         """Read what writing new versions of these secrets will read, in two round trips
@@ -956,7 +320,7 @@ class EtcdBackend:
         """How many of these values (their sizes, in order) one Txn can write within
         --max-txn-ops and --max-request-bytes (at least one)."""
         per_secret = 4  # id, row, version, and one pruned version
-        count = max(1, (_max_txn_ops() - TXN_RESERVED_OPS) // per_secret)
+        count = max(1, (max_txn_ops() - TXN_RESERVED_OPS) // per_secret)
         total = 0
         for n, size in enumerate(sizes[:count]):
             total += size * 4 // 3 + 2048  # base64 in the record, plus row and overhead
@@ -966,14 +330,13 @@ class EtcdBackend:
 
     def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
         if self._local():
-            assert self._follow is not None
-            with self._lock:
-                found = self._follow.scan(prefix)
+            assert self._follower is not None
+            found = self._follower.scan(prefix)
         elif (cache := self._cached()) is not None and cache.knows(prefix, prefix_end(prefix)):
             found = {k: v for k, v in cache.kv.items() if v is not None and k.startswith(prefix)}
         else:
             kvs = self._remote_range(prefix, prefix_end(prefix))
-            found = {_unb64(kv["key"]): _unb64(kv.get("value")) for kv in kvs}
+            found = {unb64(kv["key"]): unb64(kv.get("value")) for kv in kvs}
         if self._txn is not None:
             for key, value in self._txn.writes.items():
                 if key.startswith(prefix):
@@ -1031,9 +394,9 @@ class EtcdBackend:
         ops: list[dict[str, Any]] = []
         for key, value in writes.items():
             if value is None:
-                ops.append({"request_delete_range": {"key": _b64(key)}})
+                ops.append({"request_delete_range": {"key": b64(key)}})
             else:
-                ops.append({"request_put": {"key": _b64(key), "value": _b64(value)}})
+                ops.append({"request_put": {"key": b64(key), "value": b64(value)}})
         compare: list[dict[str, Any]] = []
         data = self._p + b"d/"
         lock = self._key("d/lock")
@@ -1041,10 +404,10 @@ class EtcdBackend:
         stamp = f"{time.time_ns()} {os.getpid()} {os.urandom(6).hex()}".encode()
         if any(k.startswith(data) for k in writes):
             # Audit records alone are appended blindly; anything else serializes on d/lock.
-            ops.append({"request_put": {"key": _b64(lock), "value": _b64(stamp)}})
+            ops.append({"request_put": {"key": b64(lock), "value": b64(stamp)}})
             compare.append(
                 {
-                    "key": _b64(lock),
+                    "key": b64(lock),
                     "target": "MOD",
                     "result": "EQUAL",
                     "mod_revision": str(txn.lock_revision),
@@ -1108,7 +471,7 @@ class EtcdBackend:
                 f"{why}, and reading it back failed too ({exc}): it may or may not have been"
                 " applied; check with `secretfs history` before writing again"
             ) from None
-        if kvs and _unb64(kvs[0].get("value")) == stamp:
+        if kvs and unb64(kvs[0].get("value")) == stamp:
             return True
         now = int(kvs[0].get("mod_revision", 0)) if kvs else 0
         if now == lock_revision:
@@ -1145,9 +508,7 @@ class EtcdBackend:
     def meta_scan(self, prefix: str) -> dict[str, bytes]:
         """Every meta entry whose key starts with `prefix`."""
         base = self._key("d/meta", "")
-        return {
-            k[len(base) :].decode(): v for k, v in self._scan(self._key("d/meta", prefix))
-        }
+        return {k[len(base) :].decode(): v for k, v in self._scan(self._key("d/meta", prefix))}
 
     def _counter(self, key: str) -> int:
         value = self.meta_get(key)
@@ -1162,9 +523,8 @@ class EtcdBackend:
         return self._counter("seq")
 
     def data_version(self) -> int:
-        if self._follow is not None:
-            with self._lock:
-                return self._follow.version
+        if self._follower is not None:
+            return self._follower.version
         return self._gw.range(self._key("d/lock"))[1]
 
     def _access_changed(self, seq: int) -> None:
@@ -1181,13 +541,13 @@ class EtcdBackend:
     def data_keys(self) -> dict[int, bytes]:
         out = {}
         for key, raw in self._scan(self._key("d/dk/")):
-            out[int(key.rsplit(b"/", 1)[1])] = _unb64(_record(key, raw)["wrapped"])
+            out[int(key.rsplit(b"/", 1)[1])] = unb64(_record(key, raw)["wrapped"])
         return out
 
     def put_data_key(self, gen: int, wrapped: bytes, created_ns: int) -> None:
         old = self._get_json(self._dk_key(gen))
         created = int(old["created_ns"]) if old else created_ns
-        self._put_json(self._dk_key(gen), {"wrapped": _b64(wrapped), "created_ns": created})
+        self._put_json(self._dk_key(gen), {"wrapped": b64(wrapped), "created_ns": created})
 
     def delete_data_key(self, gen: int) -> None:
         self._delete(self._dk_key(gen))
@@ -1272,11 +632,10 @@ class EtcdBackend:
         return sorted(metas, key=lambda m: (m.scope, m.name))
 
     def changes_since(self, seq: int) -> list[SecretMeta]:
-        follow = self._follow
-        if follow is not None and self._local():
-            with self._lock:  # a mount: only the rows that changed, not every row
-                found = [(k, follow.kv.get(k)) for k in follow.changed_rows(seq)]
-            rows = [_record(k, raw) for k, raw in found if raw is not None]
+        follower = self._follower
+        if follower is not None and self._local():
+            # A mount: only the rows that changed, not every row.
+            rows = [_record(k, raw) for k, raw in follower.changed_rows(seq)]
         else:
             rows = self._rows()
         metas = [self._meta(r) for r in rows if int(r["seq"]) > seq]
@@ -1353,7 +712,7 @@ class EtcdBackend:
                 "kind": kind,
                 "key_gen": key_gen,
                 "fingerprint": fingerprint,
-                "ciphertext": _b64(ciphertext),
+                "ciphertext": b64(ciphertext),
             },
         )
         row.update(
@@ -1419,7 +778,7 @@ class EtcdBackend:
             str(v["name"]),
             int(v["version"]),
             int(v["key_gen"]),
-            _unb64(v["ciphertext"]),
+            unb64(v["ciphertext"]),
         )
 
     def sealed(self, secret_id: int, version: int) -> SealedVersion | None:
@@ -1466,7 +825,7 @@ class EtcdBackend:
         record = self._get_json(key)
         if record is None or int(record["key_gen"]) != old.key_gen:
             return
-        record.update(key_gen=new_gen, ciphertext=_b64(ciphertext), fingerprint=fingerprint)
+        record.update(key_gen=new_gen, ciphertext=b64(ciphertext), fingerprint=fingerprint)
         self._put_json(key, record)
         row = self._row(old.secret_id)
         if row is not None and int(row["version"]) == old.version:
@@ -1574,7 +933,7 @@ class EtcdBackend:
     def _client_key(self, d: dict[str, Any]) -> ClientKeyRecord:
         return ClientKeyRecord(
             str(d["key_id"]),
-            _unb64(d["public_key"]),
+            unb64(d["public_key"]),
             str(d.get("label", "")),
             _opt(d.get("owner_uid")),
             int(d["created_ns"]),
@@ -1591,7 +950,7 @@ class EtcdBackend:
             self._key("d/ck", record.key_id),
             {
                 "key_id": record.key_id,
-                "public_key": _b64(record.public_key),
+                "public_key": b64(record.public_key),
                 "label": record.label,
                 "owner_uid": record.owner_uid,
                 "created_ns": record.created_ns,
@@ -1659,7 +1018,7 @@ class EtcdBackend:
         its batch times 10000 plus its place in the batch (kept in the record when
         compact_audit() merged batches)."""
         prefix = self._key("a/")
-        deadline = time.monotonic() + _seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
         kvs, _ = self._gw.range_all(prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline)
         out: list[AuditRecord] = []
         for kv in kvs:
@@ -1701,9 +1060,9 @@ class EtcdBackend:
         """
         prefix = self._key("a/")
         end = self._key("a", f"{before_ns:020d}")
-        deadline = time.monotonic() + _seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
         kvs, _ = self._gw.range_all(prefix, end, page=LOAD_PAGE, deadline=deadline)
-        most = max(2, _max_txn_ops() - 1)
+        most = max(2, max_txn_ops() - 1)
         groups: list[list[dict[str, Any]]] = [[]]
         size = 0
         for kv in kvs:
@@ -1718,7 +1077,7 @@ class EtcdBackend:
             if len(group) < 2:
                 continue
             records = [d for kv in group for d in _audit_batch(kv)]
-            first = _unb64(group[0]["key"])  # the merged key sorts where its first batch did
+            first = unb64(group[0]["key"])  # the merged key sorts where its first batch did
             key = first.rsplit(b"-", 1)[0] + f"-m{os.urandom(6).hex()}".encode()
             value = json.dumps(records, separators=(",", ":")).encode()
             body = {
@@ -1731,7 +1090,7 @@ class EtcdBackend:
                     }
                     for kv in group
                 ],
-                "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}]
+                "success": [{"request_put": {"key": b64(key), "value": b64(value)}}]
                 + [{"request_delete_range": {"key": kv["key"]}} for kv in group],
                 "failure": [],
             }
@@ -1770,217 +1129,13 @@ class EtcdBackend:
     # -- a mount: an in-memory copy kept current by a watch ---------------------------------
 
     def follow(self) -> None:
-        """Load every `d/` key, then keep the copy current from a watch (a thread), and
-        check the cluster every HEALTH_SECONDS (another). Reads are then local."""
-        if self._follow is not None:
-            return
-        kv, revision = self._load_all()
-        self._follow = _Follow(kv, revision)
-        self._follow.index_all(self._key("d/s/"))
-        for target, name in ((self._watch_loop, "watch"), (self._health_loop, "health")):
-            thread = threading.Thread(target=target, name=f"secretfs-etcd-{name}", daemon=True)
-            self._follow.threads.append(thread)
-            thread.start()
-
-    def _load_all(self) -> tuple[dict[bytes, bytes], int]:
-        """Every `d/` key at one revision, page by page, within the load timeout (not
-        the request timeout: a large store takes longer than one request may)."""
-        prefix = self._key("d/")
-        deadline = time.monotonic() + _seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
-        kvs, revision = self._gw.range_all(
-            prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline
-        )
-        return {_unb64(kv["key"]): _unb64(kv.get("value")) for kv in kvs}, revision
-
-    def _resync(self) -> None:
-        kv, revision = self._load_all()
-        assert self._follow is not None
-        with self._lock:
-            self._follow.kv = kv
-            self._follow.revision = revision
-            self._follow.index_all(self._key("d/s/"))
-            self._follow.version += 1
-        log.info("etcd: reloaded %d keys of %s at revision %d", len(kv), self.location, revision)
-
-    def _watch_loop(self) -> None:
-        follow = self._follow
-        assert follow is not None
-        prefix = self._key("d/")
-        watch_gw = Gateway(self.location, timeout=self._gw.timeout)
-        self._watch_gw = watch_gw
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._watch_once(watch_gw, follow, prefix)
-                except WatchIdleError as exc:
-                    with self._lock:
-                        idle = follow.reachable and follow.lag == 0
-                        follow.switching = follow.switching or idle
-                    if not idle:
-                        self._set_watching(False, str(exc))
-                    # else: nothing was missed (the health check agrees): a quiet store on
-                    # a cluster without progress notifications. Start again, not stale.
-                except StoreError as exc:
-                    self._set_watching(False, str(exc))
-                with self._lock:
-                    switching, follow.switching = follow.switching, False
-                # A member given up for silence: go to the next one at once.
-                if not switching and self._stop.wait(RETRY_SECONDS):
-                    break
-        finally:
-            watch_gw.close()
-
-    def _watch_once(self, gw: Gateway, follow: _Follow, prefix: bytes) -> None:
-        results = gw.watch(prefix, prefix_end(prefix), follow.revision + 1, WATCH_IDLE_SECONDS)
-        with contextlib.closing(results):
-            self._apply_watch(results, follow)
-
-    def _apply_watch(self, results: Iterator[dict[str, Any]], follow: _Follow) -> None:
-        rows = self._key("d/s/")
-        created = False
-        for result in results:
-            if self._stop.is_set():
-                return
-            with self._lock:
-                follow.heard = time.monotonic()
-            compacted = int(result.get("compact_revision", 0) or 0)
-            if compacted or result.get("canceled"):
-                reason = result.get("cancel_reason") or f"compacted at revision {compacted}"
-                log.warning("etcd watch on %s ended (%s): reloading in full", self.location, reason)
-                self._resync()
-                return
-            if result.get("created"):
-                created = True
-                with self._lock:
-                    follow.member = self._watch_gw.watch_url
-            events = result.get("events") or []
-            if not events:
-                if not result.get("created"):
-                    # A progress notification: every change up to here was delivered.
-                    header = int((result.get("header") or {}).get("revision", 0) or 0)
-                    with self._lock:
-                        follow.revision = max(follow.revision, header)
-                self._caught_up(follow, created)
-                continue
-            with self._lock:
-                for event in events:
-                    kv = event["kv"]
-                    key = _unb64(kv["key"])
-                    if event.get("type") == "DELETE":
-                        follow.pop(key)
-                    else:
-                        value = _unb64(kv.get("value"))
-                        follow.put(key, value)
-                        if key.startswith(rows):
-                            follow.index(key, value)
-                    follow.revision = max(follow.revision, int(kv.get("mod_revision", 0)))
-                follow.version += 1
-            self._caught_up(follow, created)
-
-    def _caught_up(self, follow: _Follow, created: bool) -> None:
-        """Current again once the watch is established and, after a switch, has brought
-        what the cluster had when the old one was given up."""
-        with self._lock:
-            ready = created and not follow.watching and follow.revision >= follow.catch_up
-        if ready:
-            self._set_watching(True, None)
-
-    def _health_loop(self) -> None:
-        follow = self._follow
-        assert follow is not None
-        gw = Gateway(self.location, timeout=min(self._gw.timeout, HEALTH_TIMEOUT))
-        lock = self._key("d/lock")
-        try:
-            while not self._stop.wait(HEALTH_SECONDS):
-                try:
-                    kvs, _ = gw.range(lock)
-                except StoreError as exc:
-                    self._set_reachable(False, str(exc))
-                    continue
-                self._set_reachable(True, None)
-                written = int(kvs[0].get("mod_revision", 0)) if kvs else 0
-                with self._lock:
-                    behind = written > follow.revision
-                    silent = time.monotonic() - follow.heard
-                    follow.lag = follow.lag + 1 if behind else 0
-                    lag, member = follow.lag, follow.member
-                if behind and silent > WATCH_SILENT_SECONDS:
-                    with self._lock:
-                        follow.catch_up = max(follow.catch_up, written)
-                    # The cluster moved on and the watch brought nothing: its member is
-                    # hung or cut off. Stale until a watch on another member catches up.
-                    problem = (
-                        f"etcd member {member} carrying the watch sent nothing for"
-                        f" {silent:.1f}s while the cluster moved on: switching members"
-                    )
-                    log.warning("%s (%s)", problem, self.location)
-                    self._switch(problem)
-                elif lag >= 2:
-                    # Writes went on that the watch did not bring: start it again.
-                    log.warning("etcd watch on %s fell behind: restarting it", self.location)
-                    self._switch(None)
-        finally:
-            gw.close()
-
-    def _switch(self, problem: str | None) -> None:
-        """Drop the current watch; with a `problem`, stale, and the next on another member."""
-        follow = self._follow
-        assert follow is not None
-        with self._lock:
-            follow.lag = 0
-            follow.switching = True
-        if problem is not None:
-            self._set_watching(False, problem)
-        watch_gw: Gateway | None = getattr(self, "_watch_gw", None)
-        if watch_gw is not None:
-            watch_gw.stop_watch(elsewhere=problem is not None)
-
-    def _set_watching(self, watching: bool, problem: str | None) -> None:
-        self._update(lambda f: setattr(f, "watching", watching), problem)
-
-    def _set_reachable(self, reachable: bool, problem: str | None) -> None:
-        self._update(lambda f: setattr(f, "reachable", reachable), problem)
-
-    def _update(self, change: Callable[[_Follow], None], problem: str | None) -> None:
-        follow = self._follow
-        assert follow is not None
-        with self._lock:
-            was = follow.watching and follow.reachable
-            change(follow)
-            now = follow.watching and follow.reachable
-            if problem is not None:
-                follow.problem = problem
-            if now:
-                follow.problem = None
-            if was and not now:
-                follow.stale_since = time.time()
-            elif now:
-                follow.stale_since = None
-            revision = follow.revision
-        if was and not now:
-            log.warning(
-                "etcd cluster of %s unreachable: serving the last state seen (revision %d): %s",
-                self.location,
-                revision,
-                problem,
-            )
-        elif now and not was:
-            log.info(
-                "etcd cluster of %s answers: following from revision %d", self.location, revision
-            )
+        """Load every `d/` key, then keep the copy current (see Follower). Reads are
+        then local."""
+        if self._follower is None:
+            self._follower = Follower(self.location, self._gw.timeout)
+            self._follower.start()
 
     def status(self) -> dict[str, Any]:
-        follow = self._follow
-        if follow is None:
+        if self._follower is None:
             return {"backend": "etcd", "store": self.name, "connected": None}
-        with self._lock:
-            stale = follow.stale_since
-            return {
-                "backend": "etcd",
-                "store": self.name,
-                "connected": follow.watching and follow.reachable,
-                "last_revision": follow.revision,
-                "stale_since": None if stale is None else iso_time(int(stale * 1e9)),
-                "problem": follow.problem,
-                "member": follow.member,
-            }
+        return self._follower.status()

@@ -1,0 +1,387 @@
+"""A mount's in-memory copy of every `d/` key, kept current by a watch."""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from secretfs.errors import (
+    StoreError,
+)
+from secretfs.store.etcd.gateway import (
+    DEFAULT_LOAD_TIMEOUT,
+    ENV_LOAD_TIMEOUT,
+    LOAD_PAGE,
+    Gateway,
+    WatchIdleError,
+    env_seconds,
+    prefix_end,
+    unb64,
+)
+from secretfs.timeutil import iso_time
+
+if TYPE_CHECKING:
+    from secretfs.store.etcd.location import EtcdLocation
+
+log = logging.getLogger(__name__)
+
+# A watch that delivers nothing (no event, no progress notification) for this long is
+# dropped and started on another member: a hung member must not hold a mount's view.
+WATCH_IDLE_SECONDS = 3.0
+# Behind the cluster (the health check saw a newer write) and silent this long: switch.
+WATCH_SILENT_SECONDS = 0.3
+CLOSE_SECONDS = 0.5  # what closing a mount's store waits for its threads, in all
+# How often a mount checks that the cluster answers and that its watch keeps up: a
+# change reaches a mount whose member hangs within about this plus a reconnect.
+HEALTH_SECONDS = 0.5
+HEALTH_TIMEOUT = 1.0  # for that check, across members
+RETRY_SECONDS = 0.5  # between attempts to re-establish a broken watch
+
+
+@dataclass(slots=True)
+class _Follow:
+    """A mount's in-memory copy of every `d/` key and how current it is."""
+
+    kv: dict[bytes, bytes]
+    revision: int  # the watch resumes after this
+    version: int = 0  # bumped on every change: data_version()
+    watching: bool = False
+    reachable: bool = True
+    stale_since: float | None = None
+    problem: str | None = None
+    lag: int = 0
+    heard: float = field(default_factory=time.monotonic)  # the watch's last message
+    member: str | None = None  # the member carrying the watch
+    switching: bool = False  # the watch was dropped on purpose: restart it at once
+    catch_up: int = 0  # a watch started after a switch is current once it got to here
+    # Rows by their `seq`, so changes_since() costs the change, not the store.
+    row_seq: dict[bytes, int] = field(default_factory=dict)
+    by_seq: list[tuple[int, bytes]] = field(default_factory=list)  # sorted; stale ok
+    keys: list[bytes] = field(default_factory=list)  # kv's keys, sorted: scans by prefix
+
+    def put(self, key: bytes, value: bytes) -> None:
+        if key not in self.kv:
+            bisect.insort(self.keys, key)
+        self.kv[key] = value
+
+    def pop(self, key: bytes) -> None:
+        if self.kv.pop(key, None) is not None:
+            at = bisect.bisect_left(self.keys, key)
+            if at < len(self.keys) and self.keys[at] == key:
+                del self.keys[at]
+        self.row_seq.pop(key, None)
+
+    def scan(self, prefix: bytes) -> dict[bytes, bytes]:
+        out = {}
+        for at in range(bisect.bisect_left(self.keys, prefix), len(self.keys)):
+            key = self.keys[at]
+            if not key.startswith(prefix):
+                break
+            out[key] = self.kv[key]
+        return out
+
+    def index_all(self, rows: bytes) -> None:
+        self.keys = sorted(self.kv)
+        self.row_seq = {}
+        for key, value in self.kv.items():
+            if key.startswith(rows):
+                self.row_seq[key] = _row_seq(value)
+        self.by_seq = sorted((seq, key) for key, seq in self.row_seq.items())
+
+    def index(self, key: bytes, value: bytes) -> None:
+        seq = _row_seq(value)
+        if self.row_seq.get(key) == seq:
+            return
+        self.row_seq[key] = seq
+        bisect.insort(self.by_seq, (seq, key))
+        if len(self.by_seq) > 2 * len(self.row_seq) + 1024:
+            self.by_seq = sorted((s, k) for k, s in self.row_seq.items())
+
+    def changed_rows(self, seq: int) -> list[bytes]:
+        """Keys of rows whose seq is above `seq` (each once)."""
+        start = bisect.bisect_right(self.by_seq, (seq, b"\xff" * 8))
+        keys = {k for s, k in self.by_seq[start:] if self.row_seq.get(k) == s}
+        return sorted(keys)
+
+
+_DAMAGED_SEQ = 2**62
+
+
+def _row_seq(raw: bytes) -> int:
+    """A row's seq; one that does not parse counts as changed (reading it reports it)."""
+    try:
+        return int(json.loads(raw)["seq"])
+    except (ValueError, KeyError, TypeError):
+        return _DAMAGED_SEQ
+
+
+class Follower:
+    """Every `d/` key of one etcd store in memory, kept current by a watch, and whether
+    the cluster answers.
+
+    Two loops keep it: `watch_loop` (apply the watch; on another member when its member
+    falls silent) and `health_loop` (read `d/lock` every HEALTH_SECONDS: is the cluster
+    there, and does the watch keep up). `start()` runs each on a thread; `close()` stops
+    both within CLOSE_SECONDS. Reads (`get`, `scan`, `changed_rows`) never wait on etcd.
+    """
+
+    def __init__(self, location: EtcdLocation, timeout: float) -> None:
+        self.location = location
+        self._timeout = timeout
+        self._p = location.key_prefix
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watch_gw: Gateway | None = None
+        self._threads: list[threading.Thread] = []
+        kv, revision = self._load_all()
+        self._follow = _Follow(kv, revision)
+        self._follow.index_all(self._key("d/s/"))
+
+    def _key(self, *parts: str) -> bytes:
+        return self._p + "/".join(parts).encode()
+
+    def start(self) -> None:
+        for target, name in ((self.watch_loop, "watch"), (self.health_loop, "health")):
+            thread = threading.Thread(target=target, name=f"secretfs-etcd-{name}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        watch_gw = self._watch_gw
+        if watch_gw is not None:
+            watch_gw.stop_watch()
+        # One bound for all the threads: a hung or unreachable cluster must not hold
+        # a stopping daemon (they are daemon threads; what is left dies with us).
+        deadline = time.monotonic() + CLOSE_SECONDS
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, key: bytes) -> bytes | None:
+        with self._lock:
+            return self._follow.kv.get(key)
+
+    def scan(self, prefix: bytes) -> dict[bytes, bytes]:
+        with self._lock:
+            return self._follow.scan(prefix)
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change seen."""
+        with self._lock:
+            return self._follow.version
+
+    def changed_rows(self, seq: int) -> list[tuple[bytes, bytes]]:
+        """The secret rows whose seq is above `seq`: the change, not the store."""
+        with self._lock:
+            found = [(k, self._follow.kv.get(k)) for k in self._follow.changed_rows(seq)]
+        return [(k, raw) for k, raw in found if raw is not None]
+
+    def _load_all(self) -> tuple[dict[bytes, bytes], int]:
+        """Every `d/` key at one revision, page by page, within the load timeout (not
+        the request timeout: a large store takes longer than one request may)."""
+        prefix = self._key("d/")
+        deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        gw = Gateway(self.location, timeout=self._timeout)
+        try:
+            kvs, revision = gw.range_all(
+                prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline
+            )
+        finally:
+            gw.close()
+        return {unb64(kv["key"]): unb64(kv.get("value")) for kv in kvs}, revision
+
+    def _resync(self) -> None:
+        kv, revision = self._load_all()
+        with self._lock:
+            self._follow.kv = kv
+            self._follow.revision = revision
+            self._follow.index_all(self._key("d/s/"))
+            self._follow.version += 1
+        log.info("etcd: reloaded %d keys of %s at revision %d", len(kv), self.location, revision)
+
+    def watch_loop(self) -> None:
+        follow = self._follow
+        prefix = self._key("d/")
+        watch_gw = Gateway(self.location, timeout=self._timeout)
+        self._watch_gw = watch_gw
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._watch_once(watch_gw, follow, prefix)
+                except WatchIdleError as exc:
+                    with self._lock:
+                        idle = follow.reachable and follow.lag == 0
+                        follow.switching = follow.switching or idle
+                    if not idle:
+                        self._set_watching(False, str(exc))
+                    # else: nothing was missed (the health check agrees): a quiet store on
+                    # a cluster without progress notifications. Start again, not stale.
+                except StoreError as exc:
+                    self._set_watching(False, str(exc))
+                with self._lock:
+                    switching, follow.switching = follow.switching, False
+                # A member given up for silence: go to the next one at once.
+                if not switching and self._stop.wait(RETRY_SECONDS):
+                    break
+        finally:
+            watch_gw.close()
+
+    def _watch_once(self, gw: Gateway, follow: _Follow, prefix: bytes) -> None:
+        results = gw.watch(prefix, prefix_end(prefix), follow.revision + 1, WATCH_IDLE_SECONDS)
+        with contextlib.closing(results):
+            self._apply_watch(results, follow)
+
+    def _apply_watch(self, results: Iterator[dict[str, Any]], follow: _Follow) -> None:
+        rows = self._key("d/s/")
+        created = False
+        for result in results:
+            if self._stop.is_set():
+                return
+            with self._lock:
+                follow.heard = time.monotonic()
+            compacted = int(result.get("compact_revision", 0) or 0)
+            if compacted or result.get("canceled"):
+                reason = result.get("cancel_reason") or f"compacted at revision {compacted}"
+                log.warning("etcd watch on %s ended (%s): reloading in full", self.location, reason)
+                self._resync()
+                return
+            if result.get("created"):
+                created = True
+                with self._lock:
+                    follow.member = None if self._watch_gw is None else self._watch_gw.watch_url
+            events = result.get("events") or []
+            if not events:
+                if not result.get("created"):
+                    # A progress notification: every change up to here was delivered.
+                    header = int((result.get("header") or {}).get("revision", 0) or 0)
+                    with self._lock:
+                        follow.revision = max(follow.revision, header)
+                self._caught_up(follow, created)
+                continue
+            with self._lock:
+                for event in events:
+                    kv = event["kv"]
+                    key = unb64(kv["key"])
+                    if event.get("type") == "DELETE":
+                        follow.pop(key)
+                    else:
+                        value = unb64(kv.get("value"))
+                        follow.put(key, value)
+                        if key.startswith(rows):
+                            follow.index(key, value)
+                    follow.revision = max(follow.revision, int(kv.get("mod_revision", 0)))
+                follow.version += 1
+            self._caught_up(follow, created)
+
+    def _caught_up(self, follow: _Follow, created: bool) -> None:
+        """Current again once the watch is established and, after a switch, has brought
+        what the cluster had when the old one was given up."""
+        with self._lock:
+            ready = created and not follow.watching and follow.revision >= follow.catch_up
+        if ready:
+            self._set_watching(True, None)
+
+    def health_loop(self) -> None:
+        follow = self._follow
+        gw = Gateway(self.location, timeout=min(self._timeout, HEALTH_TIMEOUT))
+        lock = self._key("d/lock")
+        try:
+            while not self._stop.wait(HEALTH_SECONDS):
+                try:
+                    kvs, _ = gw.range(lock)
+                except StoreError as exc:
+                    self._set_reachable(False, str(exc))
+                    continue
+                self._set_reachable(True, None)
+                written = int(kvs[0].get("mod_revision", 0)) if kvs else 0
+                with self._lock:
+                    behind = written > follow.revision
+                    silent = time.monotonic() - follow.heard
+                    follow.lag = follow.lag + 1 if behind else 0
+                    lag, member = follow.lag, follow.member
+                if behind and silent > WATCH_SILENT_SECONDS:
+                    with self._lock:
+                        follow.catch_up = max(follow.catch_up, written)
+                    # The cluster moved on and the watch brought nothing: its member is
+                    # hung or cut off. Stale until a watch on another member catches up.
+                    problem = (
+                        f"etcd member {member} carrying the watch sent nothing for"
+                        f" {silent:.1f}s while the cluster moved on: switching members"
+                    )
+                    log.warning("%s (%s)", problem, self.location)
+                    self._switch(problem)
+                elif lag >= 2:
+                    # Writes went on that the watch did not bring: start it again.
+                    log.warning("etcd watch on %s fell behind: restarting it", self.location)
+                    self._switch(None)
+        finally:
+            gw.close()
+
+    def _switch(self, problem: str | None) -> None:
+        """Drop the current watch; with a `problem`, stale, and the next on another member."""
+        follow = self._follow
+        with self._lock:
+            follow.lag = 0
+            follow.switching = True
+        if problem is not None:
+            self._set_watching(False, problem)
+        watch_gw = self._watch_gw
+        if watch_gw is not None:
+            watch_gw.stop_watch(elsewhere=problem is not None)
+
+    def _set_watching(self, watching: bool, problem: str | None) -> None:
+        self._update(lambda f: setattr(f, "watching", watching), problem)
+
+    def _set_reachable(self, reachable: bool, problem: str | None) -> None:
+        self._update(lambda f: setattr(f, "reachable", reachable), problem)
+
+    def _update(self, change: Callable[[_Follow], None], problem: str | None) -> None:
+        follow = self._follow
+        with self._lock:
+            was = follow.watching and follow.reachable
+            change(follow)
+            now = follow.watching and follow.reachable
+            if problem is not None:
+                follow.problem = problem
+            if now:
+                follow.problem = None
+            if was and not now:
+                follow.stale_since = time.time()
+            elif now:
+                follow.stale_since = None
+            revision = follow.revision
+        if was and not now:
+            log.warning(
+                "etcd cluster of %s unreachable: serving the last state seen (revision %d): %s",
+                self.location,
+                revision,
+                problem,
+            )
+        elif now and not was:
+            log.info(
+                "etcd cluster of %s answers: following from revision %d", self.location, revision
+            )
+
+    def status(self) -> dict[str, Any]:
+        follow = self._follow
+        with self._lock:
+            stale = follow.stale_since
+            return {
+                "backend": "etcd",
+                "store": str(self.location),
+                "connected": follow.watching and follow.reachable,
+                "last_revision": follow.revision,
+                "stale_since": None if stale is None else iso_time(int(stale * 1e9)),
+                "problem": follow.problem,
+                "member": follow.member,
+            }
