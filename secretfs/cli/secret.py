@@ -35,6 +35,16 @@ def _ref(text: str) -> Ref:
     return parse_ref(text)
 
 
+# `get` and `read` take the same --version.
+older_version = click.option(
+    "--version",
+    "version",
+    type=bounded_int(),
+    help="An older version.",
+    shell_complete=complete_versions,
+)
+
+
 def owner_options(fn: Any) -> Any:
     fn = click.option("--mode", metavar="OCTAL", help="File mode in the mount, e.g. 0440.")(fn)
     fn = click.option("--gid", type=GROUP_ID, help="Group: a number or a name of this host.")(fn)
@@ -124,13 +134,7 @@ def set_(store: StoreLocation | None, ref: str, **kw: Any) -> None:
 @secret.command()
 @click.argument("ref", type=REF)
 @click.option("--field", "field_path", metavar="A/B", help="One field of a JSON secret.")
-@click.option(
-    "--version",
-    "version",
-    type=bounded_int(),
-    help="An older version.",
-    shell_complete=complete_versions,
-)
+@older_version
 @click.option(
     "--sealed-to",
     metavar="KEY_ID|PUBKEY",
@@ -199,13 +203,7 @@ def _warn_if_expired(ref: Ref, meta: SecretMeta, version: int | None) -> None:
 
 @cli.command(name="read")
 @click.argument("ref", type=REF)
-@click.option(
-    "--version",
-    "version",
-    type=bounded_int(),
-    help="An older version.",
-    shell_complete=complete_versions,
-)
+@older_version
 @click.option(
     "--out-file",
     "-o",
