@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import h11
 import trio
@@ -44,8 +44,8 @@ from secretfs.store import ClientKeyRecord
 
 if TYPE_CHECKING:
     from secretfs.audit import AuditQueue
-    from secretfs.daemon import Watcher
     from secretfs.tree import Tree
+    from secretfs.verified import VerifiedVersions
 
 log = logging.getLogger(__name__)
 
@@ -461,10 +461,20 @@ def _error(exc: ConnectError, close: bool = False) -> _Reply:
     return _Reply(exc.status, [("content-type", "application/json")], body, close)
 
 
+class Changes(Protocol):
+    """What the resolver needs of the mount's watcher (`daemon.Watcher`), named here so
+    that this module does not import the daemon."""
+
+    @property
+    def versions(self) -> VerifiedVersions: ...
+
+    def catch_up(self) -> bool: ...
+
+
 def resolver_task(
     config: ResolverConfig,
     tree: Tree,
-    watcher: Watcher,
+    watcher: Changes,
     queue: AuditQueue,
     refusal: Callable[[], str | None] = lambda: None,
 ) -> tuple[Callable[[], Awaitable[None]], Callable[[], None]]:
