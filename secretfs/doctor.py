@@ -468,11 +468,9 @@ def _metadata(vault: Vault, accept_restore: bool) -> list[Check]:
     """Every access row's tag, the store's digest and serial (docs/security.md)."""
     problems = vault.verify_all()
     if problems and accept_restore:
-        with vault.backend.transaction():
+        with vault.recorded("accept-restore") as trail:
             rows = vault.auth.retag_all()
-            vault.audit(
-                "accept-restore",
-                None,
+            trail.record(
                 detail=f"{len(problems)} problem(s) accepted; {rows} row(s) tagged again: "
                 + "; ".join(str(p) for p in problems[:5]),
             )

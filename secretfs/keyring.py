@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 KEY_RETRY_SECONDS = 5.0  # how often a mount retries a data key it could not unlock
 
-# Marks a key operation leaves in the store's meta (secretfs/rotation.py writes them).
+# Marks a key operation leaves in the store's meta (secretfs/keyrotation.py writes them).
 KEY_OP = "key_op"
 KEK_ROTATION = "kek_rotation"
 KEK_NEXT = "kek_next:"

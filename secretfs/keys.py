@@ -168,7 +168,7 @@ def _key_file_text(key: bytes) -> bytes:
     return (crypto.format_key_text(key) + "\n").encode()
 
 
-# -- key file rotation (see secretfs/rotation.py for the order of steps) ------------------
+# -- key file rotation (see secretfs/keyrotation.py for the order of steps) ------------------
 
 
 def next_key_file_path(path: Path) -> Path:

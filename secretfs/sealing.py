@@ -22,18 +22,14 @@ import hashlib
 import re
 import secrets
 import struct
-import time
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nacl.public import PublicKey, SealedBox
 
 from secretfs import audit as audit_log
-from secretfs.errors import ConflictError, KeySourceError, NotFoundError, UsageError
+from secretfs.errors import KeySourceError, NotFoundError, UsageError
 from secretfs.store import ClientKeyRecord
-
-if TYPE_CHECKING:
-    from secretfs.vault import Vault
 
 PUBLIC_KEY_LEN = 32
 OVERHEAD = 48  # crypto_box_SEALBYTES: ephemeral public key (32) + tag (16)
@@ -204,52 +200,6 @@ def last_uses(records: Iterable[audit_log.AuditRecord]) -> dict[str, int]:
             key_id = r.detail[len(_DETAIL_PREFIX) :].split(" ", 1)[0]
             out[key_id] = max(out.get(key_id, 0), r.time_ns)
     return out
-
-
-# -- client keys on a store (the CLI) ----------------------------------------------------
-
-
-def add_client_key(
-    vault: Vault, public_key: bytes, label: str, owner_uid: int | None
-) -> ClientKeyRecord:
-    """Register a public key (refused if it is registered and live already)."""
-    record = ClientKeyRecord(new_key_id(), public_key, label, owner_uid, time.time_ns())
-    detail = f"{record.key_id} {fingerprint(public_key)}"
-    with vault.refusal_audited("client-key-add", None), vault.backend.transaction():
-        for k in vault.backend.list_client_keys():
-            if k.public_key == public_key and k.revoked_ns is None:
-                raise ConflictError(f"this public key is registered already as {k.key_id}")
-        vault.backend.add_client_key(record, vault.backend.next_seq())
-        vault.auth.update(client_keys=[record.key_id])
-        vault.audit("client-key-add", None, detail=detail)
-    return record
-
-
-def revoke_client_key(vault: Vault, key_id: str) -> ClientKeyRecord:
-    """Revoke a key softly: its row stays (audit trail), nothing is sealed to it again."""
-    with vault.refusal_audited("client-key-rm", None), vault.backend.transaction():
-        keys = {k.key_id: k for k in vault.backend.list_client_keys()}
-        key = keys.get(key_id)
-        if key is None:
-            raise NotFoundError(f"no client key {key_id}")
-        if key.revoked_ns is not None:
-            raise ConflictError(f"client key {key_id} is revoked already")
-        now = time.time_ns()
-        vault.backend.revoke_client_key(key_id, now, vault.backend.next_seq())
-        vault.auth.update(client_keys=[key_id])
-        vault.audit("client-key-rm", None, detail=f"{key_id} {fingerprint(key.public_key)}")
-    return ClientKeyRecord(
-        key.key_id, key.public_key, key.label, key.owner_uid, key.created_ns, now, key.last_used_ns
-    )
-
-
-def record_sealed_get(
-    vault: Vault, ref: str, version: int, key: ClientKeyRecord, bound: bool
-) -> None:
-    """Audit a CLI sealed read and set the key's last use, in one transaction."""
-    with vault.backend.transaction():
-        vault.audit("get", ref, version, audit_log.OK, sealed_detail(key.key_id, bound))
-        vault.backend.touch_client_keys({key.key_id: time.time_ns()})
 
 
 # -- the resolver socket (secretfs/resolver/) -------------------------------------------

@@ -21,7 +21,7 @@ This only ever stops or kills the process that carries the variable, which whoev
 its environment can do anyway: it changes nothing that is written, read or checked.
 
 Points: `before-commit` / `after-commit` (every store write transaction), and the named
-steps of key rotation and re-encryption (see secretfs/rotation.py).
+steps of key rotation and re-encryption (see secretfs/keyrotation.py).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ def retention_s(vault: Vault) -> int:
 
 
 def set_retention(vault: Vault, seconds: int) -> None:
-    with vault.backend.transaction():
+    with vault.recorded("config") as trail:
         vault.backend.meta_set(RETENTION_META, str(seconds).encode())
-        vault.audit("config", None, detail=f"rm-retention {seconds}s")
+        trail.record(detail=f"rm-retention {seconds}s")
 
 
 def keep(vault: Vault, meta: SecretMeta, grants: list[GrantRecord], ref: Ref) -> int | None:
@@ -125,7 +125,7 @@ def restore(vault: Vault, ref: Ref) -> SecretMeta:
     backend = vault.backend
     with backend.transaction():  # on its own: a refused restore still drops the expired
         _drop_expired(vault, time.time_ns())
-    with vault.refusal_audited("restore", ref), backend.transaction():
+    with vault.audited("restore", ref) as trail:
         current = backend.get_meta(ref.scope.key, ref.name)
         record = None if current is None else _record(vault, current.secret_id)
         if current is None or record is None:
@@ -170,7 +170,7 @@ def restore(vault: Vault, ref: Ref) -> SecretMeta:
         ]
         vault.auth.update(secrets=[sid], added=restored)
         _drop(vault, sid)
-        vault.audit("restore", ref, record["version"])
+        trail.record(record["version"])
     return vault.meta(ref)
 
 

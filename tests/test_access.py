@@ -367,7 +367,7 @@ def test_grant_refuses_a_field_a_missing_secret_and_a_bad_kind(vault: Vault) -> 
 
 
 def test_audit_table_refuses_update_and_delete(vault: Vault) -> None:
-    path = vault.path
+    path = vault.backend.path
     count = len(vault.backend.read_audit())
     conn = sqlite3.connect(path, isolation_level=None)
     try:
@@ -386,7 +386,7 @@ def test_watcher_picks_up_scope_defaults_and_grants(vault: Vault) -> None:
     watcher.refresh()
     token = node(t, "@api/token")
     assert t.attr(token).mode & 0o777 == 0o400
-    other = Vault.open(vault.path)
+    other = Vault.open(vault.backend.path)
     try:
         other.set_owner(parse_scope("@api"), {"mode": 0o440, "gid": 50}, action="chmod")
         inval = watcher.refresh()
@@ -407,7 +407,8 @@ def test_watcher_picks_up_scope_defaults_and_grants(vault: Vault) -> None:
     finally:
         other.close()
     # Audit writes alone change nothing the tree shows.
-    vault.audit("test", None)
+    with vault.recorded("test") as trail:
+        trail.record()
     assert watcher.refresh() is None
 
 

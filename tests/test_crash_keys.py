@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from secretfs import doctor, rotation
+from secretfs import doctor, keyrotation
 from secretfs.errors import KeySourceError
 from secretfs.refs import parse_ref
 from secretfs.vault import Vault
@@ -89,7 +89,7 @@ def check_store(
 
 
 def assert_finished(store: Path) -> None:
-    info, error = rotation.status(store)
+    info, error = keyrotation.status(store)
     assert error is None
     assert [g["generation"] for g in info["data_keys"]] == [2]
     assert info["reencryption"] is None and info["kek_rotation"] is None
@@ -168,7 +168,7 @@ def test_reencrypt_killed_after_random_delays_then_resumed(
     assert kills >= 3, "most runs should have been killed mid-way"
     run(env, *args[3:])
     check_store(store, values)
-    info, _ = rotation.status(store)
+    info, _ = keyrotation.status(store)
     assert len(info["data_keys"]) == 1 and info["reencryption"] is None
 
 
@@ -200,7 +200,7 @@ def test_kek_rotation_killed_at_each_step(tmp_path: Path, cli_env: dict[str, str
         check_store(store, values)
         assert not store.with_name("store.db.key.next").exists()
         assert not list(store.parent.glob(".store.db.key.*"))
-        info, error = rotation.status(store)
+        info, error = keyrotation.status(store)
         assert error is None and info["kek_rotation"] is None and info["operation"] is None
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("SECRETFS_KEY", before)

@@ -96,12 +96,12 @@ def test_a_damaged_value_is_named(store: Path) -> None:
 
 
 def test_a_half_done_reencryption_is_a_warning(store: Path) -> None:
-    from secretfs import rotation
+    from secretfs import keyrotation
     from secretfs.vault import Vault
 
     vault = Vault.open(store)
     try:
-        rotation.start_reencryption(vault, rotation.Outcome())
+        keyrotation.start_reencryption(vault, keyrotation.Outcome())
     finally:
         vault.close()
     report = doctor.run(store)

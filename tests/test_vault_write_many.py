@@ -31,7 +31,7 @@ def test_writes_all_and_reads_back(vault: Vault) -> None:
     # Sealed as any other write, bound to its name: a ciphertext moved to another
     # secret's row does not open.
     first, second = (vault.meta(ref).secret_id for ref, _ in items[:2])
-    with sqlite3.connect(vault.path) as db:
+    with sqlite3.connect(vault.backend.path) as db:
         db.execute(
             "UPDATE versions SET ciphertext ="
             " (SELECT ciphertext FROM versions WHERE secret_id = ?) WHERE secret_id = ?",

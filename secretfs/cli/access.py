@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from secretfs.access import Layer, Ownership, ReaderEntry, readers_of, resolve
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.cli.params import GROUP_ID, USER_ID, parse_id
 from secretfs.cli.records import grant_record, json_option, owner_record, revoked_record

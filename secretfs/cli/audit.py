@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import click
 
 from secretfs.audit import AuditRecord, iso_time_ns
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.cli.access import parse_target
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.cli.completion import REF_OR_SCOPE
 from secretfs.cli.params import bounded_int
 from secretfs.cli.records import json_option

@@ -13,7 +13,7 @@ import click
 from click.decorators import FC
 
 from secretfs import tls as _tls
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF
 from secretfs.cli.secret import secret
 from secretfs.cli.values import finish_value, input_options

@@ -11,7 +11,7 @@ import click
 
 from secretfs import sealing
 from secretfs.audit import iso_time_ns
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import complete_client_keys
 from secretfs.cli.params import USER_ID
 from secretfs.errors import IntegrityError, UsageError
@@ -85,7 +85,7 @@ def add(
     """
     key = _read_public_key(public_key, from_file, from_stdin)
     with open_vault(store) as vault:
-        record = sealing.add_client_key(vault, key, label, owner_uid)
+        record = vault.add_client_key(key, label, owner_uid)
     if as_json:
         emit_json(_json(record))
         return
@@ -134,7 +134,7 @@ def rm(store: StoreLocation | None, key_id: str, as_json: bool) -> None:
     if not sealing.is_key_id(key_id):
         raise UsageError(f"{key_id[:40]!r} is not a client key id (ck_<32 hex>)")
     with open_vault(store) as vault:
-        record = sealing.revoke_client_key(vault, key_id)
+        record = vault.revoke_client_key(key_id)
     if as_json:
         emit_json(_json(record))
         return

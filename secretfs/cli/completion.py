@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from click.shell_completion import CompletionItem, get_completion_class
 
-from secretfs.cli import cli
+from secretfs.cli.common import cli
 from secretfs.refs import PREFIX, Ref, Scope, format_ref, parse_ref
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from secretfs import trash
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.records import json_option, setting_record
 from secretfs.errors import UsageError
 from secretfs.expiry import parse_duration
@@ -106,9 +106,9 @@ def _set_audit_max_age(store: StoreLocation | None, value: str, quiet: bool) -> 
     from secretfs.audit_retention import MAX_AGE_META
 
     seconds = 0 if value.strip() == "0" else parse_duration(value, "audit-max-age")
-    with open_vault(store) as vault, vault.backend.transaction():
+    with open_vault(store) as vault, vault.recorded("config") as trail:
         vault.backend.meta_set(MAX_AGE_META, str(seconds).encode())
-        vault.audit("config", None, detail=f"audit-max-age {seconds}s")
+        trail.record(detail=f"audit-max-age {seconds}s")
     what = f"audit-max-age is now {value}" if seconds else "audit records are now all kept"
     click.echo(what, err=quiet)  # on stderr when stdout carries --json
     return seconds

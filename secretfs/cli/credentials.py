@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from secretfs import credentials as creds
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.params import GROUP_ID, USER_ID
 from secretfs.cli.records import json_option, write_record
 from secretfs.cli.values import parse_optional_mode, read_stdin

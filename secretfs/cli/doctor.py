@@ -7,7 +7,7 @@ import sys
 import click
 
 from secretfs import doctor as checks
-from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.common import cli, handle_errors, store_option, store_path
 from secretfs.store.location import StoreLocation
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from secretfs.cli import cli, handle_errors
+from secretfs.cli.common import cli, handle_errors
 from secretfs.errors import UsageError
 from secretfs.files import write_file_atomically
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import click
 
-from secretfs import crypto, keyring, keys, rotation
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
+from secretfs import crypto, keyring, keyrotation, keys
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.cli.params import bounded_int
 from secretfs.cli.values import resolve_uri
 from secretfs.errors import UsageError
@@ -55,7 +55,7 @@ def _strip_newline(data: bytes) -> bytes:
 def status(store: StoreLocation | None, as_json: bool) -> None:
     """Where the KEK comes from, the data key generations, algorithms, and whether the
     key unlocks the store. Exits with the key error's code if it does not."""
-    info, error = rotation.status(store_path(store))
+    info, error = keyrotation.status(store_path(store))
     if as_json:
         emit_json(info)
     else:
@@ -123,7 +123,7 @@ def _progress(done: int, total: int) -> None:
 @click.option(
     "--batch-size",
     type=bounded_int(1, 100_000),
-    default=rotation.DEFAULT_BATCH,
+    default=keyrotation.DEFAULT_BATCH,
     show_default=True,
     help="Versions re-encrypted per transaction.",
 )
@@ -157,7 +157,7 @@ def rotate(
         new_key = crypto.parse_key_text(
             _read_input(new_key_from, "--new-key-from").decode("ascii", "replace")
         )
-    outcome = rotation.Outcome()
+    outcome = keyrotation.Outcome()
     if dry_run:
         with open_vault(store) as vault:  # the key must open the store, as for the real one
             _rotation_plan(vault, reencrypt, new_key is not None, outcome)
@@ -171,12 +171,14 @@ def rotate(
         click.echo(note)
 
 
-def _rotation_plan(vault: Vault, reencrypt: bool, new_key: bool, outcome: rotation.Outcome) -> None:
+def _rotation_plan(
+    vault: Vault, reencrypt: bool, new_key: bool, outcome: keyrotation.Outcome
+) -> None:
     """What `key rotate` would do, read only."""
     outcome.data["dry_run"] = True
     kind = vault.kek_source.kind
     info = vault.backend.data_key_info()
-    pending = rotation.pending_reencryption(vault.backend)
+    pending = keyrotation.pending_reencryption(vault.backend)
     if kind == keys.KIND_KEY and not new_key:
         if not reencrypt:
             raise UsageError(
@@ -204,13 +206,13 @@ def _rotate(
     new_key: bytes | None,
     batch_size: int,
     as_json: bool,
-    outcome: rotation.Outcome,
+    outcome: keyrotation.Outcome,
 ) -> None:
     with open_vault(store) as vault:
         kind = vault.kek_source.kind
         op = "key rotate --reencrypt" if reencrypt else "key rotate"
-        with rotation.key_operation(vault, op, outcome):
-            finished = rotation.finish_kek_rotation(vault, outcome)
+        with keyrotation.key_operation(vault, op, outcome):
+            finished = keyrotation.finish_kek_rotation(vault, outcome)
             pending = keyring.pending_reencryption(vault.backend)
             if reencrypt and pending is not None:
                 outcome.notes.append(f"resuming the re-encryption to generation {pending}")
@@ -228,15 +230,15 @@ def _rotate(
                             " key (held elsewhere) is unchanged"
                         )
                     else:
-                        rotation.rotate_kek(vault, new_key, outcome)
+                        keyrotation.rotate_kek(vault, new_key, outcome)
                 if pending is not None:
                     outcome.notes.append(
                         f"a re-encryption to generation {pending} is unfinished: run"
                         " `secretfs key rotate --reencrypt` to finish it"
                     )
-                target = rotation.start_reencryption(vault, outcome) if reencrypt else 0
+                target = keyrotation.start_reencryption(vault, outcome) if reencrypt else 0
             if target:
-                rotation.reencrypt(
+                keyrotation.reencrypt(
                     vault,
                     target,
                     outcome,
@@ -276,10 +278,10 @@ def passwd(store: StoreLocation | None, new_password_from: str | None) -> None:
             f"warning: the new password is shorter than {MIN_PASSWORD_CHARS} characters",
             err=True,
         )
-    outcome = rotation.Outcome()
+    outcome = keyrotation.Outcome()
     with open_vault(store) as vault:
-        with rotation.key_operation(vault, "key passwd", outcome):
-            rotation.finish_kek_rotation(vault, outcome)
-            rotation.change_password(vault, password, outcome)
+        with keyrotation.key_operation(vault, "key passwd", outcome):
+            keyrotation.finish_kek_rotation(vault, outcome)
+            keyrotation.change_password(vault, password, outcome)
     for note in outcome.notes:
         click.echo(note)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.common import cli, handle_errors, store_option, store_path
 from secretfs.cli.params import GROUP_ID, USER_ID, bounded_int, parse_id
 from secretfs.cli.resolver_options import resolver_args, resolver_config, resolver_options
 from secretfs.errors import SecretfsError, StoreError, UsageError

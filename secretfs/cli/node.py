@@ -2,7 +2,7 @@
 
 Each node has its own X25519 key pair; the private half stays in its node key file
 (0600), the data keys are sealed to each enrolled node's public key. The records and the
-sealing are secretfs/keyring.py and secretfs/rotation.py.
+sealing are secretfs/keyring.py and secretfs/keyrotation.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from secretfs import crypto, keyring, keys, rotation
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option, store_path
+from secretfs import crypto, keyring, keyrotation, keys
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option, store_path
 from secretfs.errors import KeySourceError, SecretfsError, UsageError
 from secretfs.store.location import StoreLocation
 from secretfs.timeutil import iso_time
@@ -54,14 +54,14 @@ def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_j
     and print its public key; run `secretfs node enroll PUBKEY` on a member that opens
     the store to enroll it. A host that opens the store already enrolls itself.
     """
-    outcome = rotation.Outcome()
+    outcome = keyrotation.Outcome()
     if public_key is not None:
         try:
             public = crypto.parse_key_text(public_key)
         except SecretfsError:
             raise UsageError("PUBKEY is a node's 32-byte public key (64 hex digits)") from None
-        with open_vault(store) as vault, rotation.key_operation(vault, "node enroll", outcome):
-            rotation.enroll_node(vault, public, label, outcome)
+        with open_vault(store) as vault, keyrotation.key_operation(vault, "node enroll", outcome):
+            keyrotation.enroll_node(vault, public, label, outcome)
         _say(outcome, as_json)
         return
     path = _node_key_path(store)
@@ -77,8 +77,8 @@ def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_j
                 outcome.notes.append(f"node {node_id} is enrolled: it opens the store")
                 outcome.data["enrolled"] = True
             else:
-                with rotation.key_operation(vault, "node enroll", outcome):
-                    rotation.enroll_node(vault, public, label, outcome)
+                with keyrotation.key_operation(vault, "node enroll", outcome):
+                    keyrotation.enroll_node(vault, public, label, outcome)
                 outcome.data["enrolled"] = True
     except KeySourceError as exc:
         outcome.data["enrolled"] = False
@@ -94,7 +94,7 @@ def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_j
     _say(outcome, as_json)
 
 
-def _say(outcome: rotation.Outcome, as_json: bool) -> None:
+def _say(outcome: keyrotation.Outcome, as_json: bool) -> None:
     if as_json:
         emit_json({**outcome.data, "notes": outcome.notes})
         return
@@ -149,9 +149,9 @@ def ls(store: StoreLocation | None, as_json: bool) -> None:
 def revoke(store: StoreLocation | None, node_id: str, as_json: bool) -> None:
     """Revoke a node: nothing is sealed to it any more, and a new data key generation
     re-encrypts every value, so values written from now on never open on it."""
-    outcome = rotation.Outcome()
-    with open_vault(store) as vault, rotation.key_operation(vault, "node revoke", outcome):
-        rotation.revoke_node(vault, node_id, outcome)
+    outcome = keyrotation.Outcome()
+    with open_vault(store) as vault, keyrotation.key_operation(vault, "node revoke", outcome):
+        keyrotation.revoke_node(vault, node_id, outcome)
         # Always a new generation: one a pending re-encryption made was sealed to the node.
-        rotation.reencrypt(vault, rotation.start_reencryption(vault, outcome), outcome)
+        keyrotation.reencrypt(vault, keyrotation.start_reencryption(vault, outcome), outcome)
     _say(outcome, as_json)

@@ -10,7 +10,7 @@ import click
 
 from secretfs import keys
 from secretfs import run as runner
-from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.common import cli, handle_errors, store_option, store_path
 from secretfs.cli.values import parse_mode
 from secretfs.errors import ConflictError, UsageError
 from secretfs.files import INPUT_LIMIT, read_file_limited, read_limited, write_file_atomically

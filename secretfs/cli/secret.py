@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from secretfs import expiry, fields, sealing, trash
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, SCOPE, complete_client_keys, complete_versions
 from secretfs.cli.params import GROUP_ID, USER_ID, bounded_int
 from secretfs.cli.records import json_option, removal_record, write_record
@@ -29,6 +29,7 @@ from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta, VersionMeta
 from secretfs.store.location import StoreLocation
 from secretfs.timeutil import iso_time
+from secretfs.vault import WriteMode
 
 
 def _ref(text: str) -> Ref:
@@ -85,7 +86,9 @@ def secret() -> None:
     """Create, change, read and list secrets."""
 
 
-def _write(store: StoreLocation | None, ref_text: str, how: str, as_json: bool, **kw: Any) -> None:
+def _write(
+    store: StoreLocation | None, ref_text: str, how: WriteMode, as_json: bool, **kw: Any
+) -> None:
     ref = _ref(ref_text)
     source = take_value(kw)
     mode = parse_optional_mode(kw.pop("mode"))
@@ -93,9 +96,7 @@ def _write(store: StoreLocation | None, ref_text: str, how: str, as_json: bool, 
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
         value = source.read(vault.max_value_bytes)  # bounded while reading
-        result = vault.write(
-            ref, value, how="create" if how == "create" else "set", owner=owner, schedule=schedule
-        )
+        result = vault.write(ref, value, how=how, owner=owner, schedule=schedule)
         keeps = vault.max_versions
     meta = result.meta
     verb = "created" if result.previous_version == 0 else "updated"
@@ -115,7 +116,7 @@ def _write(store: StoreLocation | None, ref_text: str, how: str, as_json: bool, 
 @handle_errors
 def create(store: StoreLocation | None, ref: str, **kw: Any) -> None:
     """Create a new secret REF; fails (exit 4, "409") if it exists."""
-    _write(store, ref, "create", **kw)
+    _write(store, ref, WriteMode.CREATE, **kw)
 
 
 @secret.command(name="set")
@@ -128,7 +129,7 @@ def create(store: StoreLocation | None, ref: str, **kw: Any) -> None:
 @handle_errors
 def set_(store: StoreLocation | None, ref: str, **kw: Any) -> None:
     """Create REF or add a new version to it."""
-    _write(store, ref, "set", **kw)
+    _write(store, ref, WriteMode.UPSERT, **kw)
 
 
 @secret.command()
@@ -179,7 +180,7 @@ def get(
             want = meta.version if version is None else version
             out = fields.extract(value, path) if path else value
             box = sealing.seal_envelope_value(out, key, bound=bound, ref=str(full), version=want)
-            sealing.record_sealed_get(vault, str(full), want, key, bound)
+            vault.record_sealed_get(str(full), want, key, bound)
             if raw:
                 sys.stdout.buffer.write(box)
                 sys.stdout.buffer.flush()

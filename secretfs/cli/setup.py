@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.common import cli, handle_errors, store_option, store_path
 from secretfs.cli.params import bounded_int
 from secretfs.keys import KIND_KEY_FILE
 from secretfs.store.location import StoreLocation

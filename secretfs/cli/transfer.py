@@ -15,14 +15,14 @@ from typing import Any
 import click
 
 from secretfs import formats
-from secretfs.cli import cli, emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import SCOPE
 from secretfs.errors import ConflictError, TooLargeError, UsageError
 from secretfs.files import IMPORT_LIMIT, read_file_limited, read_limited, write_file_atomically
 from secretfs.formats import Format, FormatError, Problem
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_scope
 from secretfs.store.location import StoreLocation
-from secretfs.vault import BulkOutcome, ExistingPolicy
+from secretfs.vault import BulkOutcome, ExistingPolicy, Writable
 
 _STDIO = Path("-")
 
@@ -111,22 +111,21 @@ def import_(
     parsed = formats.parse(_format(fmt, path, formats.IMPORT_FORMATS), _read_input(path))
     problems = list(parsed.problems)
     with open_vault(store) as vault:
-        items: list[tuple[Ref, bytes]] = []
+        items: list[Writable] = []
         lines: dict[str, int] = {}
         for entry in parsed.entries:
             ref = Ref(target, entry.name)
             try:
-                vault.check_writable(ref, entry.value)
+                items.append(vault.check_writable(ref, entry.value))
             except TooLargeError as exc:
                 problems.append(Problem(entry.line, f"{entry.name!r}: {exc}"))
                 continue
-            items.append((ref, entry.value))
             lines[entry.name] = entry.line
         if problems and not partial:
             problems.sort(key=lambda p: p.line or 0)
             if dry_run:
                 raise FormatError(problems, f"{len(problems)} problem(s): would import nothing")
-            with vault.refusal_audited("import", target):  # records the refusal
+            with vault.refusals_recorded("import", target):
                 raise FormatError(problems, f"{len(problems)} problem(s), nothing was imported")
         write = vault.plan_many if dry_run else vault.write_many
         outcomes = write(items, existing=existing, partial=partial) if items else []
@@ -207,15 +206,15 @@ def export(
     if to_file and path is not None and not force and os.path.lexists(path.expanduser()):
         raise ConflictError(f"{path} exists: give --force to replace it")
     with open_vault(store) as vault:
-        with vault.refusal_audited("export", target):
+        with vault.refusals_recorded("export", target):
             with vault.backend.snapshot():
                 values = {
                     m.name: vault.read_version(m.secret_id, m.version)
                     for m in vault.list_secrets(target.key)
                 }
             data = formats.render(chosen, values, k8s_name=k8s_name)
-        with vault.backend.transaction():
-            vault.audit("export", target, detail=f"{len(values)} secret(s) as {chosen}")
+        with vault.recorded("export", target) as trail:
+            trail.record(detail=f"{len(values)} secret(s) as {chosen}")
     if to_file and path is not None:
         write_file_atomically(path.expanduser(), data, replace=force)
         where = str(path)

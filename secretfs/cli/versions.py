@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from secretfs import expiry
-from secretfs.cli import emit_json, handle_errors, open_vault, store_option
+from secretfs.cli.common import emit_json, handle_errors, open_vault, store_option
 from secretfs.cli.completion import REF, complete_versions
 from secretfs.cli.params import bounded_int
 from secretfs.cli.records import write_record
@@ -18,7 +18,7 @@ from secretfs.cli.values import take_value, value_options
 from secretfs.errors import UsageError
 from secretfs.refs import Ref, Scope
 from secretfs.store.location import StoreLocation
-from secretfs.vault import Vault, WriteResult
+from secretfs.vault import Vault, WriteMode, WriteResult
 
 
 def _summary(result: WriteResult, extra: dict[str, Any]) -> dict[str, Any]:
@@ -53,7 +53,7 @@ def rotate(store: StoreLocation | None, ref: str, as_json: bool, **kw: Any) -> N
     schedule = parse_schedule(kw.pop("expires_at"), kw.pop("rotate_every"))
     with open_vault(store) as vault:
         value = source.read(vault.max_value_bytes)  # bounded while reading
-        result = vault.write(parsed, value, how="rotate", schedule=schedule)
+        result = vault.write(parsed, value, how=WriteMode.UPDATE, schedule=schedule)
         keeps = vault.max_versions
     report_write(parsed, result, keeps)
     if as_json:

@@ -10,7 +10,7 @@ import time
 
 import click
 
-from secretfs.cli import cli, handle_errors, store_option, store_path
+from secretfs.cli.common import cli, handle_errors, store_option, store_path
 from secretfs.errors import StoreError
 from secretfs.follow import POLL_SECONDS, Follower, Selection
 from secretfs.store.location import StoreLocation

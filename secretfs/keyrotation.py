@@ -77,7 +77,7 @@ from secretfs.store.base import Backend
 from secretfs.store.location import StoreLocation, location_of
 from secretfs.testhooks import checkpoint
 from secretfs.timeutil import iso_time
-from secretfs.vault import Vault
+from secretfs.vault import AuditTrail, Vault
 
 DEFAULT_BATCH = 500
 
@@ -310,7 +310,7 @@ def _rewrap_in_one(
     params: crypto.KdfParams | None = None,
 ) -> None:
     backend, keyring = vault.backend, vault.keyring
-    with backend.transaction():
+    with vault.recorded(action) as trail:
         now = time.time_ns()
         for gen, wrapped in keyring.wrapped_keys(kek).items():
             if gen in backend.data_keys():
@@ -320,7 +320,7 @@ def _rewrap_in_one(
             backend.meta_set("kdf_salt", salt)
             backend.meta_set("kdf_params", params.to_json().encode())
             backend.meta_set("kdf_check", crypto.kdf_record_digest(salt, params.to_json().encode()))
-        vault.audit(action, None, detail=f"{len(keyring.generations)} data key(s) re-wrapped")
+        trail.record(detail=f"{len(keyring.generations)} data key(s) re-wrapped")
     keyring.use_kek(kek)
     outcome.data["rewrapped"] = len(keyring.generations)
 
@@ -338,7 +338,7 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
             " changed (a key file on a read-only volume is rotated where it is made)"
         ) from None
     checkpoint("kek:next-written")
-    with backend.transaction():
+    with vault.recorded("key-rotate") as trail:
         for gen, wrapped in vault.keyring.wrapped_keys(new_kek).items():
             backend.meta_set(f"{KEK_NEXT}{gen}", wrapped)
         backend.meta_set(KEK_NEXT_CHECK, vault.keyring.kek_check(new_kek))
@@ -346,7 +346,7 @@ def _rotate_key_file(vault: Vault, new_kek: bytes, outcome: Outcome) -> None:
             KEK_ROTATION,
             json.dumps({"next": str(next_path), "since_ns": time.time_ns()}).encode(),
         )
-        vault.audit("key-rotate", None, detail=f"new key prepared in {next_path}")
+        trail.record(detail=f"new key prepared in {next_path}")
     checkpoint("kek:prepared")
     _install(key_path)
     checkpoint("kek:key-file-replaced")
@@ -370,7 +370,7 @@ def _key_file(vault: Vault) -> Path:
 def _commit_next(vault: Vault, new_kek: bytes | None) -> None:
     """The `.next` wrappings replace the old ones (`new_kek` None: the KEK held now)."""
     backend, keyring = vault.backend, vault.keyring
-    with backend.transaction():
+    with vault.recorded("key-rotate") as trail:
         gens = backend.data_keys()
         fresh = keyring.wrapped_keys(new_kek)
         for gen in gens:
@@ -380,7 +380,7 @@ def _commit_next(vault: Vault, new_kek: bytes | None) -> None:
         check = backend.meta_get(KEK_NEXT_CHECK) or keyring.kek_check(new_kek)
         backend.meta_set("kek_check", check)
         _drop_next(backend)
-        vault.audit("key-rotate", None, detail=f"{len(gens)} data key(s) re-wrapped")
+        trail.record(detail=f"{len(gens)} data key(s) re-wrapped")
     if new_kek is not None:
         keyring.use_kek(new_kek)
 
@@ -436,9 +436,9 @@ def finish_kek_rotation(vault: Vault, outcome: Outcome) -> bool:
             f"finished an interrupted key rotation: {key_path} now holds the new key (back it up)"
         )
         return True
-    with backend.transaction():
+    with vault.recorded("key-rotate") as trail:
         _drop_next(backend)
-        vault.audit("key-rotate", None, detail="an interrupted rotation was undone")
+        trail.record(detail="an interrupted rotation was undone")
     outcome.notes.append(
         f"undid an interrupted key rotation whose new key ({next_path}) was gone or did not"
         " match: the key is unchanged"
@@ -453,12 +453,12 @@ def start_reencryption(vault: Vault, outcome: Outcome) -> int:
     """Add a data key generation, make it the active one, mark the re-encryption."""
     backend, keyring = vault.backend, vault.keyring
     _require_whole(vault)
-    with backend.transaction():
+    with vault.recorded("key-reencrypt") as trail:
         gen, wrapped = keyring.add_generation(list(backend.data_keys()))
         backend.put_data_key(gen, wrapped, time.time_ns())
         # Sealed to every live node in the same transaction: a mount learns the generation
         # (its watch, its next refresh) before any value sealed under it exists.
-        sealed_to = _wrap_to_nodes(vault, gen)
+        sealed_to = _wrap_to_nodes(vault, gen, trail)
         if not wrapped and not sealed_to:
             raise KeySourceError(
                 "this host has no key-encryption key and no enrolled node is live: the new"
@@ -466,7 +466,7 @@ def start_reencryption(vault: Vault, outcome: Outcome) -> int:
             )
         backend.meta_set("active_gen", str(gen).encode())
         backend.meta_set(REENCRYPT, str(gen).encode())
-        vault.audit("key-reencrypt", None, detail=f"started: data key generation {gen}")
+        trail.record(detail=f"started: data key generation {gen}")
     keyring.sync_active(backend)
     outcome.notes.append(f"new data key generation {gen}; new writes use it from now on")
     checkpoint("reencrypt:started")
@@ -537,7 +537,7 @@ def reencrypt(
 def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
     """Delete the old generations, but only when no version uses them (else False)."""
     backend = vault.backend
-    with backend.transaction():
+    with vault.recorded("key-reencrypt") as trail:
         if backend.versions_not_under(target):
             return False  # written concurrently under an old generation: another pass
         old = sorted(g for g in backend.data_keys() if g != target)
@@ -548,9 +548,7 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
             for key in backend.meta_scan(f"{NODE_WRAP_PREFIX}{gen}/"):
                 backend.meta_delete(key)
         backend.meta_delete(REENCRYPT)
-        vault.audit(
-            "key-reencrypt",
-            None,
+        trail.record(
             detail=f"done: generation {target}; removed generation(s)"
             f" {', '.join(map(str, old)) or 'none'}",
         )
@@ -565,28 +563,28 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
 # -- nodes (per-node keys: docs/cluster.md, "Nodes") --------------------------------------
 
 
-def live_nodes(vault: Vault) -> list[NodeRecord]:
+def _live_nodes(vault: Vault, trail: AuditTrail) -> list[NodeRecord]:
     """Enrolled, not revoked, and authentic: the nodes data keys are sealed to. A record
-    whose tag fails (written without the key) is named in the log and sealed to nobody."""
+    whose tag fails (written without the key) is named in `trail` and sealed to nobody."""
     out = []
     for node in list_nodes(vault.backend):
         if node.revoked_ns is not None:
             continue
         if not vault.keyring.node_ok(node):
-            vault.audit(
-                "node-tamper",
-                node.node_id,
+            trail.record(
                 outcome="tamper",
                 detail="node record fails authentication: not sealed to",
+                action="node-tamper",
+                on=node.node_id,
             )
             continue
         out.append(node)
     return out
 
 
-def _wrap_to_nodes(vault: Vault, gen: int) -> list[str]:
-    """Seal generation `gen` to every live node (inside the caller's transaction)."""
-    nodes = live_nodes(vault)
+def _wrap_to_nodes(vault: Vault, gen: int, trail: AuditTrail) -> list[str]:
+    """Seal generation `gen` to every live node (inside `trail`'s transaction)."""
+    nodes = _live_nodes(vault, trail)
     for node in nodes:
         vault.backend.meta_set(
             node_wrap_key(gen, node.node_id), vault.keyring.wrap_to_node(gen, node)
@@ -608,7 +606,7 @@ def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -
     _require_whole(vault)
     backend, keyring = vault.backend, vault.keyring
     node_id = node_id_of(public_key)
-    with backend.transaction():
+    with vault.recorded("node-enroll", node_id) as trail:
         existing = next((n for n in list_nodes(backend) if n.node_id == node_id), None)
         if existing is not None and existing.revoked_ns is not None:
             raise ConflictError(
@@ -624,11 +622,7 @@ def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -
         backend.meta_set(NODE_PREFIX + node_id, record.to_json())
         for gen in keyring.generations:
             backend.meta_set(node_wrap_key(gen, node_id), keyring.wrap_to_node(gen, record))
-        vault.audit(
-            "node-enroll",
-            node_id,
-            detail=f"{len(keyring.generations)} data key generation(s) sealed to it",
-        )
+        trail.record(detail=f"{len(keyring.generations)} data key generation(s) sealed to it")
     outcome.notes.append(
         (
             f"node {node_id} was enrolled already: its copies of the data keys were sealed again"
@@ -645,7 +639,7 @@ def revoke_node(vault: Vault, node_id: str, outcome: Outcome) -> None:
     """Mark the node revoked and drop what was sealed to it (one transaction); the caller
     then re-encrypts (start_reencryption, reencrypt) so its old copies stop mattering."""
     backend = vault.backend
-    with backend.transaction():
+    with vault.recorded("node-revoke", node_id) as trail:
         node = next((n for n in list_nodes(backend) if n.node_id == node_id), None)
         if node is None:
             raise NotFoundError(f"no node {node_id} in {backend.name} (`secretfs node ls`)")
@@ -655,7 +649,7 @@ def revoke_node(vault: Vault, node_id: str, outcome: Outcome) -> None:
         for key in backend.meta_scan(NODE_WRAP_PREFIX):
             if key.endswith(f"/{node_id}"):
                 backend.meta_delete(key)
-        vault.audit("node-revoke", node_id, detail="revoked; a new data key generation follows")
+        trail.record(detail="revoked; a new data key generation follows")
     outcome.notes.append(f"node {node_id} revoked: nothing is sealed to it any more")
 
 
@@ -666,7 +660,6 @@ __all__ = [
     "enroll_node",
     "finish_kek_rotation",
     "key_operation",
-    "live_nodes",
     "pending_reencryption",
     "reencrypt",
     "revoke_node",
