@@ -27,7 +27,7 @@ from secretfs.errors import (
     UsageError,
 )
 from secretfs.refs import Ref, parse_ref
-from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, Vault
+from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, Vault, WriteMode
 from tests.lifecycle_helpers import raw_db
 
 MIB = 1024 * 1024
@@ -370,6 +370,32 @@ def test_rotate_needs_an_existing_secret(vault: Vault) -> None:
     with pytest.raises(NotFoundError):
         vault.write(R("nope"), b"x", how="rotate")
     assert vault.list_secrets() == []
+
+
+def test_each_write_mode_records_one_audit_entry_or_one_refusal(vault: Vault) -> None:
+    before = len(vault.backend.read_audit())
+    vault.write(R("db"), b"one", how=WriteMode.CREATE)
+    vault.write(R("db"), b"two", how=WriteMode.UPDATE)
+    vault.write(R("db"), b"three")  # UPSERT
+    with pytest.raises(ConflictError):
+        vault.write(R("db"), b"four", how=WriteMode.CREATE)
+    with pytest.raises(NotFoundError):
+        vault.write(R("nope"), b"x", how=WriteMode.UPDATE)
+    with pytest.raises(TooLargeError):
+        vault.write(R("big"), b"x" * (vault.max_value_bytes + 1))
+    got = [(r.action, r.ref, r.version, r.outcome) for r in vault.backend.read_audit()[before:]]
+    assert got == [
+        ("create", "$S:db", 1, "ok"),
+        ("rotate", "$S:db", 2, "ok"),
+        ("set", "$S:db", 3, "ok"),
+        ("create", "$S:db", None, "refused"),
+        ("rotate", "$S:nope", None, "refused"),
+        ("set", "$S:big", None, "refused"),
+    ]
+    assert vault.meta(R("db")).version == 3
+    # A value checked once is written as it is, by write_many too.
+    checked = vault.check_writable(R("other"), b"y")
+    assert [o.action for o in vault.write_many([checked])] == ["created"]
 
 
 def test_a_field_reference_cannot_be_written(vault: Vault) -> None:

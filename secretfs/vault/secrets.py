@@ -28,6 +28,7 @@ class WriteMode(enum.Enum):
     UPSERT = "set"  # either
 
 
+WriteModeName = Literal["create", "rotate", "set"]  # a WriteMode's value, as the CLI says it
 ExistingPolicy = Literal["fail", "overwrite", "skip"]
 
 
@@ -120,13 +121,13 @@ class Secrets(VaultCore):
         ref: Ref,
         value: bytes,
         *,
-        how: WriteMode = WriteMode.UPSERT,
+        how: WriteMode | WriteModeName = WriteMode.UPSERT,
         owner: Mapping[str, int | None] | None = None,
         schedule: Schedule | None = None,
     ) -> WriteResult:
         """One new version, as `how` requires, with an owner and an expiry and rotation
         period (`schedule`)."""
-        mode = WriteMode(how)  # the mode, or its name ("create", "set", "rotate")
+        mode = WriteMode(how)
         with self.refusals_recorded(mode.value, ref):
             item = self.check_writable(ref, value)
             with self.recorded(mode.value, ref) as trail:
