@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal, ParamSpec, TypeVar
 
 from secretfs import audit as audit_log
-from secretfs import crypto, fields, keys
+from secretfs import crypto, fields, keys, nodes
 from secretfs.authmeta import Authenticator, LastSeen, Problem
 from secretfs.errors import (
     ConflictError,
@@ -215,6 +215,7 @@ class Vault:
             vault = cls._unlock(backend)
             if not readonly:
                 vault._authenticate_old_store()
+                nodes.migrate(vault)  # nodes enrolled before their keys were authenticated
             return vault
         except BaseException:
             backend.close()

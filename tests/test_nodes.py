@@ -27,10 +27,17 @@ def node_env(cli_env: dict[str, str], tmp_path: Path, name: str, *, kek: bool) -
 
 
 def enroll(cli: Cli, member: dict[str, str], new: dict[str, str]) -> str:
-    """The new node makes its key pair; the member enrolls its public key: its id."""
+    """The new node makes its key pair; the member enrolls its public key; the node pins
+    the store key the member printed: its id."""
     asked = json.loads(cli("node", "enroll", "--json", env=new).stdout)
     assert asked["enrolled"] is False
-    cli("node", "enroll", asked["public_key"], "--label", "two", env=member)
+    done = json.loads(
+        cli("node", "enroll", asked["public_key"], "--label", "two", "--json", env=member).stdout
+    )
+    pinned = json.loads(
+        cli("node", "enroll", "--store-key", done["store_key"], "--json", env=new).stdout
+    )
+    assert pinned["enrolled"] is True
     return str(asked["node_id"])
 
 
@@ -129,7 +136,9 @@ def test_a_wrap_moved_or_changed_does_not_open(
     assert proc.returncode == 5 and b"damaged or not authentic" in proc.stderr
     # Its own box with a changed tag: the binding to store, generation and node fails.
     with sqlite3.connect(initialized_store) as db:
-        db.execute("UPDATE meta SET v = ? WHERE k = ?", (bytes([own[0] ^ 1]) + own[1:], slot))
+        at = len(b"box2:")
+        changed = own[:at] + bytes([own[at] ^ 1]) + own[at + 1 :]
+        db.execute("UPDATE meta SET v = ? WHERE k = ?", (changed, slot))
     proc = cli("secret", "get", "db", env=two, check=False)
     assert proc.returncode == 5 and b"damaged or not authentic" in proc.stderr
     with sqlite3.connect(initialized_store) as db:
@@ -147,3 +156,72 @@ def test_a_node_key_others_can_read_is_refused(
     proc = cli("secret", "ls", env=two, check=False)
     assert proc.returncode == 5
     assert f"node key file {key_file} is mode 0644".encode() in proc.stderr
+
+
+def _forge_data_key(store: Path | str, node_id: str, public: bytes, how: str) -> None:
+    """The attack of issue 14.3a, as someone who can write the store but holds no key: a
+    data key of their own sealed to the node, made the active one, and a value sealed
+    under it with every row tagged and the store state signed off with that key."""
+    import dataclasses
+    import time
+
+    from secretfs import keyring, keys
+    from secretfs.authmeta import Authenticator
+    from secretfs.refs import parse_ref
+    from secretfs.store import location
+    from secretfs.vault import Vault
+
+    backend = location.parse(str(store)).open()
+    try:
+        store_id = backend.meta_get("store_id")
+        assert store_id is not None
+        gen = max(backend.data_keys()) + 1
+        mine = crypto.random_key()
+        row = crypto.row_data("node_wrap", store_id, gen, node_id, public)
+        tag = crypto.mac(crypto.mac_key(mine), row)
+        if how == "anonymous sealed box":  # what a member wrote before: anyone can make one
+            wrap = tag + crypto.box_seal(public, mine)
+        else:  # the new form, from a store key of the attacker's own
+            wrap = b"box2:" + tag + crypto.box_auth_seal(crypto.box_private_key(), public, mine)
+        with backend.transaction():
+            backend.put_data_key(gen, b"", time.time_ns())
+            backend.meta_set(keyring.node_wrap_key(gen, node_id), wrap)
+            backend.meta_set("active_gen", str(gen).encode())
+        forged = keyring.Keyring(store_id, {gen: mine}, gen, keys.KekSource("key", "forger"))
+        Vault(backend, forged).set(parse_ref("db"), b"forged-value")
+        with backend.transaction():
+            Authenticator(backend, forged).retag_all()
+            state = forged.read_state(backend)
+            assert state is not None
+            forged.write_state(backend, dataclasses.replace(state, serial=10**9))
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("how", ["anonymous sealed box", "box from another key"])
+def test_a_data_key_sealed_by_a_store_writer_without_a_key_is_refused(
+    cli: Cli, initialized_store: Path, cli_env: dict[str, str], tmp_path: Path, how: str
+) -> None:
+    """A node opens only data keys boxed from the store key it pinned: one a store writer
+    sealed to it is refused and named, nothing sealed under it is served, and the node
+    seals nothing new under it."""
+    from secretfs import keys
+
+    one = node_env(cli_env, tmp_path, "one", kek=True)
+    two = node_env(cli_env, tmp_path, "two", kek=False)
+    cli("secret", "set", "db", "--from-stdin", input=b"real", env=one)
+    cli("node", "enroll", env=one)
+    node_two = enroll(cli, one, two)
+    assert cli("secret", "get", "db", env=two).stdout == b"real"
+    public = crypto.box_public_key(keys.read_node_key(Path(two["SECRETFS_NODE_KEY_FILE"])))
+
+    _forge_data_key(initialized_store, node_two, public, how)
+    proc = cli("secret", "get", "db", env=two, check=False)
+    assert b"forged-value" not in proc.stdout + proc.stderr
+    assert proc.returncode == 5, proc.stderr
+    why = b"anonymous sealed box" if how.startswith("anonymous") else b"not authentic"
+    assert why in proc.stderr and f"sealed to {node_two}".encode() in proc.stderr
+    proc = cli("secret", "set", "new", "--from-stdin", input=b"x", env=two, check=False)
+    assert proc.returncode == 5 and why in proc.stderr
+    status = json.loads(cli("key", "status", "--json", env=two, check=False).stdout)
+    assert status["unlocks"] is False
