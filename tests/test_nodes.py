@@ -92,6 +92,12 @@ def test_enroll_read_revoke(
     # A revoked node key is never enrolled again.
     proc = cli("node", "enroll", env=two, check=False)
     assert proc.returncode == 5 and b"never enrolled again" in proc.stderr
+    # The revoked record is under the store digest: deleting it (to enroll the key
+    # again) does not go unnoticed.
+    with sqlite3.connect(initialized_store) as db:
+        db.execute("DELETE FROM meta WHERE k = ?", (f"node/{node_two}",))
+    doctor = cli("doctor", env=one, check=False)
+    assert doctor.returncode != 0 and b"do not add up" in doctor.stdout
 
 
 def test_a_node_record_written_without_the_key_is_sealed_to_nobody(
@@ -115,6 +121,10 @@ def test_a_node_record_written_without_the_key_is_sealed_to_nobody(
     assert wraps and not any(k.endswith("nd_0000000000000000") for k in wraps)
     nodes = {n["node_id"]: n for n in json.loads(cli("node", "ls", "--json", env=one).stdout)}
     assert nodes["nd_0000000000000000"]["authentic"] is False
+    # Node records are under the store digest: doctor names the forged one.
+    doctor = cli("doctor", env=one, check=False)
+    assert doctor.returncode != 0
+    assert b"node nd_0000000000000000: the node record fails authentication" in doctor.stdout
 
 
 def test_a_wrap_moved_or_changed_does_not_open(
@@ -225,3 +235,81 @@ def test_a_data_key_sealed_by_a_store_writer_without_a_key_is_refused(
     assert proc.returncode == 5 and why in proc.stderr
     status = json.loads(cli("key", "status", "--json", env=two, check=False).stdout)
     assert status["unlocks"] is False
+
+
+def _as_before(store: Path) -> None:
+    """Put the store's nodes in their form from before node wraps were authenticated:
+    anonymous sealed boxes, each record tagged inside itself and outside the digest, no
+    store key. Done with the KEK (the key file beside the store), as that code did."""
+    import dataclasses
+
+    from secretfs import keyring, keys
+    from secretfs.authmeta import node_tag_key
+    from secretfs.store import location
+
+    backend = location.parse(str(store)).open()
+    try:
+        store_id = backend.meta_get("store_id")
+        assert store_id is not None
+        kek = keys.read_key_file(backend.key_file())
+        data = {
+            gen: crypto.unwrap_key(kek, wrapped, crypto.data_key_aad(store_id, gen))
+            for gen, wrapped in backend.data_keys().items()
+        }
+        active = int(backend.meta_get("active_gen") or b"0")
+        kr = keyring.Keyring(store_id, data, active, keys.KekSource("key-file", "t"), kek)
+        nodes = {n.node_id: n for n in keyring.list_nodes(backend)}
+        with backend.transaction():
+            state = kr.read_state(backend)
+            assert state is not None
+            digest = state.digest
+            for node in nodes.values():
+                digest -= keyring.tag_value(backend.meta_get(node_tag_key(node.node_id)))
+                backend.meta_delete(node_tag_key(node.node_id))
+                old = dataclasses.replace(node, tag=kr.tag(keyring.node_row(store_id, node)))
+                backend.meta_set(keyring.NODE_PREFIX + node.node_id, old.to_json())
+            for key in backend.meta_scan(keyring.NODE_WRAP_PREFIX):
+                gen_text, node_id = key[len(keyring.NODE_WRAP_PREFIX) :].split("/")
+                gen, public = int(gen_text), nodes[node_id].public_key
+                row = crypto.row_data("node_wrap", store_id, gen, node_id, public)
+                tag = crypto.mac(crypto.mac_key(data[gen]), row)
+                backend.meta_set(key, tag + crypto.box_seal(public, data[gen]))
+            for key in backend.meta_scan(keyring.STORE_KEY_PREFIX):
+                backend.meta_delete(key)
+            kr.write_state(backend, dataclasses.replace(state, digest=digest % keyring.DIGEST_MOD))
+    finally:
+        backend.close()
+
+
+def test_nodes_enrolled_before_are_moved_over_by_the_next_key_holder(
+    cli: Cli, initialized_store: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A store whose nodes got anonymous sealed boxes: its nodes refuse them; the next
+    command on a host with the KEK boxes them from a new store key (audited) and puts the
+    node records under the digest; a node opens again once it pinned that key."""
+    one = node_env(cli_env, tmp_path, "one", kek=True)
+    two = node_env(cli_env, tmp_path, "two", kek=False)
+    cli("secret", "set", "db", "--from-stdin", input=b"real", env=one)
+    cli("node", "enroll", env=one)
+    node_two = enroll(cli, one, two)
+    _as_before(initialized_store)
+    pins = Path(two["SECRETFS_NODE_KEY_FILE"] + ".pins")
+    pins.unlink()  # a node enrolled before pinned nothing
+
+    proc = cli("secret", "get", "db", env=two, check=False)
+    assert proc.returncode == 5 and b"has not pinned" in proc.stderr, proc.stderr
+    cli("secret", "ls")  # the KEK host, no node key: any command moves the store over
+    with sqlite3.connect(initialized_store) as db:
+        wraps = [v for (v,) in db.execute("SELECT v FROM meta WHERE k LIKE 'nodewrap/%'")]
+    assert len(wraps) == 2 and all(w.startswith(b"box2:") for w in wraps)
+    audit = json.loads(cli("audit", "--json").stdout)
+    assert {r["ref"] for r in audit if r["action"] == "node-reseal"} >= {node_two}
+    nodes = json.loads(cli("node", "ls", "--json").stdout)
+    assert all(n["authentic"] for n in nodes)
+    doctor = cli("doctor", check=False).stdout
+    assert b"fails authentication" not in doctor and b"do not add up" not in doctor, doctor
+
+    store_key = json.loads(cli("key", "status", "--json").stdout)["store_key"]
+    proc = cli("node", "enroll", "--store-key", store_key, "--json", env=two)
+    assert json.loads(proc.stdout)["enrolled"] is True
+    assert cli("secret", "get", "db", env=two).stdout == b"real"
