@@ -428,7 +428,9 @@ class Keyring:
             ):
                 self.damaged[gen] = (
                     f"{what} is damaged or not authentic (not from the store key this node"
-                    f" pinned, or moved from another slot): {again}"
+                    " pinned, or moved from another slot): compare the key pinned in"
+                    f" {keys.store_pin_path(Path(node.path))} with `secretfs node ls` on a"
+                    f" member, or {again}"
                 )
                 continue
             self._data_keys[gen] = key

@@ -82,7 +82,7 @@ def enroll(
             _pin(Path(own.path), vault.store_id, outcome)
         else:
             outcome.notes.append(
-                f"on node {outcome.data['node_id']}, pin this store's key:\n"
+                f"on node {outcome.data['node_id']}, pin the store key:\n"
                 f"  secretfs node enroll --store-key {outcome.data['store_key']}"
             )
         _say(outcome, as_json)
@@ -125,8 +125,18 @@ def enroll(
                 f"node {node_id} was revoked: a revoked node key is never enrolled again;"
                 f" move {path} away and run `secretfs node enroll` for a new one"
             ) from None
+        if "has not pinned" in str(exc):
+            outcome.notes.append(
+                f"node {node_id} is enrolled but has not pinned the store key: run"
+                " `secretfs node enroll --store-key KEY` here, KEY as the member that"
+                " enrolled it printed (or from `secretfs node ls` there)"
+            )
+            _say(outcome, as_json)
+            return
+        # Enrolled already, the reason (a refused box) says more.
+        why = "" if "is not enrolled in" in str(exc) else f" ({exc})"
         outcome.notes.append(
-            f"this node cannot open the store yet ({exc}); on a member that does, run:\n"
+            f"this node cannot open the store yet{why}; on a member that does, run:\n"
             f"  secretfs node enroll {text}"
             + (f" --label {label}" if label else "")
             + "\nthen here: secretfs node enroll --store-key KEY (KEY as the member prints)"
