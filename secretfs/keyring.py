@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secretfs import crypto, keys
@@ -375,7 +376,6 @@ class Keyring:
         node; anything else (an anonymous sealed box anyone could have made) is refused
         and named in `damaged`."""
         import hmac
-        from pathlib import Path
 
         node = self.node
         if node is None:
@@ -732,8 +732,6 @@ class Keyring:
             private = crypto.box_private_key()
         public = crypto.box_public_key(private)
         if self.node is not None and self.kek_source.kind == keys.KIND_NODE:
-            from pathlib import Path
-
             pin = keys.read_store_pin(Path(self.node.path), self.store_id)
             if pin != public:
                 raise KeySourceError(

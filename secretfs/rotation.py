@@ -208,7 +208,10 @@ def _status(backend: Backend) -> tuple[dict[str, Any], SecretfsError | None]:
     try:
         unlocked = Keyring.unlock(backend)
         info["opened_with"] = unlocked.kek_source.description
-        store_key = unlocked.store_key(backend)  # what each node pins (docs/cluster.md)
+        try:
+            store_key = unlocked.store_key(backend)  # what each node pins (docs/cluster.md)
+        except SecretfsError as exc:
+            store_key, info["store_key_problem"] = None, str(exc)
         info["store_key"] = None if store_key is None else crypto.format_key_text(store_key)
         damaged = unlocked.damaged
         for gen, problem in damaged.items():
