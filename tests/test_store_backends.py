@@ -683,3 +683,33 @@ def test_audit_retention_prunes_old_records_on_both_backends(store: Store) -> No
     assert len(notes) == 1 and notes[0].startswith("pruned 4 audit records before ")
     again = store.cli("audit", "prune", "--before", "7d", "--json")
     assert json.loads(again.stdout)["removed"] == 0
+
+
+def test_etcd_audit_prune_splits_into_transactions_within_the_limit(
+    etcd_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More expired keys than one Txn may touch: the prune takes several, all commit."""
+    from dataclasses import replace
+
+    from secretfs.audit import cli_record
+    from secretfs.store.etcd import EtcdBackend
+
+    monkeypatch.setenv("SECRETFS_ETCD_MAX_TXN_OPS", "16")
+    where = location.parse(etcd_store.url)
+    assert isinstance(where, EtcdLocation)
+    backend = EtcdBackend.open(where)
+    old = time.time_ns() - 86400 * 10**9
+    try:
+        for i in range(40):
+            with backend.transaction():
+                backend.append_audit([replace(cli_record("get", f"$S:k{i}"), time_ns=old)])
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:new")])
+        assert backend.prune_audit(old + 1, dry_run=True) == 40
+        assert backend.prune_audit(old + 1) == 40
+        assert [r.ref for r in backend.read_audit()] == ["$S:new"]
+        prefix = etcd_store.url.rsplit("/", 1)[1]
+        assert etcd_store.cluster is not None
+        assert len([k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]) == 1
+    finally:
+        backend.close()
