@@ -381,17 +381,13 @@ class Keyring:
         if node is None:
             return
         public = node.public_key
+        pin_problem = (
+            f"this node has not pinned {backend.name}'s store key"
+            f" ({keys.store_pin_path(Path(node.path))}): run `secretfs node enroll"
+            " --store-key KEY` with the key a member printed when it enrolled this node"
+        )
         try:
             pin = keys.read_store_pin(Path(node.path), self.store_id)
-            pin_problem = (
-                ""
-                if pin is not None
-                else (
-                    f"this node has not pinned {backend.name}'s store key"
-                    f" ({keys.store_pin_path(Path(node.path))}): run `secretfs node enroll"
-                    " --store-key KEY` with the key a member printed when it enrolled this node"
-                )
-            )
         except KeySourceError as exc:
             pin, pin_problem = None, str(exc)
         again = (

@@ -313,3 +313,24 @@ def test_nodes_enrolled_before_are_moved_over_by_the_next_key_holder(
     proc = cli("node", "enroll", "--store-key", store_key, "--json", env=two)
     assert json.loads(proc.stdout)["enrolled"] is True
     assert cli("secret", "get", "db", env=two).stdout == b"real"
+
+
+def test_a_pin_others_can_change_or_a_second_pin_is_refused(
+    cli: Cli, initialized_store: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    one = node_env(cli_env, tmp_path, "one", kek=True)
+    two = node_env(cli_env, tmp_path, "two", kek=False)
+    cli("secret", "set", "db", "--from-stdin", input=b"v", env=one)
+    enroll(cli, one, two)
+    pins = Path(two["SECRETFS_NODE_KEY_FILE"] + ".pins")
+    assert stat.S_IMODE(pins.stat().st_mode) == 0o600
+    other = crypto.format_key_text(crypto.box_public_key(crypto.box_private_key()))
+    proc = cli("node", "enroll", "--store-key", other, env=two, check=False)
+    assert proc.returncode == 5 and b"pins another key for this store" in proc.stderr
+    pins.chmod(0o644)
+    proc = cli("secret", "get", "db", env=two, check=False)
+    assert (
+        proc.returncode == 5 and f"pinned store keys {pins} are mode 0644".encode() in proc.stderr
+    )
+    pins.chmod(0o600)
+    assert cli("secret", "get", "db", env=two).stdout == b"v"
