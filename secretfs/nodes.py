@@ -16,12 +16,46 @@ from typing import TYPE_CHECKING
 
 from secretfs.authmeta import NODE_TAG
 from secretfs.errors import SecretfsError
-from secretfs.keyring import NODE_PREFIX, NODE_WRAP_PREFIX, is_boxed, list_nodes
+from secretfs.keyring import (
+    NODE_PREFIX,
+    NODE_WRAP_PREFIX,
+    STORE_KEY_PREFIX,
+    is_boxed,
+    list_nodes,
+)
 
 if TYPE_CHECKING:
     from secretfs.vault import Vault
 
 log = logging.getLogger(__name__)
+
+
+def store_key(vault: Vault) -> bytes:
+    """The store key nodes pin, made (audited `store-key`) when the store has none, and
+    wrapped under every held generation (inside the caller's transaction)."""
+    b = vault.backend
+    had = bool(b.meta_scan(STORE_KEY_PREFIX))
+    public = vault.keyring.store_key(b, write=True)
+    assert public is not None
+    if not had:
+        boxed = any(is_boxed(w) for w in b.meta_scan(NODE_WRAP_PREFIX).values())
+        vault.audit(
+            "store-key",
+            None,
+            detail="a new store key; each node pins it"
+            + (
+                " (the one before is gone: nodes refuse boxes from this one until then)"
+                if boxed
+                else ""
+            ),
+        )
+        if boxed:
+            log.error(
+                "%s: the store key was missing: made a new one; every node refuses what is"
+                " boxed from it until it pins it (`secretfs node enroll --store-key`)",
+                vault.name,
+            )
+    return public
 
 
 def needs_migration(vault: Vault) -> bool:
@@ -69,7 +103,7 @@ def _migrate(vault: Vault) -> None:
                 continue
             if not kr.has(int(gen_text)):
                 continue  # a generation this host cannot open: left refused
-            kr.store_key(b, write=True)
+            store_key(vault)
             b.meta_set(key, kr.wrap_to_node(int(gen_text), target))
             resealed.setdefault(node_id, []).append(int(gen_text))
         for node_id, gens in resealed.items():

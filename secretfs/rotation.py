@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from secretfs import crypto, keys
+from secretfs import nodes as nodes_module
 from secretfs.errors import (
     ConflictError,
     IntegrityError,
@@ -598,7 +599,7 @@ def _wrap_to_nodes(vault: Vault, gen: int) -> list[str]:
     too, so a key holder of `gen` alone has it), inside the caller's transaction."""
     nodes = live_nodes(vault)
     if nodes or vault.backend.meta_scan(STORE_KEY_PREFIX):
-        vault.keyring.store_key(vault.backend, write=True)
+        nodes_module.store_key(vault)
     for node in nodes:
         vault.backend.meta_set(
             node_wrap_key(gen, node.node_id), vault.keyring.wrap_to_node(gen, node)
@@ -626,8 +627,7 @@ def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -
         )
         backend.meta_set(NODE_PREFIX + node_id, record.to_json())
         vault.auth.update(nodes=[record])
-        store_key = keyring.store_key(backend, write=True)
-        assert store_key is not None
+        store_key = nodes_module.store_key(vault)
         for gen in keyring.generations:
             backend.meta_set(node_wrap_key(gen, node_id), keyring.wrap_to_node(gen, record))
         vault.audit(

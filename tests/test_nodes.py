@@ -334,3 +334,23 @@ def test_a_pin_others_can_change_or_a_second_pin_is_refused(
     )
     pins.chmod(0o600)
     assert cli("secret", "get", "db", env=two).stdout == b"v"
+
+
+def test_a_deleted_store_key_makes_nodes_refuse_not_trust_a_new_one(
+    cli: Cli, initialized_store: Path, cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The store key's records deleted by a store writer: the next key change makes a new
+    store key (audited, logged); nodes refuse boxes from it until they pin it."""
+    one = node_env(cli_env, tmp_path, "one", kek=True)
+    two = node_env(cli_env, tmp_path, "two", kek=False)
+    cli("secret", "set", "db", "--from-stdin", input=b"v", env=one)
+    enroll(cli, one, two)
+    with sqlite3.connect(initialized_store) as db:
+        db.execute("DELETE FROM meta WHERE k LIKE 'store_key/%'")
+    cli("key", "rotate", "--reencrypt")  # the KEK host, no node key of its own
+    audit = json.loads(cli("audit", "--json").stdout)
+    (made,) = [r["detail"] for r in audit if r["action"] == "store-key"][-1:]
+    assert "the one before is gone" in made
+    proc = cli("secret", "get", "db", env=two, check=False)
+    assert proc.returncode == 5 and b"not authentic" in proc.stderr
+    assert proc.stdout == b""
