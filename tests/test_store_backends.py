@@ -688,7 +688,8 @@ def test_audit_retention_prunes_old_records_on_both_backends(store: Store) -> No
 def test_etcd_audit_prune_splits_into_transactions_within_the_limit(
     etcd_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """More expired keys than one Txn may touch: the prune takes several, all commit."""
+    """More expired keys than one Txn may touch: the prune takes several, all commit;
+    the batches left are merged into one key."""
     from dataclasses import replace
 
     from secretfs.audit import cli_record
@@ -705,9 +706,13 @@ def test_etcd_audit_prune_splits_into_transactions_within_the_limit(
                 backend.append_audit([replace(cli_record("get", f"$S:k{i}"), time_ns=old)])
         with backend.transaction():
             backend.append_audit([cli_record("get", "$S:new")])
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:newer")])
         assert backend.prune_audit(old + 1, dry_run=True) == 40
+        # What is left is merged on the same pass (here: every batch counts as old).
+        monkeypatch.setattr("secretfs.store.etcd.records.AUDIT_COMPACT_AGE_NS", 0)
         assert backend.prune_audit(old + 1) == 40
-        assert [r.ref for r in backend.read_audit()] == ["$S:new"]
+        assert [r.ref for r in backend.read_audit()] == ["$S:new", "$S:newer"]
         prefix = etcd_store.url.rsplit("/", 1)[1]
         assert etcd_store.cluster is not None
         assert len([k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]) == 1

@@ -1158,6 +1158,11 @@ class EtcdBackend:
                 break  # applied or not, the next prune finds what is left
             if answer.get("succeeded"):
                 removed_total += sum(removed for _, removed, _ in group)
+        # What is left is merged too: retention and aggregation on one pass, hourly.
+        try:
+            self.compact_audit(time.time_ns() - AUDIT_COMPACT_AGE_NS)
+        except SecretfsError as exc:
+            log.warning("etcd: cannot compact the audit log of %s yet: %s", self.location, exc)
         return removed_total
 
     # -- consistency (doctor) ---------------------------------------------------------------
