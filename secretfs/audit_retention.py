@@ -1,6 +1,7 @@
 """How long audit records are kept: `secretfs audit prune --before` and the store's
 `audit-max-age`, which every mount applies hourly. Each prune is itself recorded, in the
-same transaction as the delete; only SQLite stores can be pruned so far."""
+same transaction as the delete (SQLite); on etcd the deletes are batches of Txns within
+the cluster's limits and the record of the prune follows them."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def prune(
     """Delete the records older than `before_ns` and record that; returns how many."""
     pruner: Callable[..., int] | None = getattr(backend, "prune_audit", None)
     if pruner is None:
-        raise StoreError(f"{backend.name}: audit records can be pruned on SQLite stores only")
+        raise StoreError(f"{backend.name}: this backend cannot prune audit records")
     if dry_run:
         return pruner(before_ns, dry_run=True)
     with backend.transaction():

@@ -27,8 +27,11 @@ from secretfs.keyring import (
     FINGERPRINT_SCHEME,
     AuthState,
     Keyring,
+    NodeRecord,
     client_key_row,
     grant_row,
+    list_nodes,
+    node_row,
     scope_row,
     secret_row,
     tag_value,
@@ -42,6 +45,7 @@ SECRET_TAG = "mac/s/"  # noqa: S105 - a key prefix
 SCOPE_TAG = "mac/c/"
 GRANT_TAG = "mac/g/"
 CLIENT_KEY_TAG = "mac/k/"  # client keys decide what is sealed to whom (docs/sealed.md)
+NODE_TAG = "mac/n/"  # node records decide which nodes data keys are sealed to
 TAMPER = "tamper"  # the audit outcome of a row that fails verification
 
 
@@ -77,6 +81,10 @@ def client_key_tag_key(key_id: str) -> str:
     return f"{CLIENT_KEY_TAG}{key_id}"
 
 
+def node_tag_key(node_id: str) -> str:
+    return f"{NODE_TAG}{node_id}"
+
+
 def _secret_text(meta: SecretMeta) -> str:
     return f"#{meta.secret_id} {meta.scope}/{meta.name}"
 
@@ -102,8 +110,10 @@ class Authenticator:
         added: Iterable[GrantRecord] = (),
         removed: Iterable[GrantRecord] = (),
         client_keys: Iterable[str] = (),
+        nodes: Iterable[NodeRecord] = (),
     ) -> None:
-        """Tag the rows a write changed and move the store's digest by their difference."""
+        """Tag the rows a write changed and move the store's digest by their difference
+        (node records as written: never deleted, a revoked one is kept)."""
         b, kr = self.backend, self.keyring
         state = kr.read_state(b) or AuthState(0, 0)  # a damaged state shows in verify_all
         digest, access = state.digest, state.access
@@ -136,6 +146,8 @@ class Authenticator:
             for key_id in client_keys:
                 ck = by_id.get(key_id)
                 put(client_key_tag_key(key_id), None if ck is None else client_key_row(ck))
+        for node in nodes:
+            put(node_tag_key(node.node_id), node_row(kr.store_id, node))
         kr.write_state(b, AuthState(digest % DIGEST_MOD, state.serial + 1, access % DIGEST_MOD))
 
     def _tagged_rows(self) -> list[tuple[str, bytes]]:
@@ -145,6 +157,8 @@ class Authenticator:
         rows += [(scope_tag_key(s.scope), scope_row(s)) for s in b.list_scope_meta()]
         rows += [(grant_tag_key(g), grant_row(g)) for g in b.list_grants()]
         rows += [(client_key_tag_key(k.key_id), client_key_row(k)) for k in b.list_client_keys()]
+        store_id = self.keyring.store_id
+        rows += [(node_tag_key(n.node_id), node_row(store_id, n)) for n in list_nodes(b)]
         return rows
 
     def retag_all(self) -> int:
@@ -228,6 +242,16 @@ class Authenticator:
         stored = tags.get(tag_key) if tags is not None else self.backend.meta_get(tag_key)
         return self.keyring.verify(client_key_row(key), stored)
 
+    def node_ok(self, node: NodeRecord, tags: dict[str, bytes] | None = None) -> bool:
+        key = node_tag_key(node.node_id)
+        stored = tags.get(key) if tags is not None else self.backend.meta_get(key)
+        return self.keyring.verify(node_row(self.keyring.store_id, node), stored)
+
+    def node_pending(self, node: NodeRecord, tags: dict[str, bytes]) -> bool:
+        """A record from before node records were under the digest (its own tag verifies,
+        it has none of its own yet): the next key holder's open moves it (nodes.py)."""
+        return node_tag_key(node.node_id) not in tags and self.keyring.legacy_node_ok(node)
+
     def client_keys(self) -> list[ClientKeyRecord]:
         """The store's client keys whose rows verify: a key added or un-revoked without
         the key is never sealed to (a relay with a sealed-only grant could add its own)."""
@@ -307,6 +331,10 @@ class Authenticator:
                 problems.append(
                     Problem("client-key", k.key_id, "the client key fails authentication")
                 )
+        for n in list_nodes(b):
+            digest += tag_value(tags.get(node_tag_key(n.node_id)))
+            if not self.node_ok(n, tags) and not self.node_pending(n, tags):
+                problems.append(Problem("node", n.node_id, "the node record fails authentication"))
         if state is not None and digest % DIGEST_MOD != state.digest:
             problems.append(
                 Problem(
@@ -384,4 +412,5 @@ __all__ = [
     "Authenticator",
     "LastSeen",
     "Problem",
+    "node_tag_key",
 ]

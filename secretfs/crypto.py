@@ -426,3 +426,25 @@ def box_open(private_key: bytes, box: bytes) -> bytes:
         return bytes(nacl.public.SealedBox(nacl.public.PrivateKey(private_key)).decrypt(box))
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
         raise IntegrityError("sealed box does not open with this key") from None
+
+
+def box_auth_seal(sender_private: bytes, recipient_public: bytes, message: bytes) -> bytes:
+    """libsodium's crypto_box: `message` to `recipient_public`, authenticated as coming
+    from `sender_private`'s public key (random 24-byte nonce, prepended)."""
+    _check_key(sender_private, "store private key")
+    box = nacl.public.Box(
+        nacl.public.PrivateKey(sender_private), nacl.public.PublicKey(recipient_public)
+    )
+    return bytes(box.encrypt(message))
+
+
+def box_auth_open(recipient_private: bytes, sender_public: bytes, blob: bytes) -> bytes:
+    """Open a crypto_box; IntegrityError unless `sender_public`'s private key made it for
+    `recipient_private` and it is unchanged."""
+    try:
+        box = nacl.public.Box(
+            nacl.public.PrivateKey(recipient_private), nacl.public.PublicKey(sender_public)
+        )
+        return bytes(box.decrypt(blob))
+    except (nacl.exceptions.CryptoError, ValueError, TypeError):
+        raise IntegrityError("the box was not made by this sender for this key") from None

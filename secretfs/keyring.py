@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secretfs import crypto, keys
@@ -85,11 +86,17 @@ class AuthState:
 
 
 # Per-node keys (docs/cluster.md, "Nodes"): `node/<id>` is an enrolled node's record
-# (JSON, tagged like an access row); `nodewrap/<gen>/<id>` is data key generation `gen`
-# in a sealed box to that node's public key, after a tag binding store id, generation,
-# node id and public key (the box alone says nothing of who made it or for which slot).
+# (JSON; its tag is `mac/n/<id>`, under the store digest: secretfs/authmeta.py);
+# `nodewrap/<gen>/<id>` is data key generation `gen` in a crypto_box from the store's own
+# X25519 key to that node's public key, after a tag binding store id, generation, node id
+# and public key. The store's private key is `store_key/<gen>`, wrapped under each data
+# key generation (only key holders make boxes); each node pins its public key at
+# enrollment, so a box made by anyone else (an anonymous sealed box, the form before) is
+# refused.
 NODE_PREFIX = "node/"
 NODE_WRAP_PREFIX = "nodewrap/"
+STORE_KEY_PREFIX = "store_key/"
+NODE_WRAP_BOXED = b"box2:"  # marks a node wrap made with the store's key
 
 
 def node_wrap_key(gen: int, node_id: str) -> str:
@@ -156,6 +163,15 @@ def node_row(store_id: bytes, node: NodeRecord) -> bytes:
 
 def _node_wrap_row(store_id: bytes, gen: int, node_id: str, public_key: bytes) -> bytes:
     return crypto.row_data("node_wrap", store_id, gen, node_id, public_key)
+
+
+def _store_key_aad(store_id: bytes, gen: int) -> bytes:
+    return crypto.row_data("store_key", store_id, gen)
+
+
+def is_boxed(wrap: bytes) -> bool:
+    """Whether a node wrap was made with the store's key (not an anonymous sealed box)."""
+    return wrap.startswith(NODE_WRAP_BOXED)
 
 
 def list_nodes(backend: Backend) -> list[NodeRecord]:
@@ -272,6 +288,7 @@ class Keyring:
         self.damaged = dict(damaged or {})
         self._retry_at = 0.0
         self._mac_keys: dict[int, bytes] = {}
+        self._store_key: bytes | None = None  # the store's X25519 private key, once unwrapped
 
     # -- opening -----------------------------------------------------------------------
 
@@ -354,23 +371,51 @@ class Keyring:
         return failed
 
     def _unwrap_node(self, backend: Backend, gens: list[int]) -> None:
-        """Open what is sealed to this node of `gens`; a wrap that opens but whose tag
-        does not bind it to this store, generation and node is refused as damaged."""
+        """Open what is sealed to this node of `gens`. A wrap opens only as a box from the
+        store key this node pinned, with a tag binding it to this store, generation and
+        node; anything else (an anonymous sealed box anyone could have made) is refused
+        and named in `damaged`."""
         import hmac
 
         node = self.node
         if node is None:
             return
         public = node.public_key
+        pin_problem = (
+            f"this node has not pinned {backend.name}'s store key"
+            f" ({keys.store_pin_path(Path(node.path))}): run `secretfs node enroll"
+            " --store-key KEY` with the key a member printed when it enrolled this node"
+        )
+        try:
+            pin = keys.read_store_pin(Path(node.path), self.store_id)
+        except KeySourceError as exc:
+            pin, pin_problem = None, str(exc)
+        again = (
+            "enroll this node again from a member"
+            f" (`secretfs node enroll {crypto.format_key_text(public)}`)"
+        )
         for gen in sorted(gens):
             if gen in self._data_keys:
                 continue
             blob = backend.meta_get(node_wrap_key(gen, node.node_id))
             if blob is None:
                 continue
+            what = f"{backend.name}: data key generation {gen} sealed to {node.node_id}"
+            if pin is None:
+                self.damaged[gen] = f"{what} is refused: {pin_problem}"
+                continue
+            if not is_boxed(blob):
+                self.damaged[gen] = (
+                    f"{what} is an anonymous sealed box, not one from the store's key: refused"
+                    " (anyone who can write to the store could have made it; a copy from"
+                    " before node keys were authenticated is sealed again by any secretfs"
+                    " command on a host with the key-encryption key)"
+                )
+                continue
+            blob = blob[len(NODE_WRAP_BOXED) :]
             tag, box = blob[: crypto.MAC_BYTES], blob[crypto.MAC_BYTES :]
             try:
-                key = crypto.box_open(node.private_key, box)
+                key = crypto.box_auth_open(node.private_key, pin, box)
             except IntegrityError:
                 key = b""
             row = _node_wrap_row(self.store_id, gen, node.node_id, public)
@@ -378,9 +423,10 @@ class Keyring:
                 crypto.mac(crypto.mac_key(key), row), tag
             ):
                 self.damaged[gen] = (
-                    f"{backend.name}: data key generation {gen} sealed to {node.node_id} is"
-                    " damaged or not authentic: enroll this node again from a member"
-                    f" (`secretfs node enroll {crypto.format_key_text(public)}`)"
+                    f"{what} is damaged or not authentic (not from the store key this node"
+                    " pinned, or moved from another slot): compare the key pinned in"
+                    f" {keys.store_pin_path(Path(node.path))} with `secretfs node ls` on a"
+                    f" member, or {again}"
                 )
                 continue
             self._data_keys[gen] = key
@@ -632,18 +678,70 @@ class Keyring:
 
     # -- nodes ------------------------------------------------------------------------
 
-    def tag_node(self, node: NodeRecord) -> NodeRecord:
-        """The node record with its tag under the active generation."""
-        return dataclasses.replace(node, tag=self.tag(node_row(self.store_id, node)))
-
-    def node_ok(self, node: NodeRecord) -> bool:
+    def legacy_node_ok(self, node: NodeRecord) -> bool:
+        """Whether the tag inside a record from before node records were under the store
+        digest verifies (only the migration reads it: secretfs/nodes.py)."""
         return self.verify(node_row(self.store_id, node), node.tag)
 
     def wrap_to_node(self, gen: int, node: NodeRecord) -> bytes:
-        """Data key generation `gen` sealed to `node`, after its binding tag."""
+        """Data key generation `gen` in a box from the store's key to `node`, after its
+        binding tag (`store_key` must have been called in this transaction)."""
+        private = self._store_key
+        if private is None:
+            raise KeySourceError("internal: the store's key is not at hand")
         key = self._data_keys[gen]
         row = _node_wrap_row(self.store_id, gen, node.node_id, node.public_key)
-        return crypto.mac(crypto.mac_key(key), row) + crypto.box_seal(node.public_key, key)
+        tag = crypto.mac(crypto.mac_key(key), row)
+        return NODE_WRAP_BOXED + tag + crypto.box_auth_seal(private, node.public_key, key)
+
+    def store_key(self, backend: Backend, *, write: bool = False) -> bytes | None:
+        """The store's public key (what nodes pin), its private half unwrapped with a held
+        data key; None when the store has none. With `write` (inside the caller's
+        transaction): made when there is none, and wrapped under every held generation
+        that lacks a copy.
+
+        A node only uses a store key it pinned: a different one is refused."""
+        private = self._store_key
+        if private is None:
+            for gen in sorted(self._data_keys, reverse=True):
+                blob = backend.meta_get(f"{STORE_KEY_PREFIX}{gen}")
+                if blob is None:
+                    continue
+                try:
+                    private = crypto.unwrap_key(
+                        self._data_keys[gen], blob, _store_key_aad(self.store_id, gen)
+                    )
+                except IntegrityError:
+                    log.error("%s: the store key under generation %d is damaged", backend.name, gen)
+                    continue
+                break
+        created = private is None
+        if private is None:
+            if not write:
+                return None
+            if self.node is not None and self.kek_source.kind == keys.KIND_NODE:
+                raise KeySourceError(
+                    f"{backend.name} has no store key this node can unwrap: a new one would"
+                    " not be the one the nodes pinned; run this on a host with the"
+                    " key-encryption key"
+                )
+            private = crypto.box_private_key()
+        public = crypto.box_public_key(private)
+        if self.node is not None and self.kek_source.kind == keys.KIND_NODE:
+            pin = keys.read_store_pin(Path(self.node.path), self.store_id)
+            if pin != public:
+                raise KeySourceError(
+                    f"{backend.name}'s store key is not the one this node pinned: refusing"
+                    " to seal data keys with it (`secretfs doctor`)"
+                )
+        self._store_key = private
+        if write:
+            for gen, key in sorted(self._data_keys.items()):
+                name = f"{STORE_KEY_PREFIX}{gen}"
+                if created or backend.meta_get(name) is None:
+                    aad = _store_key_aad(self.store_id, gen)
+                    backend.meta_set(name, crypto.wrap_key(key, private, aad))
+        return public
 
     def drop(self, gens: list[int]) -> None:
         for gen in gens:

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from secretfs import crypto, keys
+from secretfs import nodes as nodes_module
 from secretfs.errors import (
     ConflictError,
     IntegrityError,
@@ -62,6 +63,7 @@ from secretfs.keyring import (
     NODE_PREFIX,
     NODE_WRAP_PREFIX,
     REENCRYPT,
+    STORE_KEY_PREFIX,
     Keyring,
     NodeRecord,
     key_op_holder,
@@ -82,7 +84,10 @@ from secretfs.vault import AuditTrail, Vault
 DEFAULT_BATCH = 500
 
 VALUE_CIPHER = "XChaCha20-Poly1305 (libsodium), 256-bit data key"
-WRAP_CIPHER = "XChaCha20-Poly1305 under the key-encryption key; X25519 sealed box to each node key"
+WRAP_CIPHER = (
+    "XChaCha20-Poly1305 under the key-encryption key;"
+    " X25519 crypto_box from the store's key to each node key"
+)
 PASSWORD_KDF = "Argon2id"  # noqa: S105 - an algorithm name
 
 Progress = Callable[[int, int], None]  # (versions done, versions in all)
@@ -204,6 +209,11 @@ def _status(backend: Backend) -> tuple[dict[str, Any], SecretfsError | None]:
     try:
         unlocked = Keyring.unlock(backend)
         info["opened_with"] = unlocked.kek_source.description
+        try:
+            store_key = unlocked.store_key(backend)  # what each node pins (docs/cluster.md)
+        except SecretfsError as exc:
+            store_key, info["store_key_problem"] = None, str(exc)
+        info["store_key"] = None if store_key is None else crypto.format_key_text(store_key)
         damaged = unlocked.damaged
         for gen, problem in damaged.items():
             for record in info["data_keys"]:
@@ -541,10 +551,10 @@ def _finish_reencryption(vault: Vault, target: int, outcome: Outcome) -> bool:
         if backend.versions_not_under(target):
             return False  # written concurrently under an old generation: another pass
         old = sorted(g for g in backend.data_keys() if g != target)
-        vault.auth.rekey()  # the metadata tags move to the new generation too
-        _retag_nodes(vault)
+        vault.auth.rekey()  # the metadata tags (node records' too) move to the new generation
         for gen in old:
             backend.delete_data_key(gen)
+            backend.meta_delete(f"{STORE_KEY_PREFIX}{gen}")
             for key in backend.meta_scan(f"{NODE_WRAP_PREFIX}{gen}/"):
                 backend.meta_delete(key)
         backend.meta_delete(REENCRYPT)
@@ -570,7 +580,7 @@ def _live_nodes(vault: Vault, trail: AuditTrail) -> list[NodeRecord]:
     for node in list_nodes(vault.backend):
         if node.revoked_ns is not None:
             continue
-        if not vault.keyring.node_ok(node):
+        if not vault.auth.node_ok(node):
             trail.record(
                 outcome="tamper",
                 detail="node record fails authentication: not sealed to",
@@ -583,22 +593,16 @@ def _live_nodes(vault: Vault, trail: AuditTrail) -> list[NodeRecord]:
 
 
 def _wrap_to_nodes(vault: Vault, gen: int, trail: AuditTrail) -> list[str]:
-    """Seal generation `gen` to every live node (inside `trail`'s transaction)."""
+    """Seal generation `gen` to every live node, from the store's key (wrapped under `gen`
+    too, so a key holder of `gen` alone has it), inside `trail`'s transaction."""
     nodes = _live_nodes(vault, trail)
+    if nodes or vault.backend.meta_scan(STORE_KEY_PREFIX):
+        nodes_module.store_key(vault, trail)
     for node in nodes:
         vault.backend.meta_set(
             node_wrap_key(gen, node.node_id), vault.keyring.wrap_to_node(gen, node)
         )
     return [n.node_id for n in nodes]
-
-
-def _retag_nodes(vault: Vault) -> None:
-    """Node records that verify now (revoked ones too) tagged again under the active
-    generation: a re-encryption is about to delete the one their tags are under."""
-    for node in list_nodes(vault.backend):
-        if not vault.keyring.node_ok(node):
-            continue
-        vault.backend.meta_set(NODE_PREFIX + node.node_id, vault.keyring.tag_node(node).to_json())
 
 
 def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -> NodeRecord:
@@ -614,12 +618,14 @@ def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -
                 " on that node, move its node key file away and run `secretfs node enroll`"
                 " for a new one"
             )
-        record = keyring.tag_node(
+        record = (
             existing
-            if existing is not None and keyring.node_ok(existing)
+            if existing is not None and vault.auth.node_ok(existing)
             else NodeRecord(node_id, public_key, label, time.time_ns())
         )
         backend.meta_set(NODE_PREFIX + node_id, record.to_json())
+        vault.auth.update(nodes=[record])
+        store_key = nodes_module.store_key(vault, trail)
         for gen in keyring.generations:
             backend.meta_set(node_wrap_key(gen, node_id), keyring.wrap_to_node(gen, record))
         trail.record(detail=f"{len(keyring.generations)} data key generation(s) sealed to it")
@@ -631,7 +637,13 @@ def enroll_node(vault: Vault, public_key: bytes, label: str, outcome: Outcome) -
         )
         + f" ({len(keyring.generations)} data key generation(s) sealed to it)"
     )
-    outcome.data.update({"node_id": node_id, "generations": keyring.generations})
+    outcome.data.update(
+        {
+            "node_id": node_id,
+            "generations": keyring.generations,
+            "store_key": crypto.format_key_text(store_key),
+        }
+    )
     return record
 
 
@@ -644,8 +656,9 @@ def revoke_node(vault: Vault, node_id: str, outcome: Outcome) -> None:
         if node is None:
             raise NotFoundError(f"no node {node_id} in {backend.name} (`secretfs node ls`)")
         if node.revoked_ns is None:
-            revoked = vault.keyring.tag_node(dataclasses.replace(node, revoked_ns=time.time_ns()))
+            revoked = dataclasses.replace(node, revoked_ns=time.time_ns(), tag=None)
             backend.meta_set(NODE_PREFIX + node_id, revoked.to_json())
+            vault.auth.update(nodes=[revoked])
         for key in backend.meta_scan(NODE_WRAP_PREFIX):
             if key.endswith(f"/{node_id}"):
                 backend.meta_delete(key)

@@ -11,6 +11,7 @@ key file when neither variable is set. An existing store is never given a fresh 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import stat
 from collections.abc import Mapping
@@ -68,6 +69,59 @@ def read_node_key(path: Path) -> bytes:
         return read_key_file(path)
     except KeySourceError as exc:
         raise KeySourceError(str(exc).replace("key file", "node key file", 1)) from None
+
+
+def store_pin_path(node_key: Path) -> Path:
+    """The store keys this node pinned at enrollment (0600, beside its node key file)."""
+    return node_key.with_name(node_key.name + ".pins")
+
+
+def read_store_pin(node_key: Path, store_id: bytes) -> bytes | None:
+    """The store key this node pinned for `store_id` (None: none pinned); KeySourceError
+    if the pin file is unreadable, damaged or open to other users (its keys decide which
+    data keys the node accepts)."""
+    path = store_pin_path(node_key)
+    try:
+        st = path.stat()
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeySourceError(f"cannot read the pinned store keys {path}: {exc}") from None
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o077:
+        raise KeySourceError(
+            f"pinned store keys {path} are mode {mode:04o}: other users may change them,"
+            f" so they are not used; run: chmod 600 {path}"
+        )
+    try:
+        pins = json.loads(text)
+        found = pins.get(store_id.hex())
+        return None if found is None else crypto.parse_key_text(str(found))
+    except (ValueError, AttributeError, SecretfsError):
+        raise KeySourceError(f"the pinned store keys {path} are damaged") from None
+
+
+def write_store_pin(node_key: Path, store_id: bytes, public_key: bytes) -> None:
+    """Pin `public_key` as the store's key for this node (0600 from creation); refused if
+    another key is pinned for the store already."""
+    old = read_store_pin(node_key, store_id)
+    if old == public_key:
+        return
+    path = store_pin_path(node_key)
+    if old is not None:
+        raise KeySourceError(
+            f"{path} pins another key for this store ({crypto.format_key_text(old)}):"
+            " not replaced; if the store's key really changed, remove that line (or the"
+            " file) and pin again"
+        )
+    try:
+        pins = json.loads(path.read_text(encoding="ascii")) if path.exists() else {}
+    except (OSError, ValueError) as exc:
+        raise KeySourceError(f"cannot read the pinned store keys {path}: {exc}") from None
+    pins[store_id.hex()] = crypto.format_key_text(public_key)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_file_atomically(path, (json.dumps(pins, sort_keys=True) + "\n").encode(), replace=True)
 
 
 def env_source() -> KekSource | None:

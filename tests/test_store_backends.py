@@ -644,3 +644,77 @@ def test_rm_restore_and_purge(store: Store) -> None:
     assert _history(store, "db") == [1, 2]
     store.cli("secret", "rm", "db", "--force", "--purge")
     assert store.cli("secret", "restore", "db", check=False).returncode == 3
+
+
+def test_audit_retention_prunes_old_records_on_both_backends(store: Store) -> None:
+    """`audit prune --before` (and `--dry-run`) remove exactly the records older than the
+    cut on either backend: on etcd a key holding old and new records alike keeps the new
+    ones with their ids; the prune records itself."""
+    from dataclasses import replace
+
+    from secretfs.audit import cli_record
+
+    day = 86400 * 10**9
+    now = time.time_ns()
+    backend = location.parse(store.url).open()
+    try:
+        with backend.transaction():  # one batch: all old
+            backend.append_audit([replace(cli_record("get", "$S:old"), time_ns=now - 9 * day)] * 3)
+        with backend.transaction():  # one batch: old and new mixed
+            backend.append_audit(
+                [
+                    replace(cli_record("get", "$S:mixed-old"), time_ns=now - 8 * day),
+                    replace(cli_record("get", "$S:mixed-new"), time_ns=now - day),
+                ]
+            )
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:new")])
+        before = backend.read_audit()
+    finally:
+        backend.close()
+    dry = store.cli("audit", "prune", "--before", "7d", "--dry-run", "--json")
+    assert json.loads(dry.stdout)["removed"] == 4
+    done = store.cli("audit", "prune", "--before", "7d", "--json")
+    assert json.loads(done.stdout)["removed"] == 4
+    after = json.loads(store.cli("audit", "--json").stdout)
+    kept = [(r.id, r.ref) for r in before if r.ref not in ("$S:old", "$S:mixed-old")]
+    assert [(r["id"], r["ref"]) for r in after][: len(kept)] == kept
+    notes = [r["detail"] for r in after if r["action"] == "audit"]
+    assert len(notes) == 1 and notes[0].startswith("pruned 4 audit records before ")
+    again = store.cli("audit", "prune", "--before", "7d", "--json")
+    assert json.loads(again.stdout)["removed"] == 0
+
+
+def test_etcd_audit_prune_splits_into_transactions_within_the_limit(
+    etcd_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More expired keys than one Txn may touch: the prune takes several, all commit;
+    the batches left are merged into one key."""
+    from dataclasses import replace
+
+    from secretfs.audit import cli_record
+    from secretfs.store.etcd import EtcdBackend
+
+    monkeypatch.setenv("SECRETFS_ETCD_MAX_TXN_OPS", "16")
+    where = location.parse(etcd_store.url)
+    assert isinstance(where, EtcdLocation)
+    backend = EtcdBackend.open(where)
+    old = time.time_ns() - 86400 * 10**9
+    try:
+        for i in range(40):
+            with backend.transaction():
+                backend.append_audit([replace(cli_record("get", f"$S:k{i}"), time_ns=old)])
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:new")])
+        with backend.transaction():
+            backend.append_audit([cli_record("get", "$S:newer")])
+        assert backend.prune_audit(old + 1, dry_run=True) == 40
+        # What is left is merged on the same pass (here: every batch counts as old).
+        monkeypatch.setattr("secretfs.store.etcd.records.AUDIT_COMPACT_AGE_NS", 0)
+        assert backend.prune_audit(old + 1) == 40
+        assert [r.ref for r in backend.read_audit()] == ["$S:new", "$S:newer"]
+        prefix = etcd_store.url.rsplit("/", 1)[1]
+        assert etcd_store.cluster is not None
+        assert len([k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]) == 1
+    finally:
+        backend.close()

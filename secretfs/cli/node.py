@@ -1,8 +1,9 @@
 """`secretfs node enroll | ls | revoke`: per-node keys (docs/cluster.md, "Nodes").
 
 Each node has its own X25519 key pair; the private half stays in its node key file
-(0600), the data keys are sealed to each enrolled node's public key. The records and the
-sealing are secretfs/keyring.py and secretfs/keyrotation.py.
+(0600), the data keys are boxed to each enrolled node's public key from the store's own
+key, which each node pins at enrollment (`<node key file>.pins`, 0600). The records and
+the sealing are secretfs/keyring.py and secretfs/keyrotation.py.
 """
 
 from __future__ import annotations
@@ -44,24 +45,46 @@ def _own_node_key(path: Path) -> tuple[bytes, bool]:
 @node.command()
 @click.argument("public_key", required=False, metavar="[PUBKEY]")
 @click.option("--label", default="", help="A note on which node this is (a host name).")
+@click.option(
+    "--store-key",
+    metavar="KEY",
+    help="On the node: pin the store's key, as the member that enrolled it printed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_json: bool) -> None:
-    """Enroll a node: seal every data key to its public key.
+def enroll(
+    store: StoreLocation | None,
+    public_key: str | None,
+    label: str,
+    store_key: str | None,
+    as_json: bool,
+) -> None:
+    """Enroll a node: box every data key to its public key from the store's key.
 
     On a new node, without PUBKEY: make this node's key pair (its node key file, 0600)
     and print its public key; run `secretfs node enroll PUBKEY` on a member that opens
-    the store to enroll it. A host that opens the store already enrolls itself.
+    the store to enroll it, then `secretfs node enroll --store-key KEY` on the node with
+    the store key the member printed. A host that opens the store enrolls itself.
     """
     outcome = keyrotation.Outcome()
     if public_key is not None:
+        if store_key is not None:
+            raise UsageError("--store-key is given on the node itself, without PUBKEY")
         try:
             public = crypto.parse_key_text(public_key)
         except SecretfsError:
             raise UsageError("PUBKEY is a node's 32-byte public key (64 hex digits)") from None
         with open_vault(store) as vault, keyrotation.key_operation(vault, "node enroll", outcome):
             keyrotation.enroll_node(vault, public, label, outcome)
+        own = vault.keyring.node
+        if own is not None and own.public_key == public:
+            _pin(Path(own.path), vault.store_id, outcome)
+        else:
+            outcome.notes.append(
+                f"on node {outcome.data['node_id']}, pin the store key:\n"
+                f"  secretfs node enroll --store-key {outcome.data['store_key']}"
+            )
         _say(outcome, as_json)
         return
     path = _node_key_path(store)
@@ -71,6 +94,20 @@ def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_j
     outcome.data.update({"node_id": node_id, "public_key": text, "node_key_file": str(path)})
     if created:
         outcome.notes.append(f"new node key {path} (0600) for node {node_id}")
+    if store_key is not None:
+        try:
+            pinned = crypto.parse_key_text(store_key)
+        except SecretfsError:
+            raise UsageError("--store-key is the store's 32-byte key (64 hex digits)") from None
+        backend = store_path(store).open(readonly=True)
+        try:
+            store_id = backend.meta_get("store_id")
+        finally:
+            backend.close()
+        if store_id is None:
+            raise UsageError(f"{store_path(store)} is not an initialized secretfs store")
+        keys.write_store_pin(path, store_id, pinned)
+        outcome.notes.append(f"pinned the store key in {keys.store_pin_path(path)}")
     try:
         with open_vault(store) as vault:
             if vault.kek_source.kind == keys.KIND_NODE:
@@ -79,6 +116,7 @@ def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_j
             else:
                 with keyrotation.key_operation(vault, "node enroll", outcome):
                     keyrotation.enroll_node(vault, public, label, outcome)
+                _pin(path, vault.store_id, outcome)
                 outcome.data["enrolled"] = True
     except KeySourceError as exc:
         outcome.data["enrolled"] = False
@@ -87,11 +125,29 @@ def enroll(store: StoreLocation | None, public_key: str | None, label: str, as_j
                 f"node {node_id} was revoked: a revoked node key is never enrolled again;"
                 f" move {path} away and run `secretfs node enroll` for a new one"
             ) from None
+        if "has not pinned" in str(exc):
+            outcome.notes.append(
+                f"node {node_id} is enrolled but has not pinned the store key: run"
+                " `secretfs node enroll --store-key KEY` here, KEY as the member that"
+                " enrolled it printed (or from `secretfs node ls` there)"
+            )
+            _say(outcome, as_json)
+            return
+        # Enrolled already, the reason (a refused box) says more.
+        why = "" if "is not enrolled in" in str(exc) else f" ({exc})"
         outcome.notes.append(
-            f"this node cannot open the store yet; on a member that does, run:\n"
-            f"  secretfs node enroll {text}" + (f" --label {label}" if label else "")
+            f"this node cannot open the store yet{why}; on a member that does, run:\n"
+            f"  secretfs node enroll {text}"
+            + (f" --label {label}" if label else "")
+            + "\nthen here: secretfs node enroll --store-key KEY (KEY as the member prints)"
         )
     _say(outcome, as_json)
+
+
+def _pin(node_key: Path, store_id: bytes, outcome: keyrotation.Outcome) -> None:
+    """This host enrolled its own node key: it pins the store key it used itself."""
+    keys.write_store_pin(node_key, store_id, crypto.parse_key_text(outcome.data["store_key"]))
+    outcome.notes.append(f"pinned the store key in {keys.store_pin_path(node_key)}")
 
 
 def _say(outcome: keyrotation.Outcome, as_json: bool) -> None:
@@ -122,11 +178,12 @@ def ls(store: StoreLocation | None, as_json: bool) -> None:
                     "public_key": crypto.format_key_text(n.public_key),
                     "enrolled_at": iso_time(n.created_ns),
                     "revoked_at": None if n.revoked_ns is None else iso_time(n.revoked_ns),
-                    "authentic": kr.node_ok(n),
+                    "authentic": vault.auth.node_ok(n),
                     "generations": gens,
                     "this_node": n.node_id == own,
                 }
             )
+        store_key = kr.store_key(backend)
     if as_json:
         emit_json(rows)
         return
@@ -139,6 +196,9 @@ def ls(store: StoreLocation | None, as_json: bool) -> None:
         )
         shown = ",".join(map(str, r["generations"])) or "-"
         click.echo(f"{r['node_id']}  {r['label'] or '-'}  {state}  generations {shown}{flags}")
+    if store_key is not None:
+        text = crypto.format_key_text(store_key)
+        click.echo(f"store key {text} (each node pins it: `secretfs node enroll --store-key`)")
 
 
 @node.command()

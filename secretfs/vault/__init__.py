@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 
-from secretfs import crypto, keys
+from secretfs import crypto, keys, nodes
 from secretfs.authmeta import Authenticator
 from secretfs.errors import KeySourceError, SecretfsError, StoreError, StoreExistsError
 from secretfs.keyring import Keyring, SealedValue, unfinished
@@ -111,6 +111,7 @@ class Vault(Secrets, Access, Admin):
             vault = cls._unlock(backend)
             if not readonly:
                 vault._authenticate_old_store()
+                nodes.migrate(vault)  # nodes enrolled before their keys were authenticated
             return vault
         except BaseException:
             backend.close()

@@ -120,3 +120,28 @@ def test_an_etcd_mount_serves_the_tree_and_follows_the_cli(etcd_mounted: EtcdMou
     assert os.listdir(m / "deployment") == []
     etcd_mounted.cli("umount", str(m))
     assert not _is_mounted(m)
+
+
+def test_an_etcd_mount_applies_the_audit_max_age(etcd_mounted: EtcdMount) -> None:
+    """audit-max-age on etcd as on SQLite: a mount prunes the expired records at its start
+    (then hourly) and records that it did."""
+    m = etcd_mounted
+    (m.path / "deployment/db").read_bytes()
+
+    def records() -> list[dict[str, object]]:
+        return list(json.loads(m.cli("audit", "--json").stdout))
+
+    wait_for(lambda: any(r["action"] == "open" for r in records()), timeout=3)
+    m.cli("config", "set", "audit-max-age", "1s")
+    time.sleep(1.1)
+    m.cli("umount", str(m.path))
+    wait_for(lambda: not _daemons(m.path), timeout=5)
+    run_cli_process("mount", str(m.path), env=m.env)
+    wait_for(
+        lambda: any(
+            r["source"] == "mount" and str(r["detail"] or "").startswith("pruned")
+            for r in records()
+        ),
+        timeout=5,
+    )
+    assert not any(r["action"] == "open" for r in records()), "the expired open was kept"

@@ -20,7 +20,7 @@ from secretfs.vault import Vault
 from tests.conftest import run_cli, run_cli_process
 from tests.mount.conftest import Mount, wait_for
 from tests.mount.test_rotation_mount import Reader, many_secrets, secret_paths
-from tests.test_nodes import node_env
+from tests.test_nodes import _forge_data_key, node_env
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -72,7 +72,8 @@ def test_reencrypt_on_one_node_and_revoke_the_other(
     two = node_env(store_env, tmp_path, "two", kek=False)
     run_cli("node", "enroll", env=one)
     asked = json.loads(run_cli("node", "enroll", "--json", env=two).stdout)
-    run_cli("node", "enroll", asked["public_key"], env=one)
+    done = json.loads(run_cli("node", "enroll", asked["public_key"], "--json", env=one).stdout)
+    run_cli("node", "enroll", "--store-key", done["store_key"], env=two)
     for name in ("SECRETFS_KEY_FILE", "SECRETFS_NODE_KEY_FILE"):
         if name in one:
             monkeypatch.setenv(name, one[name])
@@ -108,3 +109,41 @@ def test_reencrypt_on_one_node_and_revoke_the_other(
         doctor = run_cli("doctor", env=one, check=False)
         assert str(m2.path).encode() in doctor.stdout
         assert b"cannot open every value" in doctor.stdout
+
+
+def test_a_mount_refuses_a_data_key_a_store_writer_sealed_to_it(
+    store_env: dict[str, str],
+    tmp_path: Path,
+    mount_factory: Callable[..., Mount],
+) -> None:
+    """Issue 14.3a's attack on a running mount: a data key that someone without a key
+    sealed to the node, and a value under it, are refused; status names why, the value
+    is never served."""
+    from secretfs import crypto, keys
+
+    del mount_factory  # only its /dev/fuse check
+    run_cli("init", env=store_env)
+    one = node_env(store_env, tmp_path, "one", kek=True)
+    two = node_env(store_env, tmp_path, "two", kek=False)
+    run_cli("node", "enroll", env=one)
+    asked = json.loads(run_cli("node", "enroll", "--json", env=two).stdout)
+    done = json.loads(run_cli("node", "enroll", asked["public_key"], "--json", env=one).stdout)
+    run_cli("node", "enroll", "--store-key", done["store_key"], env=two)
+    run_cli("secret", "set", "db", "--from-stdin", input=b"real", env=one)
+    public = crypto.box_public_key(keys.read_node_key(Path(two["SECRETFS_NODE_KEY_FILE"])))
+    with node_mount(tmp_path / "m2", two) as m2:
+        db = m2.path / "deployment/db"
+        assert db.read_bytes() == b"real"
+        _forge_data_key(two["SECRETFS_STORE"], asked["node_id"], public, "anonymous sealed box")
+
+        def refused() -> bool:
+            problems = status(m2)["key_problems"]
+            assert isinstance(problems, list)
+            return any("anonymous sealed box" in p for p in problems)
+
+        wait_for(refused, timeout=5)
+        try:
+            served = db.read_bytes()
+        except OSError:
+            served = b""
+        assert served != b"forged-value"

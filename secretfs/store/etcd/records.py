@@ -1102,6 +1102,69 @@ class EtcdBackend:
                 removed += len(group) - 1
         return removed
 
+    def prune_audit(self, before_ns: int, *, dry_run: bool = False) -> int:
+        """Remove the audit records older than `before_ns`; returns how many.
+
+        A key whose records are all older is deleted, one holding newer ones too is
+        rewritten with those (each keeping its id). Every key is scanned: a batch is named
+        when it was committed, after its records were made. Each Txn of at most etcd's
+        limits commits only if its keys are unchanged (a compaction that merged them keeps
+        those records for the next prune, never loses or doubles one).
+        """
+        prefix = self._key("a/")
+        deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        kvs, _ = self._gw.range_all(prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline)
+        plans: list[tuple[dict[str, Any], int, bytes | None]] = []  # (key, removed, kept)
+        for kv in kvs:
+            records = _audit_batch(kv)
+            kept = [d for d in records if int(d["time_ns"]) >= before_ns]
+            if len(kept) < len(records):
+                value = json.dumps(kept, separators=(",", ":")).encode() if kept else None
+                plans.append((kv, len(records) - len(kept), value))
+        if dry_run:
+            return sum(removed for _, removed, _ in plans)
+        most = max(1, max_txn_ops() - 1)
+        removed_total, start = 0, 0
+        while start < len(plans):
+            group, size = [plans[start]], len(plans[start][2] or b"")
+            start += 1
+            while start < len(plans) and len(group) < most:
+                size += len(plans[start][2] or b"")
+                if size > TXN_BYTES:
+                    break
+                group.append(plans[start])
+                start += 1
+            body = {
+                "compare": [
+                    {
+                        "key": kv["key"],
+                        "target": "MOD",
+                        "result": "EQUAL",
+                        "mod_revision": str(kv["mod_revision"]),
+                    }
+                    for kv, _, _ in group
+                ],
+                "success": [
+                    {"request_delete_range": {"key": kv["key"]}}
+                    if value is None
+                    else {"request_put": {"key": kv["key"], "value": b64(value)}}
+                    for kv, _, value in group
+                ],
+                "failure": [],
+            }
+            try:
+                answer = self._gw.call("/v3/kv/txn", body, write=True)
+            except UnknownOutcomeError:
+                break  # applied or not, the next prune finds what is left
+            if answer.get("succeeded"):
+                removed_total += sum(removed for _, removed, _ in group)
+        # What is left is merged too: retention and aggregation on one pass, hourly.
+        try:
+            self.compact_audit(time.time_ns() - AUDIT_COMPACT_AGE_NS)
+        except SecretfsError as exc:
+            log.warning("etcd: cannot compact the audit log of %s yet: %s", self.location, exc)
+        return removed_total
+
     # -- consistency (doctor) ---------------------------------------------------------------
 
     def foreign_key_problems(self) -> int:
