@@ -30,6 +30,7 @@ from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
 from secretfs.authmeta import TAMPER, Problem
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     IntegrityError,
     NotFoundError,
@@ -247,7 +248,8 @@ def clear_stale_mount(mountpoint: Path) -> None:
 
 
 FUSECTL = Path("/sys/fs/fuse/connections")
-SHUTDOWN_GRACE_SECONDS = 2.0  # then the FUSE connection is aborted; exit follows within 1 s
+SHUTDOWN_GRACE_SECONDS = 2.0  # then the FUSE connection is aborted
+SHUTDOWN_EXIT_SECONDS = 1.0  # and after this the process exits, whatever still hangs
 _MNT_DETACH = 2
 
 
@@ -286,25 +288,33 @@ class ShutdownWatchdog:
     later the process exits whatever still hangs. A stopped daemon never lingers."""
 
     def __init__(
-        self, mountpoint: Path, pending: Callable[[], int], grace: float = SHUTDOWN_GRACE_SECONDS
+        self,
+        mountpoint: Path,
+        pending: Callable[[], int],
+        grace: float = SHUTDOWN_GRACE_SECONDS,
+        clock: Clock = SYSTEM,
+        exit_process: Callable[[int], object] = os._exit,
     ) -> None:
         self.mountpoint = mountpoint
         self.device: tuple[int, int] | None = None
         self.grace = grace
         self._pending = pending
+        self._clock = clock
+        self._exit = exit_process
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
     def arm(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="shutdown", daemon=True)
+            self._thread = threading.Thread(target=self.run, name="shutdown", daemon=True)
             self._thread.start()
 
     def disarm(self) -> None:
         self._done.set()
 
-    def _run(self) -> None:
-        if self._done.wait(self.grace):
+    def run(self) -> None:
+        """The watch itself (`arm` runs it on a thread of its own)."""
+        if self._clock.wait(self._done, self.grace):
             return
         log.error("shutdown stuck for %.0f s: aborting the FUSE connection", self.grace)
         if device_elsewhere(self.device, self.mountpoint):
@@ -314,10 +324,10 @@ class ShutdownWatchdog:
             abort_connection(self.device)
         if is_mounted(self.mountpoint):
             detach(self.mountpoint)
-        if self._done.wait(1.0):
+        if self._clock.wait(self._done, SHUTDOWN_EXIT_SECONDS):
             return
         log.error("shutdown still stuck: exiting, %d audit records not written", self._pending())
-        os._exit(1)
+        self._exit(1)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -342,10 +352,13 @@ def verify_store(vault: Vault) -> None:
 class Watcher:
     """Brings the tree up to date with the store and tells the kernel what went stale."""
 
-    def __init__(self, vault: Vault, tree: Tree, writer: AuditWriter | None = None) -> None:
+    def __init__(
+        self, vault: Vault, tree: Tree, writer: AuditWriter | None = None, clock: Clock = SYSTEM
+    ) -> None:
         self.vault = vault
         self.tree = tree
         self.writer = writer
+        self.clock = clock
         # The versions opens are served from, verified: what the store changes is dropped.
         self.versions = VerifiedVersions(self._load)
         self.seq = 0
@@ -598,7 +611,7 @@ class Watcher:
             return None
         backend = self.vault.backend
         data_version = backend.data_version()
-        recheck = bool(self.tampered) and time.monotonic() >= self._recheck_at
+        recheck = bool(self.tampered) and self.clock.monotonic() >= self._recheck_at
         if data_version == self._data_version and not recheck:
             return None
         self._data_version = data_version
@@ -622,7 +635,7 @@ class Watcher:
             # A row refused for want of a key this mount had not loaded yet (a password
             # store's new salt, a generation sealed to this node late) is looked at again,
             # so a passing refusal does not last until the row next changes.
-            self._recheck_at = time.monotonic() + RECHECK_SECONDS
+            self._recheck_at = self.clock.monotonic() + RECHECK_SECONDS
             seen = {c.secret_id for c in changes}
             for sid in list(self.tampered):
                 meta = backend.get_meta_by_id(sid)
@@ -655,8 +668,9 @@ class AuditWriter:
     """Appends the mount's audit records through a connection of its own, so a batch can
     be written from a worker thread while the FUSE loop keeps reading."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, clock: Clock = SYSTEM) -> None:
         self.backend: Backend | None = backend
+        self.clock = clock
         self._seen = backend.data_version()
         # A re-open (the store file replaced) must not close the connection mid-batch.
         self._lock = threading.Lock()
@@ -707,16 +721,16 @@ class AuditWriter:
         return others
 
     def prune_due(self) -> bool:
-        return time.monotonic() >= self._next_prune
+        return self.clock.monotonic() >= self._next_prune
 
     def _prune_if_due(self) -> None:
         """Apply the store's audit-max-age at start and then hourly."""
         if not self.prune_due():
             return
-        self._next_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
+        self._next_prune = self.clock.monotonic() + AUDIT_PRUNE_SECONDS
         try:
             with self._lock:
-                count = prune_by_max_age(self._backend(), time.time_ns(), _mount_note)
+                count = prune_by_max_age(self._backend(), self.clock.time_ns(), _mount_note)
         except (SecretfsError, sqlite3.Error) as exc:
             log.error("cannot prune old audit records: %s", exc)
             return
@@ -734,7 +748,7 @@ async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: Verifie
 
 
 async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
-    batch = queue.take() if queue.due(time.time_ns()) else []
+    batch = queue.take() if queue.due() else []
     kept = len(versions) > 0
     if not batch and not kept and queue.failing is None and not writer.prune_due():
         return  # nothing to write, nothing kept to verify again, no prune due
@@ -743,7 +757,7 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
         others = await trio.to_thread.run_sync(writer.flush, batch, kept)
     except (SecretfsError, sqlite3.Error) as exc:
         queue.put_back(batch)
-        now = time.monotonic()
+        now = writer.clock.monotonic()
         if queue.failing is not None and now < writer.report_at:
             return  # said already: once at the first failure, then every half minute
         queue.failing = f"{exc}"
@@ -827,17 +841,19 @@ def serve(
     ready: Callable[[], None] = lambda: None,
     resolver: ResolverConfig | None = None,
     credential_socket: Path | None = None,
+    clock: Clock = SYSTEM,
 ) -> None:
     """Mount and serve until unmounted or signalled; always leaves no mount behind.
 
-    With `resolver`, also answer the Docker secrets-engine API on its sockets."""
+    With `resolver`, also answer the Docker secrets-engine API on its sockets. Every
+    timing decision reads `clock`."""
     harden()
     clear_stale_mount(mountpoint)
     # Reads come from memory from here on (etcd: a copy kept current by a watch).
     vault.backend.follow()
-    writer = AuditWriter(vault.backend.open_another())
+    writer = AuditWriter(vault.backend.open_another(), clock)
     watcher: Watcher
-    queue = AuditQueue()
+    queue = AuditQueue(clock=clock)
     closed = options.audit_fail == "closed"
 
     def refusal() -> str | None:
@@ -861,7 +877,7 @@ def serve(
         }
 
     tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=status)
-    watcher = Watcher(vault, tree, writer)
+    watcher = Watcher(vault, tree, writer, clock)
     watcher.audit = queue
     watcher.verify_store()
     watcher.refresh()
@@ -869,6 +885,7 @@ def serve(
     pool = PlainPool(options.max_plain)
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
     ops.refusal = refusal
+    ops.clock = clock
     services: list[Callable[[], Awaitable[None]]] = []
     closers: list[Callable[[], None]] = []
     # Sockets are bound now: one that cannot be had fails the mount before it answers.
@@ -884,7 +901,7 @@ def serve(
         creds = credsock.CredentialServer(sock, credential_socket, lookup, queue)
         services.append(creds.serve)
         closers.append(creds.close)
-    watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
+    watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue), clock=clock)
     # A stop signal between mounting and the loop would kill us with the mount left dead.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
