@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import resource
@@ -43,7 +44,7 @@ from secretfs.hardening import no_core_dumps
 from secretfs.keyring import SealedValue
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
 from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
-from secretfs.store.base import Backend
+from secretfs.store.base import Backend, Following
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.timeutil import iso_time
 from secretfs.tree import Invalidation, Owner, Tree, mount_source
@@ -60,6 +61,7 @@ RECHECK_SECONDS = 1.0  # a refused row is verified again this often (a key may c
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
 AUDIT_REPORT_SECONDS = 30.0  # audit records still not written are logged this often
+FOLLOW_STOP_SECONDS = 0.5  # a cancelled store follower's loops get this long to return
 
 _MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
 _CAP_IPC_LOCK = 14
@@ -827,6 +829,42 @@ async def _signals(watchdog: ShutdownWatchdog) -> None:
             return
 
 
+async def follow_store(following: Following, clock: Clock = SYSTEM) -> None:
+    """Run the store's follower loops (etcd: its watch and health check), each on a
+    thread, as children of this task. Cancelled, it stops them and gives them
+    FOLLOW_STOP_SECONDS to return; one still in a call to a hung member is left to end
+    at that call's timeout (it touches nothing but the follower). A loop that fails
+    fails this task, and with it the nursery."""
+    loops = following.loops()
+    ended = [threading.Event() for _ in loops]
+
+    def run(loop: Callable[[], None], done: threading.Event) -> None:
+        try:
+            loop()
+        finally:
+            done.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for loop, done in zip(loops, ended, strict=True):
+                nursery.start_soon(
+                    functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True),
+                    run,
+                    loop,
+                    done,
+                )
+    finally:
+        following.stop()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_wait_all, ended, FOLLOW_STOP_SECONDS, clock)
+
+
+def _wait_all(events: Sequence[threading.Event], seconds: float, clock: Clock) -> bool:
+    """Wait until every event is set, `seconds` at most in all; whether they are."""
+    deadline = clock.monotonic() + seconds
+    return all(clock.wait(e, max(0.0, deadline - clock.monotonic())) for e in events)
+
+
 async def _announce_ready(mountpoint: Path, ready: Callable[[], None]) -> None:
     # The stat goes through the kernel to our own loop: when it returns, the mount answers.
     # Abandoned on cancel: a signal before the first answer must not wait for this stat.
@@ -849,8 +887,9 @@ def serve(
     timing decision reads `clock`."""
     harden()
     clear_stale_mount(mountpoint)
-    # Reads come from memory from here on (etcd: a copy kept current by a watch).
-    vault.backend.follow()
+    # Reads come from memory from here on (etcd: a copy kept current by a watch, whose
+    # loops run in the nursery of `_main`).
+    following = vault.backend.follow(clock)
     writer = AuditWriter(vault.backend.open_another(), clock)
     watcher: Watcher
     queue = AuditQueue(clock=clock)
@@ -910,7 +949,9 @@ def serve(
         watchdog.device = mount_device(mountpoint)
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer, watchdog, services)
+            trio.run(
+                _main, watcher, mountpoint, ready, queue, writer, watchdog, services, following
+            )
             watchdog.arm()
             # From here on nothing answers the mount: never stat it, read mountinfo.
             unmounted = not is_mounted(mountpoint)
@@ -940,10 +981,13 @@ async def _main(
     writer: AuditWriter,
     watchdog: ShutdownWatchdog,
     services: Sequence[Callable[[], Awaitable[None]]] = (),
+    following: Following | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         for service in services:  # sockets bound already: they answer from here on
             nursery.start_soon(service)
+        if following is not None:
+            nursery.start_soon(follow_store, following, watcher.clock)
         nursery.start_soon(_signals, watchdog)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)
