@@ -890,6 +890,7 @@ def serve(
     # Reads come from memory from here on (etcd: a copy kept current by a watch, whose
     # loops run in the nursery of `_main`).
     following = vault.backend.follow(clock)
+    vault.keyring.clock = clock
     writer = AuditWriter(vault.backend.open_another(), clock)
     watcher: Watcher
     queue = AuditQueue(clock=clock)
