@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from secretfs.daemon import RECHECK_SECONDS, ShutdownWatchdog, Watcher
+from secretfs.keyring import KEY_RETRY_SECONDS
 from secretfs.refs import parse_ref
 from secretfs.tree import Owner, Tree
 from secretfs.vault import Vault
+from tests.conftest import Cli
 from tests.fakeclock import FakeClock
 
 
@@ -68,3 +70,31 @@ def test_a_refused_row_is_verified_again_every_recheck_interval(vault: Vault) ->
     clock.advance(0.01)
     watcher.refresh()
     assert sid not in watcher.tampered
+
+
+def test_a_key_that_cannot_be_had_is_tried_again_after_the_retry_interval(
+    cli: Cli, store_path: Path
+) -> None:
+    """A mount holding the old KEK sees a generation wrapped under a new one: it reads the
+    key file again at once, and while that fails, every KEY_RETRY_SECONDS, not at each
+    poll."""
+    cli("init")
+    cli("secret", "set", "db", "--from-stdin", input=b"one")
+    mount = Vault.open(store_path)
+    try:
+        clock = FakeClock()
+        mount.keyring.clock = clock
+        key_file = mount.backend.key_file()
+        old_key = key_file.read_bytes()
+        cli("key", "rotate", "--reencrypt")  # a new KEK, and generation 2 under it
+        new_key = key_file.read_bytes()
+        key_file.write_bytes(old_key)  # the new key not in place yet
+        assert mount.refresh_data_keys() == []
+        key_file.write_bytes(new_key)
+        clock.advance(KEY_RETRY_SECONDS - 0.01)
+        assert mount.refresh_data_keys() == []  # not read again before the interval
+        clock.advance(0.01)
+        assert mount.refresh_data_keys() == [2]
+        assert mount.get_value(parse_ref("db")) == b"one"
+    finally:
+        mount.close()
