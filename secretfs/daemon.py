@@ -837,6 +837,8 @@ async def follow_store(following: Following, clock: Clock = SYSTEM) -> None:
     fails this task, and with it the nursery."""
     loops = following.loops()
     ended = [threading.Event() for _ in loops]
+    # A limiter of their own: loops that run as long as the mount take no room in trio's.
+    limiter = trio.CapacityLimiter(max(1, len(loops)))
 
     def run(loop: Callable[[], None], done: threading.Event) -> None:
         try:
@@ -848,7 +850,9 @@ async def follow_store(following: Following, clock: Clock = SYSTEM) -> None:
         async with trio.open_nursery() as nursery:
             for loop, done in zip(loops, ended, strict=True):
                 nursery.start_soon(
-                    functools.partial(trio.to_thread.run_sync, abandon_on_cancel=True),
+                    functools.partial(
+                        trio.to_thread.run_sync, abandon_on_cancel=True, limiter=limiter
+                    ),
                     run,
                     loop,
                     done,
