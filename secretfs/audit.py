@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from secretfs.clock import SYSTEM, Clock
 from secretfs.timeutil import iso_time
 
 SOURCE_MOUNT = "mount"
@@ -117,7 +118,7 @@ class ProcessNames:
     def __init__(
         self,
         ttl: float = 0.1,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM,
         limit: int = 4096,
         lookup: Callable[[int], str | None] = process_name,
     ) -> None:
@@ -128,7 +129,7 @@ class ProcessNames:
         self._names: dict[int, tuple[float, str | None]] = {}
 
     def get(self, pid: int) -> str | None:
-        now = self._clock()
+        now = self._clock.monotonic()
         known = self._names.get(pid)
         if known is not None and now < known[0]:
             return known[1]
@@ -198,9 +199,12 @@ class AuditQueue:
     not one per attempt.
     """
 
-    def __init__(self, limit: int = 100_000, window: float = AGGREGATE_SECONDS) -> None:
+    def __init__(
+        self, limit: int = 100_000, window: float = AGGREGATE_SECONDS, clock: Clock = SYSTEM
+    ) -> None:
         self.limit = limit
         self.window_ns = int(window * 1e9)
+        self.clock = clock  # when a window has ended, and the time of a drop note
         self._pending: list[AuditRecord | MountEvent] = []
         self._repeats: dict[tuple[object, ...], _Repeats] = {}
         self.dropped = 0  # not yet reported in a record
@@ -267,8 +271,9 @@ class AuditQueue:
             self._summarise(repeats)
         self._repeats.clear()
 
-    def due(self, now_ns: int) -> bool:
+    def due(self) -> bool:
         """Whether anything waits to be taken now (records, a drop, an ended window)."""
+        now_ns = self.clock.time_ns()
         return bool(self._pending or self.dropped) or any(
             r.count and now_ns - r.start_ns >= self.window_ns for r in self._repeats.values()
         )
@@ -279,7 +284,7 @@ class AuditQueue:
     def take(self, final: bool = False) -> list[AuditRecord]:
         """Everything pending (plus a note of what was dropped, and the repeats whose
         window ended, or all of them when `final`); the queue is then empty of those."""
-        now = time.time_ns()
+        now = self.clock.time_ns()
         if final:
             self._summarise_all()
         else:
@@ -295,7 +300,7 @@ class AuditQueue:
         if self.dropped:
             batch.append(
                 AuditRecord(
-                    time_ns=time.time_ns(),
+                    time_ns=now,
                     source=SOURCE_MOUNT,
                     action="audit",
                     ref=None,

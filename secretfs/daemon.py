@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import errno
+import functools
 import logging
 import os
 import resource
@@ -30,6 +31,7 @@ from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
 from secretfs.authmeta import TAMPER, Problem
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     IntegrityError,
     NotFoundError,
@@ -42,7 +44,7 @@ from secretfs.hardening import no_core_dumps
 from secretfs.keyring import SealedValue
 from secretfs.plainpool import DEFAULT_CAP, PlainPool
 from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SecretMeta
-from secretfs.store.base import Backend
+from secretfs.store.base import Backend, Following
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.timeutil import iso_time
 from secretfs.tree import Invalidation, Owner, Tree, mount_source
@@ -59,6 +61,7 @@ RECHECK_SECONDS = 1.0  # a refused row is verified again this often (a key may c
 AUDIT_FLUSH_SECONDS = 0.5  # audit records wait in memory at most about this long
 AUDIT_PRUNE_SECONDS = 3600.0  # the store's audit-max-age is applied this often
 AUDIT_REPORT_SECONDS = 30.0  # audit records still not written are logged this often
+FOLLOW_STOP_SECONDS = 0.5  # a cancelled store follower's loops get this long to return
 
 _MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
 _CAP_IPC_LOCK = 14
@@ -247,7 +250,8 @@ def clear_stale_mount(mountpoint: Path) -> None:
 
 
 FUSECTL = Path("/sys/fs/fuse/connections")
-SHUTDOWN_GRACE_SECONDS = 2.0  # then the FUSE connection is aborted; exit follows within 1 s
+SHUTDOWN_GRACE_SECONDS = 2.0  # then the FUSE connection is aborted
+SHUTDOWN_EXIT_SECONDS = 1.0  # and after this the process exits, whatever still hangs
 _MNT_DETACH = 2
 
 
@@ -286,25 +290,33 @@ class ShutdownWatchdog:
     later the process exits whatever still hangs. A stopped daemon never lingers."""
 
     def __init__(
-        self, mountpoint: Path, pending: Callable[[], int], grace: float = SHUTDOWN_GRACE_SECONDS
+        self,
+        mountpoint: Path,
+        pending: Callable[[], int],
+        grace: float = SHUTDOWN_GRACE_SECONDS,
+        clock: Clock = SYSTEM,
+        exit_process: Callable[[int], object] = os._exit,
     ) -> None:
         self.mountpoint = mountpoint
         self.device: tuple[int, int] | None = None
         self.grace = grace
         self._pending = pending
+        self._clock = clock
+        self._exit = exit_process
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
     def arm(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="shutdown", daemon=True)
+            self._thread = threading.Thread(target=self.run, name="shutdown", daemon=True)
             self._thread.start()
 
     def disarm(self) -> None:
         self._done.set()
 
-    def _run(self) -> None:
-        if self._done.wait(self.grace):
+    def run(self) -> None:
+        """The watch itself (`arm` runs it on a thread of its own)."""
+        if self._clock.wait(self._done, self.grace):
             return
         log.error("shutdown stuck for %.0f s: aborting the FUSE connection", self.grace)
         if device_elsewhere(self.device, self.mountpoint):
@@ -314,10 +326,10 @@ class ShutdownWatchdog:
             abort_connection(self.device)
         if is_mounted(self.mountpoint):
             detach(self.mountpoint)
-        if self._done.wait(1.0):
+        if self._clock.wait(self._done, SHUTDOWN_EXIT_SECONDS):
             return
         log.error("shutdown still stuck: exiting, %d audit records not written", self._pending())
-        os._exit(1)
+        self._exit(1)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:
@@ -342,10 +354,13 @@ def verify_store(vault: Vault) -> None:
 class Watcher:
     """Brings the tree up to date with the store and tells the kernel what went stale."""
 
-    def __init__(self, vault: Vault, tree: Tree, writer: AuditWriter | None = None) -> None:
+    def __init__(
+        self, vault: Vault, tree: Tree, writer: AuditWriter | None = None, clock: Clock = SYSTEM
+    ) -> None:
         self.vault = vault
         self.tree = tree
         self.writer = writer
+        self.clock = clock
         # The versions opens are served from, verified: what the store changes is dropped.
         self.versions = VerifiedVersions(self._load)
         self.seq = 0
@@ -598,7 +613,7 @@ class Watcher:
             return None
         backend = self.vault.backend
         data_version = backend.data_version()
-        recheck = bool(self.tampered) and time.monotonic() >= self._recheck_at
+        recheck = bool(self.tampered) and self.clock.monotonic() >= self._recheck_at
         if data_version == self._data_version and not recheck:
             return None
         self._data_version = data_version
@@ -622,7 +637,7 @@ class Watcher:
             # A row refused for want of a key this mount had not loaded yet (a password
             # store's new salt, a generation sealed to this node late) is looked at again,
             # so a passing refusal does not last until the row next changes.
-            self._recheck_at = time.monotonic() + RECHECK_SECONDS
+            self._recheck_at = self.clock.monotonic() + RECHECK_SECONDS
             seen = {c.secret_id for c in changes}
             for sid in list(self.tampered):
                 meta = backend.get_meta_by_id(sid)
@@ -655,8 +670,9 @@ class AuditWriter:
     """Appends the mount's audit records through a connection of its own, so a batch can
     be written from a worker thread while the FUSE loop keeps reading."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, clock: Clock = SYSTEM) -> None:
         self.backend: Backend | None = backend
+        self.clock = clock
         self._seen = backend.data_version()
         # A re-open (the store file replaced) must not close the connection mid-batch.
         self._lock = threading.Lock()
@@ -707,16 +723,16 @@ class AuditWriter:
         return others
 
     def prune_due(self) -> bool:
-        return time.monotonic() >= self._next_prune
+        return self.clock.monotonic() >= self._next_prune
 
     def _prune_if_due(self) -> None:
         """Apply the store's audit-max-age at start and then hourly."""
         if not self.prune_due():
             return
-        self._next_prune = time.monotonic() + AUDIT_PRUNE_SECONDS
+        self._next_prune = self.clock.monotonic() + AUDIT_PRUNE_SECONDS
         try:
             with self._lock:
-                count = prune_by_max_age(self._backend(), time.time_ns(), _mount_note)
+                count = prune_by_max_age(self._backend(), self.clock.time_ns(), _mount_note)
         except (SecretfsError, sqlite3.Error) as exc:
             log.error("cannot prune old audit records: %s", exc)
             return
@@ -734,7 +750,7 @@ async def _flush_audit(queue: AuditQueue, writer: AuditWriter, versions: Verifie
 
 
 async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: VerifiedVersions) -> None:
-    batch = queue.take() if queue.due(time.time_ns()) else []
+    batch = queue.take() if queue.due() else []
     kept = len(versions) > 0
     if not batch and not kept and queue.failing is None and not writer.prune_due():
         return  # nothing to write, nothing kept to verify again, no prune due
@@ -743,7 +759,7 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
         others = await trio.to_thread.run_sync(writer.flush, batch, kept)
     except (SecretfsError, sqlite3.Error) as exc:
         queue.put_back(batch)
-        now = time.monotonic()
+        now = writer.clock.monotonic()
         if queue.failing is not None and now < writer.report_at:
             return  # said already: once at the first failure, then every half minute
         queue.failing = f"{exc}"
@@ -813,6 +829,46 @@ async def _signals(watchdog: ShutdownWatchdog) -> None:
             return
 
 
+async def follow_store(following: Following, clock: Clock = SYSTEM) -> None:
+    """Run the store's follower loops (etcd: its watch and health check), each on a
+    thread, as children of this task. Cancelled, it stops them and gives them
+    FOLLOW_STOP_SECONDS to return; one still in a call to a hung member is left to end
+    at that call's timeout (it touches nothing but the follower). A loop that fails
+    fails this task, and with it the nursery."""
+    loops = following.loops()
+    ended = [threading.Event() for _ in loops]
+    # A limiter of their own: loops that run as long as the mount take no room in trio's.
+    limiter = trio.CapacityLimiter(max(1, len(loops)))
+
+    def run(loop: Callable[[], None], done: threading.Event) -> None:
+        try:
+            loop()
+        finally:
+            done.set()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            for loop, done in zip(loops, ended, strict=True):
+                nursery.start_soon(
+                    functools.partial(
+                        trio.to_thread.run_sync, abandon_on_cancel=True, limiter=limiter
+                    ),
+                    run,
+                    loop,
+                    done,
+                )
+    finally:
+        following.stop()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_wait_all, ended, FOLLOW_STOP_SECONDS, clock)
+
+
+def _wait_all(events: Sequence[threading.Event], seconds: float, clock: Clock) -> bool:
+    """Wait until every event is set, `seconds` at most in all; whether they are."""
+    deadline = clock.monotonic() + seconds
+    return all(clock.wait(e, max(0.0, deadline - clock.monotonic())) for e in events)
+
+
 async def _announce_ready(mountpoint: Path, ready: Callable[[], None]) -> None:
     # The stat goes through the kernel to our own loop: when it returns, the mount answers.
     # Abandoned on cancel: a signal before the first answer must not wait for this stat.
@@ -827,17 +883,21 @@ def serve(
     ready: Callable[[], None] = lambda: None,
     resolver: ResolverConfig | None = None,
     credential_socket: Path | None = None,
+    clock: Clock = SYSTEM,
 ) -> None:
     """Mount and serve until unmounted or signalled; always leaves no mount behind.
 
-    With `resolver`, also answer the Docker secrets-engine API on its sockets."""
+    With `resolver`, also answer the Docker secrets-engine API on its sockets. Every
+    timing decision reads `clock`."""
     harden()
     clear_stale_mount(mountpoint)
-    # Reads come from memory from here on (etcd: a copy kept current by a watch).
-    vault.backend.follow()
-    writer = AuditWriter(vault.backend.open_another())
+    # Reads come from memory from here on (etcd: a copy kept current by a watch, whose
+    # loops run in the nursery of `_main`).
+    following = vault.backend.follow(clock)
+    vault.keyring.clock = clock
+    writer = AuditWriter(vault.backend.open_another(), clock)
     watcher: Watcher
-    queue = AuditQueue()
+    queue = AuditQueue(clock=clock)
     closed = options.audit_fail == "closed"
 
     def refusal() -> str | None:
@@ -861,7 +921,7 @@ def serve(
         }
 
     tree = Tree(options.owner(), vault.read_version, time.time_ns(), status=status)
-    watcher = Watcher(vault, tree, writer)
+    watcher = Watcher(vault, tree, writer, clock)
     watcher.audit = queue
     watcher.verify_store()
     watcher.refresh()
@@ -869,6 +929,7 @@ def serve(
     pool = PlainPool(options.max_plain)
     ops = SecretFS(tree, queue, watcher.catch_up, watcher.versions, pool)
     ops.refusal = refusal
+    ops.clock = clock
     services: list[Callable[[], Awaitable[None]]] = []
     closers: list[Callable[[], None]] = []
     # Sockets are bound now: one that cannot be had fails the mount before it answers.
@@ -884,7 +945,7 @@ def serve(
         creds = credsock.CredentialServer(sock, credential_socket, lookup, queue)
         services.append(creds.serve)
         closers.append(creds.close)
-    watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue))
+    watchdog = ShutdownWatchdog(mountpoint, lambda: len(queue), clock=clock)
     # A stop signal between mounting and the loop would kill us with the mount left dead.
     signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
@@ -893,7 +954,9 @@ def serve(
         watchdog.device = mount_device(mountpoint)
         unmounted = False
         try:
-            trio.run(_main, watcher, mountpoint, ready, queue, writer, watchdog, services)
+            trio.run(
+                _main, watcher, mountpoint, ready, queue, writer, watchdog, services, following
+            )
             watchdog.arm()
             # From here on nothing answers the mount: never stat it, read mountinfo.
             unmounted = not is_mounted(mountpoint)
@@ -923,10 +986,13 @@ async def _main(
     writer: AuditWriter,
     watchdog: ShutdownWatchdog,
     services: Sequence[Callable[[], Awaitable[None]]] = (),
+    following: Following | None = None,
 ) -> None:
     async with trio.open_nursery() as nursery:
         for service in services:  # sockets bound already: they answer from here on
             nursery.start_soon(service)
+        if following is not None:
+            nursery.start_soon(follow_store, following, watcher.clock)
         nursery.start_soon(_signals, watchdog)
         nursery.start_soon(_watch, watcher)
         nursery.start_soon(_flush_audit, queue, writer, watcher.versions)

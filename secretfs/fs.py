@@ -27,6 +27,7 @@ import pyfuse3
 from secretfs import audit as _audit
 from secretfs import crypto, sealing
 from secretfs.access import EXEC, READ, Caller
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import NotFoundError, SecretfsError
 from secretfs.keyring import SealedValue
 from secretfs.plainpool import PlainPool
@@ -120,6 +121,7 @@ class SecretFS(pyfuse3.Operations):
         self._dirs: dict[int, list[Node]] = {}
         self._next_fh = 1
         self._stale_pids: dict[int, float] = {}  # pid -> when its open last got ESTALE
+        self.clock: Clock = SYSTEM  # the daemon's (secretfs/clock.py)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -156,7 +158,7 @@ class SecretFS(pyfuse3.Operations):
     def _record(self, action: str, node: Node, ctx: Any, outcome: str, detail: str | None) -> None:
         assert node.secret is not None
         self.audit.add_mount(
-            time.time_ns(),
+            self.clock.time_ns(),
             action,
             ref_text(node.secret.scope, node.secret.name, node.field),
             node.secret.version,
@@ -173,7 +175,7 @@ class SecretFS(pyfuse3.Operations):
         kernel's one retry of an open that just got it (a second rotation between its
         lookup and open would show the program ESTALE; it is served the version it looked
         up instead). The next open of the pid, whatever it is, is that retry."""
-        now = time.monotonic()
+        now = self.clock.monotonic()
         got_it_at = self._stale_pids.pop(pid, None)
         if not superseded or (got_it_at is not None and now - got_it_at < STALE_RETRY_SECONDS):
             return False

@@ -21,12 +21,12 @@ import dataclasses
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secretfs import crypto, keys
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import IntegrityError, KeySourceError, SecretfsError
 from secretfs.store import ClientKeyRecord, GrantRecord, ScopeMeta, SealedVersion, SecretMeta
 
@@ -287,6 +287,7 @@ class Keyring:
         self._kek = kek  # kept so a generation added later (re-encryption) unwraps
         self.damaged = dict(damaged or {})
         self._retry_at = 0.0
+        self.clock: Clock = SYSTEM  # when to resolve the KEK again (a mount sets its own)
         self._mac_keys: dict[int, bytes] = {}
         self._store_key: bytes | None = None  # the store's X25519 private key, once unwrapped
 
@@ -527,7 +528,7 @@ class Keyring:
                     )
                     log.error("%s", self.damaged[gen])
             missing = {}
-        if missing and time.monotonic() >= self._retry_at:
+        if missing and self.clock.monotonic() >= self._retry_at:
             try:
                 kek = resolve_kek(backend)[0]
             except SecretfsError as exc:
@@ -535,7 +536,7 @@ class Keyring:
             else:
                 self._unwrap(backend, missing, kek)
             if any(g not in self._data_keys for g in missing):
-                self._retry_at = time.monotonic() + KEY_RETRY_SECONDS
+                self._retry_at = self.clock.monotonic() + KEY_RETRY_SECONDS
         for gen in new:
             if gen not in self._data_keys and gen not in self.damaged:
                 self.damaged[gen] = (

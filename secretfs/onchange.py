@@ -14,10 +14,10 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import SecretfsError, UsageError
 from secretfs.follow import POLL_SECONDS, Follower, Selection
 from secretfs.hardening import restore_core_limit
@@ -60,6 +60,7 @@ class Supervisor:
     environment: Callable[[], Env]
     grace: float = 10.0  # a restarted child gets this long after SIGTERM, then SIGKILL
     say: Callable[[str], None] = lambda line: print(f"secretfs: {line}", file=sys.stderr)
+    clock: Clock = SYSTEM  # when the store has been quiet for the debounce time
 
     def run(self, first: list[Env]) -> int:
         """Run CMD with the environment in `first` (taken out of it, so that no one
@@ -76,14 +77,14 @@ class Supervisor:
                         child.send_signal(info.si_signo)
                 if child.poll() is not None:
                     return child.returncode
-                changes = [c for c in self.follower.poll(time.time_ns()) if not c.same_value]
+                changes = [c for c in self.follower.poll(self.clock.time_ns()) if not c.same_value]
                 if changes:
-                    due = time.monotonic() + self.debounce
+                    due = self.clock.monotonic() + self.debounce
                     for c in changes:
                         self.say(
                             f"{c.ref} changed ({c.event}, v{c.old_version} -> v{c.new_version})"
                         )
-                if due is not None and time.monotonic() >= due:
+                if due is not None and self.clock.monotonic() >= due:
                     due = None
                     child = self._act(child)
         finally:

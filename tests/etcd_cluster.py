@@ -12,13 +12,18 @@ import signal
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import trio
+
+from secretfs.store.base import Backend, Following
 
 ETCD = shutil.which("etcd")
 START_SECONDS = 20.0
@@ -266,3 +271,29 @@ def own_etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdC
         yield cluster
     finally:
         cluster.close()
+
+
+@contextmanager
+def followed(backend: Backend) -> Iterator[Following]:
+    """`backend` followed as a mount follows it: its loops children of a trio nursery
+    (`daemon.follow_store`) in a thread of the test's own, cancelled on leaving."""
+    from secretfs.daemon import follow_store
+
+    following = backend.follow()
+    assert following is not None, "this backend has nothing to follow"
+    leave = threading.Event()
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(follow_store, following)
+            await trio.to_thread.run_sync(leave.wait)
+            nursery.cancel_scope.cancel()
+
+    thread = threading.Thread(target=trio.run, args=(run,), name="followed")
+    thread.start()
+    try:
+        yield following
+    finally:
+        leave.set()
+        thread.join(timeout=5)
+        assert not thread.is_alive(), "the follower's nursery did not end"

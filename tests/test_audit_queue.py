@@ -5,34 +5,41 @@ from __future__ import annotations
 import time
 
 from secretfs.audit import ALLOWED, DENIED, AuditQueue
+from tests.fakeclock import FakeClock
 
 
 def _deny(q: AuditQueue, t: int, uid: int = 1001, ref: str = "$S:db", pid: int = 7) -> None:
     q.add_mount(t, "open", ref, 1, uid, uid, pid, "cat", DENIED, "EACCES")
 
 
-def test_repeated_denials_become_the_first_plus_one_summary() -> None:
-    q = AuditQueue(window=10)
-    start = time.time_ns() - 20 * 10**9  # the window has ended by the time of take()
+def test_repeated_denials_become_the_first_plus_one_summary_when_the_window_ends() -> None:
+    clock = FakeClock()
+    q = AuditQueue(window=10, clock=clock)
+    start = clock.time_ns()
     for i in range(1000):
         _deny(q, start + i * 1000, pid=100 + i)
-    batch = q.take()
-    assert len(batch) == 2
-    first, summary = batch
+    (first,) = q.take()  # the first is written as it happens
     assert first.detail == "EACCES" and first.pid == 100
+    clock.advance(9.99)
+    assert not q.due() and q.take() == [] and len(q) == 1  # the window is still open
+    clock.advance(0.01)
+    assert q.due()
+    (summary,) = q.take()
     assert summary.pid == 1099 and summary.outcome == DENIED
     assert summary.detail is not None
     assert summary.detail.startswith("EACCES; repeated 999 times from ")
-    assert q.take() == []
+    assert q.take() == [] and not q.due()
 
 
 def test_repeats_in_an_open_window_wait_and_are_counted_in_len() -> None:
-    q = AuditQueue(window=3600)
-    now = time.time_ns()
+    clock = FakeClock()
+    q = AuditQueue(window=3600, clock=clock)
+    now = clock.time_ns()
     for i in range(5):
         _deny(q, now + i)
     assert [r.detail for r in q.take()] == ["EACCES"]
-    assert len(q) == 1 and not q.due(now)
+    clock.advance(3599)
+    assert len(q) == 1 and not q.due()
     assert [r.detail[:19] for r in q.take(final=True) if r.detail] == ["EACCES; repeated 4 "]
 
 

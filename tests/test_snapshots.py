@@ -20,6 +20,7 @@ from secretfs.refs import parse_ref
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.vault import SealedValue, Vault
 from secretfs.verified import VerifiedVersions
+from tests.fakeclock import FakeClock
 
 
 @pytest.fixture
@@ -141,14 +142,6 @@ def test_the_audit_writer_tells_others_writes_from_its_own(vault: Vault, store_p
         writer.close()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def comm(pid: int) -> str:
     return Path(f"/proc/{pid}/comm").read_text().strip()
 
@@ -161,7 +154,7 @@ def wait_for_comm(pid: int, name: str) -> None:
 
 
 def test_process_names_are_remembered_for_a_moment_and_then_read_again() -> None:
-    clock = Clock()
+    clock = FakeClock()
     names = audit.ProcessNames(ttl=0.1, clock=clock)
     # A shell that exec()s another program once told to: same pid, new name.
     proc = subprocess.Popen(
@@ -187,7 +180,7 @@ def test_process_names_are_remembered_for_a_moment_and_then_read_again() -> None
 
 
 def test_process_names_stay_bounded() -> None:
-    clock = Clock()
+    clock = FakeClock()
     names = audit.ProcessNames(ttl=10, clock=clock, limit=8)
     for pid in range(1, 100):
         names.get(1_000_000 + pid)  # no such processes: None, remembered

@@ -18,10 +18,11 @@ from secretfs.errors import UsageError
 from secretfs.refs import parse_ref
 from secretfs.store import location
 from secretfs.store.etcd import EtcdLocation
+from secretfs.store.etcd.follower import Follower
 from secretfs.store.sqlite import SqliteLocation
 from secretfs.vault import Vault
 from tests.conftest import cli_environment, run_cli, run_cli_process
-from tests.etcd_cluster import EtcdCluster
+from tests.etcd_cluster import EtcdCluster, followed
 
 MARKER = b"plaintext-marker-c0ffee"
 
@@ -268,35 +269,35 @@ def test_a_follower_resyncs_after_compaction(
     reader = Vault.open(loc)
     try:
         writer.set(parse_ref("db"), b"one")
-        reader.backend.follow()
-        seen = reader.backend.data_version()
-        writer.set(parse_ref("db"), b"two")
-        deadline = time.monotonic() + 1
-        while reader.backend.data_version() == seen:
-            assert time.monotonic() < deadline, "the change did not arrive within 1 s"
-            time.sleep(0.01)
-        assert reader.get_value(parse_ref("db")) == b"two"
-        # Pretend the watch was broken since the start, and compact what it missed.
-        backend = reader.backend
-        follower = backend._follower  # type: ignore[attr-defined]
-        follower._follow.revision = 1
-        writer.set(parse_ref("db"), b"three")
-        head = httpx.post(
-            f"http://{etcd_cluster.endpoints[0]}/v3/kv/range",
-            json={"key": base64.b64encode(b"/").decode()},
-            timeout=5,
-        ).json()["header"]["revision"]
-        httpx.post(
-            f"http://{etcd_cluster.endpoints[0]}/v3/kv/compaction",
-            json={"revision": head, "physical": True},
-            timeout=5,
-        ).raise_for_status()
-        follower._watch_gw.stop_watch()
-        deadline = time.monotonic() + 3
-        while reader.get_value(parse_ref("db")) != b"three":
-            assert time.monotonic() < deadline, "no resync after compaction"
-            time.sleep(0.02)
-        assert backend.status()["connected"] in (True, False)
+        with followed(reader.backend) as follower:
+            assert isinstance(follower, Follower)
+            seen = reader.backend.data_version()
+            writer.set(parse_ref("db"), b"two")
+            deadline = time.monotonic() + 1
+            while reader.backend.data_version() == seen:
+                assert time.monotonic() < deadline, "the change did not arrive within 1 s"
+                time.sleep(0.01)
+            assert reader.get_value(parse_ref("db")) == b"two"
+            # Pretend the watch was broken since the start, and compact what it missed.
+            backend = reader.backend
+            follower._follow.revision = 1
+            writer.set(parse_ref("db"), b"three")
+            head = httpx.post(
+                f"http://{etcd_cluster.endpoints[0]}/v3/kv/range",
+                json={"key": base64.b64encode(b"/").decode()},
+                timeout=5,
+            ).json()["header"]["revision"]
+            httpx.post(
+                f"http://{etcd_cluster.endpoints[0]}/v3/kv/compaction",
+                json={"revision": head, "physical": True},
+                timeout=5,
+            ).raise_for_status()
+            follower._watch_gw.stop_watch()
+            deadline = time.monotonic() + 3
+            while reader.get_value(parse_ref("db")) != b"three":
+                assert time.monotonic() < deadline, "no resync after compaction"
+                time.sleep(0.02)
+            assert backend.status()["connected"] in (True, False)
     finally:
         reader.close()
         writer.close()

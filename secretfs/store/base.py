@@ -9,12 +9,13 @@ metadata; neither ever sees a key or a plaintext. Every write method runs inside
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
 from secretfs.audit import AuditRecord
+from secretfs.clock import SYSTEM, Clock
 from secretfs.store import (
     ClientKeyRecord,
     GrantRecord,
@@ -23,6 +24,15 @@ from secretfs.store import (
     SecretMeta,
     VersionMeta,
 )
+
+
+class Following(Protocol):
+    """What keeps a followed copy current: each of `loops()` runs on a thread of its own,
+    owned by whoever follows (the daemon: children of its nursery), until `stop()`."""
+
+    def loops(self) -> Sequence[Callable[[], None]]: ...
+
+    def stop(self) -> None: ...
 
 
 class Backend(Protocol):
@@ -41,9 +51,10 @@ class Backend(Protocol):
         """A second, independent handle on the same store (the mount's audit writer)."""
         ...
 
-    def follow(self) -> None:
+    def follow(self, clock: Clock = SYSTEM) -> Following | None:
         """Serve reads from a copy kept current in memory (a mount): reads never wait on
-        the network. A no-op where reads are local already."""
+        the network. What keeps it current is for the caller to run; None where reads
+        are local already."""
         ...
 
     def status(self) -> dict[str, Any]:

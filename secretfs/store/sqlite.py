@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from secretfs import keys
 from secretfs.audit import AuditRecord
 from secretfs.checks import Check, mode_check
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import StoreError, StoreExistsError
 from secretfs.files import fsync_dir
 from secretfs.store import (
@@ -424,7 +425,7 @@ class SqliteBackend:
     def open_another(self) -> SqliteBackend:
         return SqliteBackend.open(self.path)
 
-    def follow(self) -> None:
+    def follow(self, clock: Clock = SYSTEM) -> None:
         """Reads are local already; `data_version` tells a mount of every commit."""
 
     def status(self) -> dict[str, object]:

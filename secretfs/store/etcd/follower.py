@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     StoreError,
 )
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 WATCH_IDLE_SECONDS = 3.0
 # Behind the cluster (the health check saw a newer write) and silent this long: switch.
 WATCH_SILENT_SECONDS = 0.3
-CLOSE_SECONDS = 0.5  # what closing a mount's store waits for its threads, in all
 # How often a mount checks that the cluster answers and that its watch keeps up: a
 # change reaches a mount whose member hangs within about this plus a reconnect.
 HEALTH_SECONDS = 0.5
@@ -54,10 +54,10 @@ class _Follow:
     version: int = 0  # bumped on every change: data_version()
     watching: bool = False
     reachable: bool = True
-    stale_since: float | None = None
+    stale_since: int | None = None  # wall time, ns
     problem: str | None = None
     lag: int = 0
-    heard: float = field(default_factory=time.monotonic)  # the watch's last message
+    heard: float = 0.0  # the watch's last message (the clock's monotonic time)
     member: str | None = None  # the member carrying the watch
     switching: bool = False  # the watch was dropped on purpose: restart it at once
     catch_up: int = 0  # a watch started after a switch is current once it got to here
@@ -128,41 +128,61 @@ class Follower:
 
     Two loops keep it: `watch_loop` (apply the watch; on another member when its member
     falls silent) and `health_loop` (read `d/lock` every HEALTH_SECONDS: is the cluster
-    there, and does the watch keep up). `start()` runs each on a thread; `close()` stops
-    both within CLOSE_SECONDS. Reads (`get`, `scan`, `changed_rows`) never wait on etcd.
+    there, and does the watch keep up). It starts no thread: its owner runs each of
+    `loops()` on one (the daemon: children of its nursery) and calls `stop()`. Reads
+    (`get`, `scan`, `changed_rows`) never wait on etcd. Time comes from `clock`.
     """
 
-    def __init__(self, location: EtcdLocation, timeout: float) -> None:
+    def __init__(self, location: EtcdLocation, timeout: float, clock: Clock = SYSTEM) -> None:
         self.location = location
         self._timeout = timeout
+        self._clock = clock
         self._p = location.key_prefix
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._watch_gw: Gateway | None = None
-        self._threads: list[threading.Thread] = []
+        self._running = 0  # loops running now
         kv, revision = self._load_all()
-        self._follow = _Follow(kv, revision)
+        # Made here, not by its loop: `stop()` reaches the watch from the start.
+        self._watch_gw = Gateway(location, timeout=timeout)
+        self._follow = _Follow(kv, revision, heard=clock.monotonic())
         self._follow.index_all(self._key("d/s/"))
 
     def _key(self, *parts: str) -> bytes:
         return self._p + "/".join(parts).encode()
 
-    def start(self) -> None:
-        for target, name in ((self.watch_loop, "watch"), (self.health_loop, "health")):
-            thread = threading.Thread(target=target, name=f"secretfs-etcd-{name}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
+    def loops(self) -> tuple[Callable[[], None], ...]:
+        """What keeps the copy current, each to run on a thread of its own until `stop()`."""
+        return (self.watch_loop, self.health_loop)
+
+    def stop(self) -> None:
+        """Make the loops return: at once, or (one in a call to a hung member) within that
+        call's timeout. Once stopped, a loop started later returns at once."""
+        self._stop.set()
+        self._watch_gw.stop_watch()
+
+    @property
+    def running(self) -> int:
+        """How many of the loops are running now."""
+        with self._lock:
+            return self._running
+
+    @contextlib.contextmanager
+    def _loop(self) -> Iterator[None]:
+        with self._lock:
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def close(self) -> None:
-        self._stop.set()
-        watch_gw = self._watch_gw
-        if watch_gw is not None:
-            watch_gw.stop_watch()
-        # One bound for all the threads: a hung or unreachable cluster must not hold
-        # a stopping daemon (they are daemon threads; what is left dies with us).
-        deadline = time.monotonic() + CLOSE_SECONDS
-        for thread in self._threads:
-            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        """Stop; the watch's connection is closed by its loop, or here if none runs it."""
+        self.stop()
+        with self._lock:
+            idle = self._running == 0
+        if idle:
+            self._watch_gw.close()
 
     # -- reads ---------------------------------------------------------------------------
 
@@ -212,29 +232,35 @@ class Follower:
     def watch_loop(self) -> None:
         follow = self._follow
         prefix = self._key("d/")
-        watch_gw = Gateway(self.location, timeout=self._timeout)
-        self._watch_gw = watch_gw
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._watch_once(watch_gw, follow, prefix)
-                except WatchIdleError as exc:
-                    with self._lock:
-                        idle = follow.reachable and follow.lag == 0
-                        follow.switching = follow.switching or idle
-                    if not idle:
+        with self._loop():
+            try:
+                while not self._stop.is_set():
+                    try:
+                        self._watch_once(self._watch_gw, follow, prefix)
+                    except WatchIdleError as exc:
+                        self.watch_idle(str(exc))
+                    except StoreError as exc:
+                        if self._stop.is_set():
+                            break  # the stream broken by `stop()`: no news of the cluster
                         self._set_watching(False, str(exc))
-                    # else: nothing was missed (the health check agrees): a quiet store on
-                    # a cluster without progress notifications. Start again, not stale.
-                except StoreError as exc:
-                    self._set_watching(False, str(exc))
-                with self._lock:
-                    switching, follow.switching = follow.switching, False
-                # A member given up for silence: go to the next one at once.
-                if not switching and self._stop.wait(RETRY_SECONDS):
-                    break
-        finally:
-            watch_gw.close()
+                    with self._lock:
+                        switching, follow.switching = follow.switching, False
+                    # A member given up for silence: go to the next one at once.
+                    if not switching and self._clock.wait(self._stop, RETRY_SECONDS):
+                        break
+            finally:
+                self._watch_gw.close()
+
+    def watch_idle(self, problem: str) -> None:
+        """The watch brought nothing for WATCH_IDLE_SECONDS: stale if the health check saw
+        the cluster move on (or not answer); else a quiet store on a cluster without
+        progress notifications: nothing was missed, start again at once, not stale."""
+        follow = self._follow
+        with self._lock:
+            quiet = follow.reachable and follow.lag == 0
+            follow.switching = follow.switching or quiet
+        if not quiet:
+            self._set_watching(False, problem)
 
     def _watch_once(self, gw: Gateway, follow: _Follow, prefix: bytes) -> None:
         results = gw.watch(prefix, prefix_end(prefix), follow.revision + 1, WATCH_IDLE_SECONDS)
@@ -248,7 +274,7 @@ class Follower:
             if self._stop.is_set():
                 return
             with self._lock:
-                follow.heard = time.monotonic()
+                follow.heard = self._clock.monotonic()
             compacted = int(result.get("compact_revision", 0) or 0)
             if compacted or result.get("canceled"):
                 reason = result.get("cancel_reason") or f"compacted at revision {compacted}"
@@ -258,7 +284,7 @@ class Follower:
             if result.get("created"):
                 created = True
                 with self._lock:
-                    follow.member = None if self._watch_gw is None else self._watch_gw.watch_url
+                    follow.member = self._watch_gw.watch_url
             events = result.get("events") or []
             if not events:
                 if not result.get("created"):
@@ -292,40 +318,46 @@ class Follower:
             self._set_watching(True, None)
 
     def health_loop(self) -> None:
-        follow = self._follow
         gw = Gateway(self.location, timeout=min(self._timeout, HEALTH_TIMEOUT))
         lock = self._key("d/lock")
-        try:
-            while not self._stop.wait(HEALTH_SECONDS):
-                try:
-                    kvs, _ = gw.range(lock)
-                except StoreError as exc:
-                    self._set_reachable(False, str(exc))
-                    continue
-                self._set_reachable(True, None)
-                written = int(kvs[0].get("mod_revision", 0)) if kvs else 0
-                with self._lock:
-                    behind = written > follow.revision
-                    silent = time.monotonic() - follow.heard
-                    follow.lag = follow.lag + 1 if behind else 0
-                    lag, member = follow.lag, follow.member
-                if behind and silent > WATCH_SILENT_SECONDS:
-                    with self._lock:
-                        follow.catch_up = max(follow.catch_up, written)
-                    # The cluster moved on and the watch brought nothing: its member is
-                    # hung or cut off. Stale until a watch on another member catches up.
-                    problem = (
-                        f"etcd member {member} carrying the watch sent nothing for"
-                        f" {silent:.1f}s while the cluster moved on: switching members"
-                    )
-                    log.warning("%s (%s)", problem, self.location)
-                    self._switch(problem)
-                elif lag >= 2:
-                    # Writes went on that the watch did not bring: start it again.
-                    log.warning("etcd watch on %s fell behind: restarting it", self.location)
-                    self._switch(None)
-        finally:
-            gw.close()
+        with self._loop():
+            try:
+                while not self._clock.wait(self._stop, HEALTH_SECONDS):
+                    try:
+                        kvs, _ = gw.range(lock)
+                    except StoreError as exc:
+                        self._set_reachable(False, str(exc))
+                        continue
+                    self.cluster_answered(int(kvs[0].get("mod_revision", 0)) if kvs else 0)
+            finally:
+                gw.close()
+
+    def cluster_answered(self, written: int) -> None:
+        """The health check read `d/lock`, last written at revision `written`: switch
+        members when the watch is behind and silent past WATCH_SILENT_SECONDS; restart
+        it when it stays behind two checks running."""
+        follow = self._follow
+        self._set_reachable(True, None)
+        with self._lock:
+            behind = written > follow.revision
+            silent = self._clock.monotonic() - follow.heard
+            follow.lag = follow.lag + 1 if behind else 0
+            lag, member = follow.lag, follow.member
+        if behind and silent > WATCH_SILENT_SECONDS:
+            with self._lock:
+                follow.catch_up = max(follow.catch_up, written)
+            # The cluster moved on and the watch brought nothing: its member is
+            # hung or cut off. Stale until a watch on another member catches up.
+            problem = (
+                f"etcd member {member} carrying the watch sent nothing for"
+                f" {silent:.1f}s while the cluster moved on: switching members"
+            )
+            log.warning("%s (%s)", problem, self.location)
+            self._switch(problem)
+        elif lag >= 2:
+            # Writes went on that the watch did not bring: start it again.
+            log.warning("etcd watch on %s fell behind: restarting it", self.location)
+            self._switch(None)
 
     def _switch(self, problem: str | None) -> None:
         """Drop the current watch; with a `problem`, stale, and the next on another member."""
@@ -335,9 +367,7 @@ class Follower:
             follow.switching = True
         if problem is not None:
             self._set_watching(False, problem)
-        watch_gw = self._watch_gw
-        if watch_gw is not None:
-            watch_gw.stop_watch(elsewhere=problem is not None)
+        self._watch_gw.stop_watch(elsewhere=problem is not None)
 
     def _set_watching(self, watching: bool, problem: str | None) -> None:
         self._update(lambda f: setattr(f, "watching", watching), problem)
@@ -356,7 +386,7 @@ class Follower:
             if now:
                 follow.problem = None
             if was and not now:
-                follow.stale_since = time.time()
+                follow.stale_since = self._clock.time_ns()
             elif now:
                 follow.stale_since = None
             revision = follow.revision
@@ -381,7 +411,7 @@ class Follower:
                 "store": str(self.location),
                 "connected": follow.watching and follow.reachable,
                 "last_revision": follow.revision,
-                "stale_since": None if stale is None else iso_time(int(stale * 1e9)),
+                "stale_since": None if stale is None else iso_time(stale),
                 "problem": follow.problem,
                 "member": follow.member,
             }

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from secretfs.audit import AuditRecord
+from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     IntegrityError,
     SecretfsError,
@@ -1191,12 +1192,12 @@ class EtcdBackend:
 
     # -- a mount: an in-memory copy kept current by a watch ---------------------------------
 
-    def follow(self) -> None:
-        """Load every `d/` key, then keep the copy current (see Follower). Reads are
-        then local."""
+    def follow(self, clock: Clock = SYSTEM) -> Follower:
+        """Load every `d/` key: reads are then local. The Follower keeps the copy current
+        while its loops run (the caller runs them; `close()` stops them)."""
         if self._follower is None:
-            self._follower = Follower(self.location, self._gw.timeout)
-            self._follower.start()
+            self._follower = Follower(self.location, self._gw.timeout, clock)
+        return self._follower
 
     def status(self) -> dict[str, Any]:
         if self._follower is None:
