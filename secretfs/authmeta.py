@@ -8,7 +8,8 @@ tag; a row deleted, added or replayed (an older, authentic row) changes the sum;
 older `auth_state` has a lower serial than the one this host saw last (`lastseen`).
 
 Writes keep all of it current in O(rows changed) (`Authenticator.update`); a full check
-(`verify_all`) is what `doctor`, the CLI and a mount's load run.
+(`verify_all`) is what `doctor`, the CLI and a mount's load run, and its part for the
+access rows (`verify_access`) what a mount runs on each change to them.
 """
 
 from __future__ import annotations
