@@ -8,7 +8,8 @@ tag; a row deleted, added or replayed (an older, authentic row) changes the sum;
 older `auth_state` has a lower serial than the one this host saw last (`lastseen`).
 
 Writes keep all of it current in O(rows changed) (`Authenticator.update`); a full check
-(`verify_all`) is what `doctor`, the CLI and a mount's load run.
+(`verify_all`) is what `doctor`, the CLI and a mount's load run, and its part for the
+access rows (`verify_access`) what a mount runs on each change to them.
 """
 
 from __future__ import annotations
@@ -56,9 +57,28 @@ class Problem:
     kind: str  # "secret", "scope", "grant", "version", "store"
     what: str
     detail: str
+    ref: str | None = None  # the row's audit ref where `what` is not one (a grant's)
 
     def __str__(self) -> str:
         return f"{self.kind} {self.what}: {self.detail}"
+
+
+ACCESS_MISMATCH = (
+    "the scope defaults, grants and client keys do not add up to their authenticated"
+    " digest: one was deleted or replayed"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessCheck:
+    """The access rows (scope defaults, grants, client keys) sorted by their tags."""
+
+    scopes: list[ScopeMeta]  # every scope as it may be served: failing or deleted is mode 0
+    grants: list[GrantRecord]  # the grants that verify
+    client_keys: list[ClientKeyRecord]  # the client keys that verify
+    problems: list[Problem]  # one per failing row or deleted scope row
+    access: int  # the sum of the rows' tags
+    adds_up: bool  # the sum is the authenticated state's (False without a state)
 
 
 def _is_access(key: str) -> bool:
@@ -283,6 +303,48 @@ class Authenticator:
                     out.append(bytes.fromhex(key[len(SCOPE_TAG) :]).decode())
         return out
 
+    def verify_access(
+        self,
+        scopes: list[ScopeMeta],
+        grants: list[GrantRecord],
+        client_keys: list[ClientKeyRecord],
+        tags: dict[str, bytes],
+        state: AuthState | None,
+    ) -> AccessCheck:
+        """Each access row against its tag (a failing or deleted scope row reads as mode
+        0, a failing grant or client key is left out), and their sum against `state`."""
+        served: list[ScopeMeta] = []
+        problems: list[Problem] = []
+        for sm in scopes:
+            if self.scope_ok(sm, tags):
+                served.append(sm)
+            else:
+                problems.append(Problem("scope", sm.scope, "its defaults row fails authentication"))
+                served.append(ScopeMeta(sm.scope, 0, 0, 0, sm.seq))
+        for scope in self.deleted_scopes(scopes):
+            problems.append(Problem("scope", scope, "its defaults row was deleted"))
+            served.append(ScopeMeta(scope, 0, 0, 0, 0))
+        good_grants = []
+        for g in grants:
+            if self.grant_ok(g, tags):
+                good_grants.append(g)
+            else:
+                ref = f"{g.scope}/{g.name}" if g.name else g.scope
+                problems.append(
+                    Problem("grant", _grant_text(g), "the grant fails authentication", ref)
+                )
+        good_keys = []
+        for k in client_keys:
+            if self.client_key_ok(k, tags):
+                good_keys.append(k)
+            else:
+                problems.append(
+                    Problem("client-key", k.key_id, "the client key fails authentication")
+                )
+        access = self.access_sum(scopes, grants, tags, client_keys)
+        adds_up = state is not None and access == state.access
+        return AccessCheck(served, good_grants, good_keys, problems, access, adds_up)
+
     def verify_all(
         self, lastseen: LastSeen | None = None, *, versions: bool = True
     ) -> list[Problem]:
@@ -311,26 +373,11 @@ class Authenticator:
                         f"its current version {meta.version} is missing (deleted or rolled back)",
                     )
                 )
-        scopes = b.list_scope_meta()
-        grants = b.list_grants()
-        client_keys = b.list_client_keys()
-        access = self.access_sum(scopes, grants, tags, client_keys)
-        for sm in scopes:
-            digest += tag_value(tags.get(scope_tag_key(sm.scope)))
-            if not self.scope_ok(sm, tags):
-                problems.append(Problem("scope", sm.scope, "its defaults row fails authentication"))
-        for scope in self.deleted_scopes(scopes):
-            problems.append(Problem("scope", scope, "its defaults row was deleted"))
-        for g in grants:
-            digest += tag_value(tags.get(grant_tag_key(g)))
-            if not self.grant_ok(g, tags):
-                problems.append(Problem("grant", _grant_text(g), "the grant fails authentication"))
-        for k in client_keys:
-            digest += tag_value(tags.get(client_key_tag_key(k.key_id)))
-            if not self.client_key_ok(k, tags):
-                problems.append(
-                    Problem("client-key", k.key_id, "the client key fails authentication")
-                )
+        access = self.verify_access(
+            b.list_scope_meta(), b.list_grants(), b.list_client_keys(), tags, state
+        )
+        digest += access.access
+        problems += access.problems
         for n in list_nodes(b):
             digest += tag_value(tags.get(node_tag_key(n.node_id)))
             if not self.node_ok(n, tags) and not self.node_pending(n, tags):
@@ -344,15 +391,8 @@ class Authenticator:
                     " added or rolled back to an older authentic copy",
                 )
             )
-        if state is not None and access != state.access:
-            problems.append(
-                Problem(
-                    "store",
-                    b.name,
-                    "the scope defaults and grants do not add up to their authenticated digest:"
-                    " one was deleted or replayed",
-                )
-            )
+        if state is not None and not access.adds_up:
+            problems.append(Problem("store", b.name, ACCESS_MISMATCH))
         if state is not None and lastseen is not None:
             problems.extend(lastseen.check(kr.store_id, state, b.name))
         return problems
@@ -408,7 +448,9 @@ class LastSeen:
 
 
 __all__ = [
+    "ACCESS_MISMATCH",
     "TAMPER",
+    "AccessCheck",
     "Authenticator",
     "LastSeen",
     "Problem",

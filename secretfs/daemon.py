@@ -30,7 +30,7 @@ from secretfs import credsock, sealing
 from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
-from secretfs.authmeta import TAMPER, Problem
+from secretfs.authmeta import ACCESS_MISMATCH, TAMPER, Problem
 from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     IntegrityError,
@@ -500,14 +500,15 @@ class Watcher:
                 self.audit.add_mount(
                     time.time_ns(),
                     "verify",
-                    p.what,
+                    p.ref or p.what,
                     None,
                     os.getuid(),
                     os.getgid(),
                     os.getpid(),
                     None,
                     TAMPER,
-                    f"{p.kind}: {p.detail}"[:300],
+                    # A row named apart from its ref (a grant's principal): name it here.
+                    (str(p) if p.ref else f"{p.kind}: {p.detail}")[:300],
                 )
             self._reports.clear()
 
@@ -569,44 +570,17 @@ class Watcher:
         key is ignored."""
         auth = self.vault.auth
         tags = auth.backend.meta_scan("mac/")
-        good_scopes = []
-        for sm in scopes:
-            if auth.scope_ok(sm, tags):
-                good_scopes.append(sm)
-            else:
-                self.report(Problem("scope", sm.scope, "its defaults row fails authentication"))
-                good_scopes.append(ScopeMeta(sm.scope, 0, 0, 0, sm.seq))
-        for scope in auth.deleted_scopes(scopes):
-            self.report(Problem("scope", scope, "its defaults row was deleted"))
-            good_scopes.append(ScopeMeta(scope, 0, 0, 0, 0))
-        good_grants = []
-        for g in grants:
-            if auth.grant_ok(g, tags):
-                good_grants.append(g)
-            else:
-                self.report(
-                    Problem(
-                        "grant", f"{g.scope}/{g.name}", f"{g.kind} {g.principal}: not authentic"
-                    )
-                )
-        good_keys = []
-        for k in client_keys:
-            if auth.client_key_ok(k, tags):
-                good_keys.append(k)
-            else:
-                self.report(Problem("client-key", k.key_id, "not authentic: never sealed to"))
         state = auth.keyring.read_state(auth.backend)
-        if state is None or auth.access_sum(scopes, grants, tags, client_keys) != state.access:
+        check = auth.verify_access(scopes, grants, client_keys, tags, state)
+        for problem in check.problems:
+            self.report(problem)
+        if not check.adds_up:
             # A row deleted or an older authentic one put back: which one is unknown, so
             # no grant or client key counts and every scope default reads as mode 0 until
             # it adds up.
-            self.report(
-                Problem(
-                    "store", auth.backend.name, "scope defaults, grants and keys do not add up"
-                )
-            )
-            return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in good_scopes], [], []
-        return good_scopes, good_grants, good_keys
+            self.report(Problem("store", auth.backend.name, ACCESS_MISMATCH))
+            return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in check.scopes], [], []
+        return check.scopes, check.grants, check.client_keys
 
     def refresh(self) -> Invalidation | None:
         if self.problem is not None:

@@ -184,6 +184,13 @@ class SecretFS(pyfuse3.Operations):
         self._stale_pids[pid] = now
         return True
 
+    def _pruned_since_poll(self, node: Node, pid: int) -> bool:
+        """Whether an open whose version is gone from the store names a version the
+        store has since moved past (pruned or removed before the mount polled): the
+        kernel then looks the name up again (ESTALE) rather than report it missing."""
+        self._catch_up()
+        return self.tree.superseded(node) and self._stale_once(pid, True)
+
     def _fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
@@ -283,6 +290,8 @@ class SecretFS(pyfuse3.Operations):
             with _errno_of(node.path):
                 handle = self._snapshot(node)
         except pyfuse3.FUSEError as exc:
+            if exc.errno == errno.ENOENT and self._pruned_since_poll(node, ctx.pid):
+                _fail(errno.ESTALE)
             code = errno.errorcode.get(exc.errno, str(exc.errno))
             self._record("open", node, ctx, _audit.ERROR, code)
             raise

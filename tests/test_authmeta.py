@@ -139,6 +139,40 @@ def test_deleting_any_row_is_detected(seeded: Path, tmp_path: Path) -> None:
             vault.backend.close()
 
 
+def test_the_mount_and_doctor_judge_access_rows_alike(seeded: Path, tmp_path: Path) -> None:
+    """One check (`verify_access`) for both: a forged grant is left out, a deleted scope
+    row is served as mode 0, and the sum no longer adds up."""
+    path = _copy(seeded, tmp_path)
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute(
+            "INSERT INTO grants (scope, name, kind, principal, created_ns, seq)"
+            " VALUES ('deployment', 'db', 'uid', 4000, 1, 1)"
+        )
+        conn.execute("DELETE FROM scopes WHERE scope = '@api'")
+    conn.close()
+    vault = Vault.open(path, readonly=True)
+    try:
+        b, auth = vault.backend, vault.auth
+        check = auth.verify_access(
+            b.list_scope_meta(),
+            b.list_grants(),
+            b.list_client_keys(),
+            b.meta_scan("mac/"),
+            auth.keyring.read_state(b),
+        )
+        assert sorted(g.principal for g in check.grants) == [1002, 3000]
+        assert [(s.scope, s.mode) for s in check.scopes] == [("@api", 0)]
+        assert not check.adds_up
+        forged = next(p for p in check.problems if p.kind == "grant")
+        assert forged.ref == "deployment/db" and "uid 4000" in str(forged)
+        doctor = vault.verify_all(versions=False)
+        assert set(check.problems) < set(doctor)
+        assert any("do not add up" in p.detail for p in doctor)
+    finally:
+        b.close()
+
+
 def test_deleting_the_newest_version_row_is_detected(
     cli: Cli, initialized_store: Path
 ) -> None:

@@ -117,3 +117,44 @@ def test_audit_prune_record(cli: Cli, store: Path) -> None:
     assert set(dry) == fields and dry["dry_run"] is True
     done = out(cli, "audit", "prune", "--before", "2000-01-01")
     assert set(done) == fields and (done["removed"], done["dry_run"]) == (0, False)
+
+
+def test_init_record(cli: Cli, store_path: Path) -> None:
+    record = out(cli, "init", "--max-versions", "7")
+    assert set(record) == documented_fields("init")
+    key_file = f"{store_path}.key"
+    assert record["store"] == str(store_path)
+    assert record["kek"] == {"source": "key-file", "from": key_file}
+    assert (record["max_versions"], record["max_value_size"]) == (7, 1024 * 1024)
+    assert key_file in record["notes"][0]
+    assert Path(key_file).stat().st_mode & 0o777 == 0o600
+    assert Path(key_file).read_bytes().strip().decode() not in json.dumps(record)
+
+
+def test_key_passwd_record(cli: Cli, cli_env: dict[str, str], store_path: Path) -> None:
+    from tests import lifecycle_helpers
+
+    lifecycle_helpers.password_store(store_path, "old-pw-7d2k1", {"db": b"x"})
+    env = {**cli_env, "SECRETFS_PASSWORD": "old-pw-7d2k1"}
+    proc = cli("key", "passwd", "--json", input=b"new-pw-9x3q8\n", env=env)
+    record = json.loads(proc.stdout)
+    assert set(record) == {"rewrapped", "notes"}
+    assert record["rewrapped"] == 1 and "password changed" in record["notes"][0]
+    assert b"pw-" not in proc.stdout  # neither password
+    new_env = {**cli_env, "SECRETFS_PASSWORD": "new-pw-9x3q8"}
+    assert cli("secret", "get", "db", env=new_env).stdout == b"x"
+
+
+def test_install_records(cli: Cli, tmp_path: Path) -> None:
+    fields = documented_fields("install")
+    helper = out(cli, "install", "mount-helper", "--dir", str(tmp_path), "--command", "/bin/sfs -v")
+    unit = out(cli, "install", "systemd", "--dir", str(tmp_path), "--command", "/bin/sfs")
+    assert set(helper) == set(unit) == fields
+    assert (helper["installed"], helper["command"], helper["notes"]) == (
+        "mount-helper",
+        ["/bin/sfs", "-v"],
+        [],
+    )
+    assert Path(helper["path"]) == tmp_path / "mount.fuse.secretfs"
+    assert Path(unit["path"]).read_text().count("/bin/sfs") >= 1
+    assert unit["installed"] == "systemd" and "daemon-reload" in unit["notes"][0]

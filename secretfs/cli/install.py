@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from secretfs.cli.common import cli, handle_errors
+from secretfs.cli.common import cli, emit_json, handle_errors
+from secretfs.cli.records import install_record, json_option
 from secretfs.errors import UsageError
 from secretfs.files import write_file_atomically
 
@@ -202,12 +203,14 @@ def install() -> None:
     help="Where mount(8) looks for helpers.",
 )
 @_command_option
+@json_option
 @handle_errors
-def install_mount_helper(directory: Path, command: str | None) -> None:
+def install_mount_helper(directory: Path, command: str | None, as_json: bool = False) -> None:
     """Install mount.fuse.secretfs, so that `mount -t fuse.secretfs` and fstab work."""
     path = directory / HELPER_NAME
-    _write(path, render_mount_helper(_command(command)), 0o755)
-    click.echo(f"installed {path}")
+    words = _command(command)
+    _write(path, render_mount_helper(words), 0o755)
+    _installed("mount-helper", path, words, [], as_json)
 
 
 @install.command("systemd")
@@ -220,10 +223,21 @@ def install_mount_helper(directory: Path, command: str | None) -> None:
     help="The unit directory.",
 )
 @_command_option
+@json_option
 @handle_errors
-def install_systemd(directory: Path, command: str | None) -> None:
+def install_systemd(directory: Path, command: str | None, as_json: bool = False) -> None:
     """Install the secretfs@.service template unit (one instance per mount point)."""
     path = directory / UNIT_NAME
-    _write(path, render_systemd_unit(_command(command)), 0o644)
+    words = _command(command)
+    _write(path, render_systemd_unit(words), 0o644)
+    then = "then: systemctl daemon-reload && systemctl enable --now secretfs@run-secretfs-mnt"
+    _installed("systemd", path, words, [then], as_json)
+
+
+def _installed(kind: str, path: Path, command: list[str], notes: list[str], as_json: bool) -> None:
+    if as_json:
+        emit_json(install_record(kind, str(path), command, notes))
+        return
     click.echo(f"installed {path}")
-    click.echo("then: systemctl daemon-reload && systemctl enable --now secretfs@run-secretfs-mnt")
+    for note in notes:
+        click.echo(note)

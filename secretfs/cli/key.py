@@ -164,11 +164,7 @@ def rotate(
         outcome.notes.append("nothing was changed (--dry-run)")
     else:
         _rotate(store, reencrypt, new_key, batch_size, as_json, outcome)
-    if as_json:
-        emit_json({**outcome.data, "notes": outcome.notes})
-        return
-    for note in outcome.notes:
-        click.echo(note)
+    _print_outcome(outcome, as_json)
 
 
 def _rotation_plan(
@@ -254,9 +250,12 @@ def _rotate(
     help="env://VAR, file://PATH, cmd://COMMAND or - (stdin). Default: stdin, or a prompt"
     " (asked twice) on a terminal.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @store_option
 @handle_errors
-def passwd(store: StoreLocation | None, new_password_from: str | None) -> None:
+def passwd(
+    store: StoreLocation | None, new_password_from: str | None, as_json: bool = False
+) -> None:
     """Change the password of a $SECRETFS_PASSWORD store (a new salt too).
 
     The current password comes from $SECRETFS_PASSWORD; the new one never from the
@@ -283,5 +282,13 @@ def passwd(store: StoreLocation | None, new_password_from: str | None) -> None:
         with keyrotation.key_operation(vault, "key passwd", outcome):
             keyrotation.finish_kek_rotation(vault, outcome)
             keyrotation.change_password(vault, password, outcome)
+    _print_outcome(outcome, as_json)
+
+
+def _print_outcome(outcome: keyrotation.Outcome, as_json: bool) -> None:
+    """A key operation's record (docs/cli.md, "key rotation"), or its notes as lines."""
+    if as_json:
+        emit_json({**outcome.data, "notes": outcome.notes})
+        return
     for note in outcome.notes:
         click.echo(note)

@@ -91,6 +91,24 @@ def setting_record(name: str, value: object) -> dict[str, Any]:
     return {"setting": name, "value": value}
 
 
+def init_record(
+    store: str, kind: str, source: str, max_value_size: int, max_versions: int, notes: list[str]
+) -> dict[str, Any]:
+    """`init`: the store created and where its key-encryption key comes from."""
+    return {
+        "store": store,
+        "kek": {"source": kind, "from": source},
+        "max_value_size": max_value_size,
+        "max_versions": max_versions,
+        "notes": notes,
+    }
+
+
+def install_record(kind: str, path: str, command: list[str], notes: list[str]) -> dict[str, Any]:
+    """`install mount-helper` / `install systemd`: the file written and what it runs."""
+    return {"installed": kind, "path": path, "command": command, "notes": notes}
+
+
 def _ref(meta: SecretMeta) -> Ref:
     return Ref(Scope.from_key(meta.scope), meta.name)
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import click
 
-from secretfs.cli.common import cli, handle_errors, store_option, store_path
+from secretfs.cli.common import cli, emit_json, handle_errors, store_option, store_path
 from secretfs.cli.params import bounded_int
+from secretfs.cli.records import init_record, json_option
 from secretfs.keys import KIND_KEY_FILE
 from secretfs.store.location import StoreLocation
 from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VERSIONS_LIMIT, Vault
@@ -28,8 +29,11 @@ from secretfs.vault import DEFAULT_MAX_VALUE_BYTES, DEFAULT_MAX_VERSIONS, MAX_VE
     help="Versions kept per secret; a write over it prunes the oldest"
     " (`secretfs config set max-versions N` changes it later).",
 )
+@json_option
 @handle_errors
-def init(store: StoreLocation | None, max_value_size: int, max_versions: int) -> None:
+def init(
+    store: StoreLocation | None, max_value_size: int, max_versions: int, as_json: bool = False
+) -> None:
     """Create a new, empty store.
 
     The key-encryption key comes from $SECRETFS_KEY, else $SECRETFS_PASSWORD (Argon2id),
@@ -37,8 +41,15 @@ def init(store: StoreLocation | None, max_value_size: int, max_versions: int) ->
     """
     path = store_path(store)
     source = Vault.init(path, max_value_bytes=max_value_size, max_versions=max_versions)
-    click.echo(f"created store {path}")
     if source.kind == KIND_KEY_FILE:
-        click.echo(f"key file {source.description} (mode 0600): back it up, apart from the store")
+        note = f"key file {source.description} (mode 0600): back it up, apart from the store"
     else:
-        click.echo(f"key from {source.description}: the same is needed to open the store")
+        note = f"key from {source.description}: the same is needed to open the store"
+    if as_json:
+        record = init_record(
+            str(path), source.kind, source.description, max_value_size, max_versions, [note]
+        )
+        emit_json(record)
+        return
+    click.echo(f"created store {path}")
+    click.echo(note)
