@@ -10,7 +10,6 @@ import functools
 import logging
 import os
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -294,7 +293,7 @@ class Vault:
         return cls(backend, keyring)
 
     def close(self) -> None:
-        with contextlib.suppress(SecretfsError, sqlite3.Error):
+        with contextlib.suppress(SecretfsError):
             self.remember_state()
         self.backend.close()
 
@@ -803,7 +802,7 @@ class Vault:
             try:
                 with self.backend.transaction():
                     self.audit(action, ref, outcome=audit_log.REFUSED, detail=str(exc)[:300])
-            except (SecretfsError, sqlite3.Error) as err:
+            except SecretfsError as err:
                 log.warning("cannot record the refused %s in the audit log: %s", action, err)
             raise
 

@@ -16,9 +16,9 @@ import base64
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
-from typing import Any, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, Unpack
 
 from secretfs.audit import AuditRecord
 from secretfs.errors import IntegrityError, StoreError
@@ -57,7 +57,13 @@ class AuditQuery(TypedDict, total=False):
 
 # -- row mapping: a stored row by field name -> a record ----------------------------------
 
-Row = Mapping[str, Any]
+
+class Row(Protocol):
+    """A stored row by field name: a dict (a JSON record) or an SQLite row."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+    def get(self, key: str, /) -> Any: ...
 
 
 def _opt(value: Any) -> int | None:
@@ -65,8 +71,7 @@ def _opt(value: Any) -> int | None:
 
 
 def secret_meta(row: Row) -> SecretMeta:
-    """A secret's row (fields as `SecretMeta`'s, `id` for secret_id; absent optional
-    fields are None)."""
+    """A secret's row: `SecretMeta`'s fields, `id` for secret_id."""
     return SecretMeta(
         secret_id=int(row["id"]),
         # A mount holds one of these per secret: share the few distinct strings.
@@ -78,13 +83,13 @@ def secret_meta(row: Row) -> SecretMeta:
         kind=sys.intern(str(row["kind"])),
         created_ns=int(row["created_ns"]),
         updated_ns=int(row["updated_ns"]),
-        uid=_opt(row.get("uid")),
-        gid=_opt(row.get("gid")),
-        mode=_opt(row.get("mode")),
+        uid=_opt(row["uid"]),
+        gid=_opt(row["gid"]),
+        mode=_opt(row["mode"]),
         fingerprint=str(row["fingerprint"]),
         seq=int(row["seq"]),
-        expires_ns=_opt(row.get("expires_ns")),
-        rotate_every_s=_opt(row.get("rotate_every_s")),
+        expires_ns=_opt(row["expires_ns"]),
+        rotate_every_s=_opt(row["rotate_every_s"]),
     )
 
 
@@ -230,7 +235,27 @@ def unb64(text: str | None) -> bytes:
     return base64.b64decode(text) if text else b""
 
 
-class KeyValueRecords:
+class RecordsBase:
+    """What every backend's records share above their storage."""
+
+    def add_grant(
+        self,
+        scope: str,
+        name: str,
+        kind: str,
+        principal: int,
+        created_ns: int,
+        seq: int,
+        form: str = "plain",
+    ) -> bool:
+        """Add a grant; False if it was there already (nothing changes then)."""
+        return self._add_grant(GrantRecord(scope, name, kind, principal, created_ns, form), seq)
+
+    def _add_grant(self, grant: GrantRecord, seq: int) -> bool:
+        raise NotImplementedError
+
+
+class KeyValueRecords(RecordsBase):
     """The store's records as keys under one prefix, JSON values (layout: etcd/records.py).
 
     A subclass provides the storage: `_prefix`, `_get`, `_scan` (sorted, this
@@ -591,21 +616,11 @@ class KeyValueRecords:
         out = [grant_record(self._record(key, raw)) for key, raw in self._scan(prefix)]
         return sorted(out, key=lambda g: (g.scope, g.name, g.kind, g.principal))
 
-    def add_grant(
-        self,
-        scope: str,
-        name: str,
-        kind: str,
-        principal: int,
-        created_ns: int,
-        seq: int,
-        form: str = "plain",
-    ) -> bool:
-        key = self._grant_key(scope, name, kind, principal)
+    def _add_grant(self, grant: GrantRecord, seq: int) -> bool:
+        key = self._grant_key(grant.scope, grant.name, grant.kind, grant.principal)
         if self._get(key) is not None:
             return False
-        fields = {"scope": scope, "name": name, "kind": kind, "principal": principal}
-        self._put_json(key, {**fields, "created_ns": created_ns, "seq": seq, "form": form})
+        self._put_json(key, {**dataclasses.asdict(grant), "seq": seq})
         self._access_changed(seq)
         return True
 
