@@ -202,6 +202,17 @@ def select_audit(records: Iterable[AuditRecord], query: AuditQuery) -> list[Audi
     return out
 
 
+def local_status(backend: str, name: str, seq: int) -> dict[str, Any]:
+    """`ChangeFeed.status()` of a store read where it is kept: always connected, current."""
+    return {
+        "backend": backend,
+        "store": name,
+        "connected": True,
+        "last_revision": seq,
+        "stale_since": None,
+    }
+
+
 def versions_to_prune(versions: Iterable[int], keep: int) -> list[int]:
     """Which versions a prune to the newest `keep` drops (never the current, newest one)."""
     ordered = sorted(versions)
@@ -258,9 +269,9 @@ class RecordsBase:
 class KeyValueRecords(RecordsBase):
     """The store's records as keys under one prefix, JSON values (layout: etcd/records.py).
 
-    A subclass provides the storage: `_prefix`, `_get`, `_scan` (sorted, this
-    transaction's writes laid over), `_put` and `_delete` (inside a transaction), and
-    `name`; every record operation of the backend contract is here, once.
+    A subclass provides the storage: `_prefix`, committed reads (`_read`,
+    `_read_prefix`), the open transaction's writes (`_pending`) and `name`; every
+    record operation of the backend contract is here, once.
     """
 
     _prefix: bytes
@@ -270,17 +281,46 @@ class KeyValueRecords(RecordsBase):
     def name(self) -> str:
         raise NotImplementedError
 
-    def _get(self, key: bytes) -> bytes | None:
+    def _pending(self) -> dict[bytes, bytes | None] | None:
+        """The open transaction's writes (None: a deletion); None outside one."""
         raise NotImplementedError
+
+    def _read(self, key: bytes) -> bytes | None:
+        """A committed value, as the open transaction or snapshot sees the store."""
+        raise NotImplementedError
+
+    def _read_prefix(self, prefix: bytes) -> dict[bytes, bytes]:
+        """Every committed key under `prefix`, as `_read` sees them."""
+        raise NotImplementedError
+
+    def _get(self, key: bytes) -> bytes | None:
+        pending = self._pending()
+        if pending is not None and key in pending:
+            return pending[key]
+        return self._read(key)
 
     def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
-        raise NotImplementedError
+        """Every key under `prefix` and its value, sorted, this transaction's writes in."""
+        found = self._read_prefix(prefix)
+        for key, value in (self._pending() or {}).items():
+            if key.startswith(prefix):
+                if value is None:
+                    found.pop(key, None)
+                else:
+                    found[key] = value
+        return sorted(found.items())
+
+    def _writes(self) -> dict[bytes, bytes | None]:
+        pending = self._pending()
+        if pending is None:
+            raise StoreError("internal: a write to the store outside a transaction")
+        return pending
 
     def _put(self, key: bytes, value: bytes) -> None:
-        raise NotImplementedError
+        self._writes()[key] = value
 
     def _delete(self, key: bytes) -> None:
-        raise NotImplementedError
+        self._writes()[key] = None
 
     # -- keys and JSON --------------------------------------------------------------------
 

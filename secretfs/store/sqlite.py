@@ -36,6 +36,7 @@ from secretfs.store.records import (
     audit_row,
     client_key_record,
     grant_record,
+    local_status,
     scope_meta,
     sealed_version,
     secret_meta,
@@ -450,13 +451,7 @@ class SqliteBackend(RecordsBase):
         """Reads are local already; `data_version` tells a mount of every commit."""
 
     def status(self) -> dict[str, object]:
-        return {
-            "backend": "sqlite",
-            "store": self.name,
-            "connected": True,
-            "last_revision": self.current_seq(),
-            "stale_since": None,
-        }
+        return local_status("sqlite", self.name, self.current_seq())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

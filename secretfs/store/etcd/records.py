@@ -224,10 +224,10 @@ class EtcdBackend(KeyValueRecords):
                 " compacted under it); nothing was written: retry"
             ) from None
 
-    def _get(self, key: bytes) -> bytes | None:
-        txn = self._txn
-        if txn is not None and key in txn.writes:
-            return txn.writes[key]
+    def _pending(self) -> dict[bytes, bytes | None] | None:
+        return None if self._txn is None else self._txn.writes
+
+    def _read(self, key: bytes) -> bytes | None:
         if self._local():
             assert self._follower is not None
             return self._follower.get(key)
@@ -315,7 +315,7 @@ class EtcdBackend(KeyValueRecords):
                 return n
         return min(count, len(sizes)) or 1
 
-    def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    def _read_prefix(self, prefix: bytes) -> dict[bytes, bytes]:
         if self._local():
             assert self._follower is not None
             found = self._follower.scan(prefix)
@@ -324,24 +324,7 @@ class EtcdBackend(KeyValueRecords):
         else:
             kvs = self._remote_range(prefix, prefix_end(prefix))
             found = {unb64(kv["key"]): unb64(kv.get("value")) for kv in kvs}
-        if self._txn is not None:
-            for key, value in self._txn.writes.items():
-                if key.startswith(prefix):
-                    if value is None:
-                        found.pop(key, None)
-                    else:
-                        found[key] = value
-        return sorted(found.items())
-
-    def _put(self, key: bytes, value: bytes) -> None:
-        if self._txn is None:
-            raise StoreError("internal: a write to the store outside a transaction")
-        self._txn.writes[key] = value
-
-    def _delete(self, key: bytes) -> None:
-        if self._txn is None:
-            raise StoreError("internal: a write to the store outside a transaction")
-        self._txn.writes[key] = None
+        return found
 
     # -- transactions --------------------------------------------------------------------
 
