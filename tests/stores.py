@@ -50,10 +50,7 @@ class Store:
         if self.cluster is not None:
             return [k + b"\n" + v for k, v in self.cluster.dump(self.url.rsplit("/", 1)[1])]
         if self.kind == "memory":
-            backend = MemoryLocation.parse(self.url).open()
-            state = backend._store.state
-            audit = [repr(r).encode() for r in state.audit]
-            return [k + b"\n" + v for k, v in state.data.items()] + audit
+            return [k + b"\n" + v for k, v in MemoryLocation.parse(self.url).open().dump()]
         path = Path(self.url)
         return [p.read_bytes() for p in path.parent.glob(path.name + "*")]
 

@@ -149,6 +149,13 @@ class MemoryBackend(KeyValueRecords):
     def close(self) -> None:
         """Nothing to release: the store lives as long as the process (or `remove()`)."""
 
+    def dump(self) -> list[tuple[bytes, bytes]]:
+        """Every key and value as held, and the audit records: what a look at the
+        store's memory would find (as `etcdctl get --prefix` shows an etcd store)."""
+        state = self._store.state
+        audit = [(b"audit/%d" % r.id, repr(r).encode()) for r in state.audit]
+        return sorted(state.data.items()) + audit
+
     def write_batch(self, sizes: list[int]) -> int:
         return max(1, len(sizes))  # no bound on a transaction
 
