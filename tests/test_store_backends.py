@@ -8,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -344,3 +345,17 @@ def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
         assert backend.meta_get("k") is None
     finally:
         backend.close()
+
+
+def test_a_sqlite_failure_on_the_cli_is_exit_7_naming_the_store(tmp_path: Path) -> None:
+    """The CLI's message and exit code for what SQLite refuses are what they were when
+    the CLI caught sqlite3.Error itself: `store: <SQLite's words>`, exit 7."""
+    store = tmp_path / "store.db"
+    env = cli_environment(store)
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "store.key")
+    run_cli("init", env=env)
+    with sqlite3.connect(store) as conn:  # someone with write access to the file
+        conn.execute("DROP TABLE scopes")
+    proc = run_cli("secret", "ls", env=env, check=False)
+    assert proc.returncode == 7
+    assert proc.stderr == b"secretfs: error: store: no such table: main.scopes\n"
