@@ -6,8 +6,9 @@ A backend keeps only its storage primitives. Here, backend-neutral:
 - row mapping: a stored row (an SQLite row or a JSON record, both by field name) to the
   records of `secretfs.store`, and an audit record to its stored fields;
 - audit filtering (`select_audit`) and which versions a prune drops (`versions_to_prune`);
-- `KeyValueRecords`: the whole record logic over four key-value primitives (get, scan,
-  put, delete), which the etcd and the in-memory backends implement.
+- `KeyValueRecords`: the whole record logic over a few key-value primitives (committed
+  reads by key and by prefix, the open transaction's writes), which the etcd and the
+  in-memory backends implement.
 """
 
 from __future__ import annotations
