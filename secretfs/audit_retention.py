@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from secretfs.audit import AuditRecord, iso_time_ns
-from secretfs.errors import StoreError
 from secretfs.store.base import Backend
 
 MAX_AGE_META = "audit_max_age_s"  # meta key: seconds kept; absent or 0 keeps everything
@@ -29,13 +28,10 @@ def prune(
     dry_run: bool = False,
 ) -> int:
     """Delete the records older than `before_ns` and record that; returns how many."""
-    pruner: Callable[..., int] | None = getattr(backend, "prune_audit", None)
-    if pruner is None:
-        raise StoreError(f"{backend.name}: this backend cannot prune audit records")
     if dry_run:
-        return pruner(before_ns, dry_run=True)
+        return backend.prune_audit(before_ns, dry_run=True)
     with backend.transaction():
-        count = pruner(before_ns)
+        count = backend.prune_audit(before_ns)
         if count:
             backend.append_audit(
                 [record(f"pruned {count} audit records before {iso_time_ns(before_ns)}")]
@@ -46,6 +42,6 @@ def prune(
 def prune_by_max_age(backend: Backend, now_ns: int, record: Callable[[str], AuditRecord]) -> int:
     """Apply the store's audit-max-age (nothing when it is not set)."""
     age = max_age_s(backend)
-    if age is None or not hasattr(backend, "prune_audit"):
+    if age is None:
         return 0
     return prune(backend, now_ns - age * NS, record)

@@ -14,7 +14,6 @@ import logging
 import os
 import resource
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -707,7 +706,7 @@ class AuditWriter:
         try:
             with self._lock:
                 count = prune_by_max_age(self._backend(), self.clock.time_ns(), _mount_note)
-        except (SecretfsError, sqlite3.Error) as exc:
+        except SecretfsError as exc:
             log.error("cannot prune old audit records: %s", exc)
             return
         if count:
@@ -731,7 +730,7 @@ async def _flush_once(queue: AuditQueue, writer: AuditWriter, versions: Verified
     try:
         # Not cancellable: a batch is written whole even when the mount is shutting down.
         others = await trio.to_thread.run_sync(writer.flush, batch, kept)
-    except (SecretfsError, sqlite3.Error) as exc:
+    except SecretfsError as exc:
         queue.put_back(batch)
         now = writer.clock.monotonic()
         if queue.failing is not None and now < writer.report_at:
@@ -945,7 +944,7 @@ def serve(
         batch = queue.take(final=True)
         try:
             writer.write(batch)
-        except (SecretfsError, sqlite3.Error) as exc:
+        except SecretfsError as exc:
             log.error("%d audit records lost at shutdown: %s", len(batch), exc)
         writer.close()
         watchdog.disarm()

@@ -18,7 +18,7 @@ from secretfs import expiry, keyring, keys
 from secretfs.checks import Check, Status, mode_check
 from secretfs.errors import IntegrityError, SecretfsError
 from secretfs.refs import Ref, Scope
-from secretfs.store.base import Backend
+from secretfs.store.base import ConsistencyChecks
 from secretfs.store.location import StoreLocation, location_of
 from secretfs.store.sqlite import SqliteBackend
 from secretfs.vault import Vault
@@ -313,7 +313,7 @@ def _backend_checks(store: StoreLocation) -> list[Check]:
         backend.close()
 
 
-def _integrity(backend: Backend) -> list[Check]:
+def _integrity(backend: ConsistencyChecks) -> list[Check]:
     result = backend.integrity_check()
     if isinstance(backend, SqliteBackend):
         what = "PRAGMA integrity_check"

@@ -16,7 +16,7 @@ from secretfs.audit import iso_time_ns
 from secretfs.errors import RefError
 from secretfs.refs import Ref, Scope, parse_ref, parse_scope
 from secretfs.store import SecretMeta
-from secretfs.store.base import Backend
+from secretfs.store.base import ChangeFeed
 
 POLL_SECONDS = 0.2  # as the mount: a change is reported within well under a second
 
@@ -106,7 +106,7 @@ class _Seen:
 class Follower:
     """Remembers each followed secret's version; `poll` says what changed since."""
 
-    def __init__(self, backend: Backend, selection: Selection) -> None:
+    def __init__(self, backend: ChangeFeed, selection: Selection) -> None:
         self.backend = backend
         self.selection = selection
         self._data_version = backend.data_version()

@@ -54,6 +54,20 @@ def key_file_path(store_path: Path) -> Path:
     return Path(env) if env else store_path.with_name(store_path.name + ".key")
 
 
+def remote_key_file_path(backend: str, name: str) -> Path:
+    """The key file of a store that is not a file here (etcd, memory): `$SECRETFS_KEY_FILE`,
+    else `/etc/secretfs/<backend>/<name>.key` (root) or `~/.config/secretfs/<backend>/...`,
+    `/` in the name written as `_`."""
+    env = os.environ.get(ENV_KEY_FILE)
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        base = Path("/etc/secretfs")
+    else:
+        base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "secretfs"
+    return base / backend / (name.replace("/", "_") + ".key")
+
+
 def node_key_file_path(key_file: Path) -> Path:
     """This node's private key: `$SECRETFS_NODE_KEY_FILE`, else beside the store key file
     (`<store>.node.key`)."""

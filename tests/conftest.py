@@ -25,7 +25,8 @@ from click.testing import CliRunner as ClickRunner
 from secretfs.cli import commands
 
 # etcd_cluster / own_etcd_cluster: a real 3-member etcd cluster (tests/etcd_cluster.py).
-pytest_plugins = ["tests.etcd_cluster"]
+# store / etcd_store: an initialized store on each backend (tests/stores.py).
+pytest_plugins = ["tests.etcd_cluster", "tests.stores"]
 
 # `cli(*args, input=None, env=None, check=True)` -> .returncode, .stdout, .stderr (bytes).
 Cli = Callable[..., "subprocess.CompletedProcess[bytes]"]

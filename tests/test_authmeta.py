@@ -18,7 +18,7 @@ from secretfs.refs import parse_ref, parse_scope
 from secretfs.vault import Vault
 from tests.conftest import Cli
 from tests.etcd_cluster import EtcdCluster
-from tests.test_store_backends import Store, _new_store
+from tests.stores import Store, new_store
 
 # (table, key column, authenticated columns): every column that decides who reads.
 AUTHENTICATED = {
@@ -241,7 +241,7 @@ def test_a_whole_store_restore_is_reported_and_can_be_accepted(
 
 
 def test_a_forged_grant_on_etcd_is_detected(etcd_cluster: EtcdCluster, tmp_path: Path) -> None:
-    store: Store = _new_store(tmp_path, etcd_cluster)
+    store: Store = new_store("etcd", tmp_path, etcd_cluster)
     assert store.cluster is not None
     store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
     store.cli("grant", "db", "--uid", "1000")

@@ -19,7 +19,7 @@ from secretfs.store import ClientKeyRecord
 from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
 from tests.conftest import Cli
-from tests.test_store_backends import Store, store  # noqa: F401 - the fixture
+from tests.stores import Store
 
 # crypto_box_seal_open from Debian's libsodium-dev: an implementation that is not PyNaCl.
 OPEN_C = r"""
@@ -221,11 +221,12 @@ def test_older_store_gets_the_sealing_schema(
         assert db.execute("SELECT form FROM grants").fetchall() == [("plain",)]
 
 
-def test_client_keys_and_sealed_grants_on_both_backends(
-    store: Store,  # noqa: F811
+def test_client_keys_and_sealed_grants_on_every_backend(
+    each_store: Store,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The etcd backend keeps client keys and grant forms as SQLite does."""
+    """Every backend keeps client keys and grant forms as SQLite does."""
+    store = each_store
     monkeypatch.setenv("SECRETFS_KEY_FILE", store.env["SECRETFS_KEY_FILE"])
     key = PrivateKey.generate()
     store.cli("secret", "set", "@api/token", "--from-stdin", input=b"t0k3n")

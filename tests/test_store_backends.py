@@ -1,4 +1,6 @@
-"""The same store and CLI behaviour on both backends: SQLite and an etcd v3 cluster."""
+"""What one backend does and the others do not (etcd's conflicts, limits, follower and
+damaged records), and store URLs. What every backend does alike is the contract suite,
+tests/test_store_contract.py."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import base64
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -14,147 +17,17 @@ from pathlib import Path
 
 import pytest
 
-from secretfs.errors import UsageError
+from secretfs.errors import StoreError, UsageError
 from secretfs.refs import parse_ref
 from secretfs.store import location
 from secretfs.store.etcd import EtcdLocation
 from secretfs.store.etcd.follower import Follower
+from secretfs.store.memory import MemoryLocation
 from secretfs.store.sqlite import SqliteLocation
 from secretfs.vault import Vault
-from tests.conftest import cli_environment, run_cli, run_cli_process
+from tests.conftest import cli_environment, run_cli
 from tests.etcd_cluster import EtcdCluster, followed
-
-MARKER = b"plaintext-marker-c0ffee"
-
-
-class Store:
-    def __init__(self, kind: str, url: str, env: dict[str, str], cluster: EtcdCluster | None):
-        self.kind, self.url, self.env, self.cluster = kind, url, env, cluster
-
-    def cli(
-        self,
-        *args: str,
-        input: bytes | None = None,
-        check: bool = True,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.CompletedProcess[bytes]:
-        return run_cli(*args, env=env or self.env, input=input, check=check)
-
-    def raw_bytes(self) -> list[bytes]:
-        """Everything the backend holds, as stored."""
-        if self.cluster is not None:
-            return [k + b"\n" + v for k, v in self.cluster.dump(self.url.rsplit("/", 1)[1])]
-        path = Path(self.url)
-        return [p.read_bytes() for p in path.parent.glob(path.name + "*")]
-
-
-def _new_store(tmp_path: Path, cluster: EtcdCluster | None) -> Store:
-    if cluster is None:
-        url = str(tmp_path / "store.db")
-    else:
-        url = cluster.url(f"t{uuid.uuid4().hex[:12]}")
-    env = cli_environment(Path("/nonexistent"))
-    env["SECRETFS_STORE"] = url
-    env["SECRETFS_KEY_FILE"] = str(tmp_path / "store.key")
-    s = Store("sqlite" if cluster is None else "etcd", url, env, cluster)
-    s.cli("init")
-    return s
-
-
-@pytest.fixture(params=["sqlite", "etcd"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    """An initialized store on each backend in turn."""
-    cluster = request.getfixturevalue("etcd_cluster") if request.param == "etcd" else None
-    return _new_store(tmp_path, cluster)
-
-
-@pytest.fixture
-def etcd_store(etcd_cluster: EtcdCluster, tmp_path: Path) -> Store:
-    return _new_store(tmp_path, etcd_cluster)
-
-
-def test_secret_lifecycle(store: Store) -> None:
-    assert (
-        "created $S:db version 1"
-        in store.cli("secret", "create", "db", "--from-stdin", input=b"hunter2").stderr.decode()
-    )
-    proc = store.cli("secret", "create", "db", "--from-stdin", input=b"x", check=False)
-    assert proc.returncode == 4 and "already exists (409)" in proc.stderr.decode()
-    store.cli("secret", "set", "db", "--from-stdin", input=b"hunter3!")
-    store.cli("secret", "set", "@api/config", "--from-stdin", input=b'{"user":"u","pw":"p"}')
-    assert store.cli("secret", "get", "db").stdout == b"hunter3!"
-    assert store.cli("secret", "get", "db", "--version", "1").stdout == b"hunter2"
-    assert store.cli("secret", "get", "@api/config/pw").stdout == b"p"
-    listing = json.loads(store.cli("secret", "ls", "--json").stdout)
-    assert {(e["ref"], e["version"]) for e in listing} == {("$S:db", 2), ("$S:@api/config", 1)}
-    history = json.loads(store.cli("secret", "history", "db", "--json").stdout)
-    assert [h["version"] for h in history] == [1, 2]
-    store.cli("secret", "rm", "db")
-    proc = store.cli("secret", "get", "db", check=False)
-    assert proc.returncode == 3 and "not found" in proc.stderr.decode()
-    proc = store.cli("secret", "create", "db", "--from-stdin", input=b"again")
-    assert "version 3" in proc.stderr.decode(), "a re-created secret continues the numbering"
-    audit = store.cli("audit", "--json").stdout
-    actions = [r["action"] for r in json.loads(audit)]
-    assert actions[:4] == ["create", "create", "set", "set"] and "rm" in actions
-    assert b"hunter" not in audit
-
-
-def test_grants_and_scope_owner(store: Store) -> None:
-    store.cli("secret", "set", "@api/token", "--from-stdin", input=b"t0k3n")
-    store.cli("grant", "@api/token", "--uid", "1234")
-    shown = store.cli("permissions", "@api/token").stdout.decode()
-    assert "1234" in shown
-    store.cli("revoke", "@api/token", "--uid", "1234")
-    assert "1234" not in store.cli("permissions", "@api/token").stdout.decode()
-    proc = store.cli("secret", "rm", "@api/token")
-    assert proc.returncode == 0
-
-
-def test_wrong_key_is_exit_5(store: Store) -> None:
-    store.cli("secret", "set", "db", "--from-stdin", input=b"hunter2")
-    env = dict(store.env, SECRETFS_KEY="ab" * 32)
-    proc = store.cli("secret", "get", "db", env=env, check=False)
-    assert proc.returncode == 5
-    assert "$SECRETFS_KEY does not unlock" in proc.stderr.decode()
-    assert proc.stdout == b""
-
-
-def test_the_backend_holds_no_plaintext(store: Store) -> None:
-    store.cli("secret", "set", "db", "--from-stdin", input=MARKER)
-    store.cli("secret", "rotate", "db", "--from-stdin", input=MARKER + b"-2")
-    store.cli("secret", "set", "@api/c", "--from-stdin", input=b'{"k":"' + MARKER + b'"}')
-    held = store.raw_bytes()
-    assert held and len(b"".join(held)) > 500
-    for blob in held:
-        assert MARKER not in blob
-        assert base64.b64encode(MARKER)[:16] not in blob
-
-
-def test_concurrent_rotations_all_become_versions(store: Store) -> None:
-    """Writers at the same moment: each rotation is a version, none is lost."""
-    store.cli("secret", "set", "db", "--from-stdin", input=b"start")
-    writers = 4
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "secretfs", "secret", "rotate", "db", "--from-stdin"],
-            env=store.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for _ in range(writers)
-    ]
-    for i, proc in enumerate(procs):
-        assert proc.stdin is not None
-        proc.stdin.write(f"value-{i}".encode())
-        proc.stdin.close()
-    for proc in procs:
-        assert proc.wait(timeout=60) == 0, proc.stderr.read() if proc.stderr else ""
-    history = json.loads(store.cli("secret", "history", "db", "--json").stdout)
-    assert [h["version"] for h in history] == list(range(1, writers + 2))
-    values = {store.cli("secret", "get", "db", "--version", str(v)).stdout for v in range(2, 6)}
-    assert values == {f"value-{i}".encode() for i in range(writers)}
+from tests.stores import Store
 
 
 def test_a_write_that_meets_another_is_retried(etcd_store: Store) -> None:
@@ -209,6 +82,7 @@ def _state(pid: int) -> str:
         ("etcd://a+b:1/p", EtcdLocation(("a:2379", "b:1"), "p")),
         ("etcd://[::1]:2379/x/y", EtcdLocation(("[::1]:2379",), "x/y")),
         ("etcd+https://a:2379/p", EtcdLocation(("a:2379",), "p", tls=True)),
+        ("memory://t1", MemoryLocation("t1")),
     ],
 )
 def test_store_urls(text: str, expected: object) -> None:
@@ -303,181 +177,11 @@ def test_a_follower_resyncs_after_compaction(
         writer.close()
 
 
-# -- every CLI operation on both backends ---------------------------------------------
+# -- etcd's records, batches and audit keys ----------------------------------------------
 
 
 def _err(proc: subprocess.CompletedProcess[bytes]) -> str:
     return proc.stderr.decode()
-
-
-def _history(store: Store, ref: str) -> list[int]:
-    return [h["version"] for h in json.loads(store.cli("secret", "history", ref, "--json").stdout)]
-
-
-def test_rotate_rollback_prune(store: Store) -> None:
-    store.cli("secret", "create", "db", "--from-stdin", input=b"v1")
-    store.cli("secret", "rotate", "db", "--from-stdin", input=b"v2")
-    generated = json.loads(store.cli("secret", "rotate", "db", "--generate", "--json").stdout)
-    assert (generated["previous_version"], generated["new_version"]) == (2, 3)
-    out = store.cli("secret", "rollback", "db", "--to", "1")
-    assert out.stdout == b"rolled back $S:db: version 3 -> 4 (the value of version 1)\n"
-    assert store.cli("secret", "get", "db").stdout == b"v1"
-    same = store.cli("secret", "rollback", "db", "--to", "4", check=False)
-    assert same.returncode == 2 and "already the current one" in _err(same)
-    pruned = store.cli("secret", "prune", "db", "--keep", "2")
-    assert pruned.stdout == b"pruned $S:db: 2 version(s) (1, 2)\n"
-    assert _history(store, "db") == [3, 4]
-    store.cli("secret", "set", "other", "--from-stdin", input=b"o1")
-    store.cli("secret", "set", "other", "--from-stdin", input=b"o2")
-    all_out = json.loads(store.cli("secret", "prune", "--all", "--keep", "1", "--json").stdout)
-    assert all_out == [{"ref": "$S:db", "pruned": [3]}, {"ref": "$S:other", "pruned": [1]}]
-    # The store-wide bound prunes on write.
-    store.cli("config", "set", "max-versions", "2")
-    for value in (b"o3", b"o4"):
-        store.cli("secret", "set", "other", "--from-stdin", input=value)
-    assert _history(store, "other") == [3, 4]
-    actions = [r["action"] for r in json.loads(store.cli("audit", "--json").stdout)]
-    assert {"rotate", "rollback", "prune"} <= set(actions)
-
-
-def test_expiry_and_due(store: Store) -> None:
-    store.cli("secret", "create", "old", "--from-stdin", "--expires-at", "2001-02-03", input=b"o")
-    store.cli("secret", "create", "fresh", "--from-stdin", "--expires-at", "+30d", input=b"f")
-    store.cli(
-        "secret", "create", "tok", "--from-stdin", "--rotate-every", "1d", input=b"t"
-    )  # fmt: skip
-    records = {r["ref"]: r for r in json.loads(store.cli("secret", "ls", "--json").stdout)}
-    assert records["$S:old"]["expired"] is True
-    assert records["$S:fresh"]["expired"] is False and records["$S:fresh"]["expires"]
-    assert records["$S:tok"]["rotate_every"] == "1d"
-    due = json.loads(store.cli("secret", "ls", "--due", "--json").stdout)
-    assert [r["ref"] for r in due] == ["$S:old"]
-    soon = json.loads(store.cli("secret", "ls", "--due", "--within", "31d", "--json").stdout)
-    assert [r["ref"] for r in soon] == ["$S:fresh", "$S:old", "$S:tok"]
-    got = store.cli("secret", "get", "old")
-    assert got.stdout == b"o" and "warning: $S:old expired" in _err(got)
-    store.cli("secret", "expiry", "old", "--expires-at", "none")
-    assert json.loads(store.cli("secret", "ls", "--due", "--json").stdout) == []
-    state = json.loads(store.cli("secret", "expiry", "old", "--json").stdout)
-    assert state["expires"] is None and state["version"] == 1
-
-
-def test_key_status_rotate_and_reencrypt(store: Store) -> None:
-    values = {f"s{i}": f"value-{i}".encode() for i in range(5)}
-    lines = b"".join(b"%s=%s\n" % (name.encode(), value) for name, value in values.items())
-    store.cli("import", "--format", "dotenv", input=lines)
-    status = json.loads(store.cli("key", "status", "--json").stdout)
-    assert [g["generation"] for g in status["data_keys"]] == [1]
-    key_file = Path(store.env["SECRETFS_KEY_FILE"])
-    old_key = key_file.read_bytes()
-    out = store.cli("key", "rotate")
-    assert out.returncode == 0 and key_file.read_bytes() != old_key
-    old_env = dict(store.env, SECRETFS_KEY=old_key.decode().strip())
-    wrong = store.cli("secret", "get", "s0", env=old_env, check=False)
-    assert wrong.returncode == 5 and "$SECRETFS_KEY does not unlock" in _err(wrong)
-    before = store.raw_bytes()
-    out = store.cli("key", "rotate", "--reencrypt", "--batch-size", "2")
-    assert "every value is sealed under data key generation 2" in out.stdout.decode()
-    status = json.loads(store.cli("key", "status", "--json").stdout)
-    assert [g["generation"] for g in status["data_keys"]] == [2]
-    assert store.raw_bytes() != before
-    from secretfs import formats
-
-    out = store.cli("export", "--format", "json").stdout
-    assert {e.name: e.value for e in formats.parse("json", out).entries} == values
-    history = json.loads(store.cli("secret", "history", "s0", "--json").stdout)
-    assert [h["key_generation"] for h in history] == [2]
-
-
-def test_key_passwd(store: Store, tmp_path: Path) -> None:
-    env = dict(store.env, SECRETFS_PASSWORD="old password 123")
-    del env["SECRETFS_KEY_FILE"]
-    if store.cluster is None:
-        env["SECRETFS_STORE"] = str(tmp_path / "pw.db")
-    else:
-        env["SECRETFS_STORE"] = store.cluster.url(f"t{uuid.uuid4().hex[:12]}")
-    store.cli("init", env=env)
-    store.cli("secret", "set", "db", "--from-stdin", input=b"x", env=env)
-    out = store.cli("key", "passwd", input=b"new password 456\n", env=env)
-    assert "password changed" in out.stdout.decode()
-    assert store.cli("secret", "get", "db", env=env, check=False).returncode == 5
-    new_env = dict(env, SECRETFS_PASSWORD="new password 456")
-    assert store.cli("secret", "get", "db", env=new_env).stdout == b"x"
-    rotated = store.cli("key", "rotate", env=new_env)
-    assert "new salt" in rotated.stdout.decode()
-    assert store.cli("secret", "get", "db", env=new_env).stdout == b"x"
-
-
-def test_import_export_every_format(store: Store, tmp_path: Path) -> None:
-    from secretfs import formats
-
-    values = {"A": b"one", "B": b"two\nlines", "C": b'it\'s "q" $HOME'}
-    for fmt in ("dotenv", "json", "k8s"):
-        source = tmp_path / f"in.{fmt}"
-        source.write_bytes(formats.render(fmt, values))  # type: ignore[arg-type]
-        store.cli("import", f":{fmt}", "--format", fmt, "--file", str(source))
-        target = tmp_path / f"out.{fmt}"
-        store.cli("export", f":{fmt}", "--format", fmt, "--file", str(target))
-        parsed = formats.parse(fmt, target.read_bytes())  # type: ignore[arg-type]
-        assert {e.name: e.value for e in parsed.entries} == values
-    again = store.cli("import", ":json", "--file", str(tmp_path / "in.dotenv"), check=False)
-    assert again.returncode != 0 and store.cli("secret", "get", ":json/A").stdout == b"one"
-    changed = tmp_path / "changed.yaml"
-    changed.write_bytes(formats.render("k8s", dict(values, B=b"new")))
-    store.cli("import", ":json", "--format", "k8s", "--file", str(changed), "--overwrite")
-    assert store.cli("secret", "get", ":json/B").stdout == b"new"
-    listing = json.loads(store.cli("secret", "ls", "--json").stdout)
-    assert len(listing) == 9 and {r["version"] for r in listing} == {1, 2}
-
-
-def test_chmod_chown_permissions(store: Store) -> None:
-    store.cli("secret", "set", "@api/token", "--from-stdin", input=b"t")
-    store.cli("secret", "chmod", "@api/token", "0440")
-    store.cli("secret", "chown", "@api", "1000:50")
-    shown = json.loads(store.cli("permissions", "@api/token", "--json").stdout)
-    text = json.dumps(shown)
-    assert "1000" in text and "50" in text and "440" in text
-    store.cli("secret", "chmod", "@api/token", "inherit")
-    assert "440" not in json.dumps(
-        json.loads(store.cli("permissions", "@api/token", "--json").stdout)
-    )
-    bad = store.cli("secret", "chmod", "@api/token", "0999", check=False)
-    assert bad.returncode == 2
-
-
-def test_run_and_inject(store: Store, tmp_path: Path) -> None:
-    store.cli("secret", "set", "db", "--from-stdin", input=b"hunter2")
-    store.cli("secret", "set", "@api/config", "--from-stdin", input=b'{"pw":"p9"}')
-    env = dict(store.env, DB="$S:db", PW="$S:@api/config/pw")
-    proc = run_cli_process(
-        "run", "--", sys.executable, "-c",
-        "import os,sys; sys.stdout.write(os.environ['DB'] + '|' + os.environ['PW'])",
-        env=env,
-    )  # fmt: skip
-    assert proc.stdout == b"hunter2|p9"
-    out = tmp_path / "app.conf"
-    store.cli("inject", "-o", str(out), input=b"x={{ $S:db }} y={{ $S:@api/config/pw }}")
-    assert out.read_bytes() == b"x=hunter2 y=p9"
-    missing = store.cli("inject", "-o", str(tmp_path / "n"), input=b"{{ $S:nope }}", check=False)
-    assert missing.returncode != 0 and not (tmp_path / "n").exists()
-
-
-def test_doctor(store: Store) -> None:
-    store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
-    store.cli("secret", "set", "db", "--from-stdin", input=b"v2")
-    proc = store.cli("doctor", "--json", check=False)
-    report = json.loads(proc.stdout)
-    mine = {c["name"]: c for c in report["checks"] if not c["name"].startswith("mount ")}
-    assert proc.returncode == 0 and report["healthy"], mine
-    assert mine["values"]["status"] == "ok" and "2 stored version(s)" in mine["values"]["detail"]
-    assert mine["unlock"]["status"] == "ok"
-    integrity = "PRAGMA integrity_check" if store.kind == "sqlite" else "every record parses"
-    assert mine["integrity"]["detail"] == f"{integrity}: ok"
-    if store.kind == "etcd":
-        assert mine["store"]["detail"].startswith("etcd cluster answers")
-    wrong = store.cli("doctor", "--json", env=dict(store.env, SECRETFS_KEY="ab" * 32), check=False)
-    checks = {c["name"]: c for c in json.loads(wrong.stdout)["checks"]}
-    assert wrong.returncode == 1 and checks["unlock"]["status"] == "fail"
 
 
 def test_doctor_finds_a_damaged_etcd_record(etcd_store: Store) -> None:
@@ -530,18 +234,6 @@ def test_doctor_finds_a_damaged_etcd_record(etcd_store: Store) -> None:
     listed = store.cli("permissions", "@api", check=False)
     assert listed.returncode == 6 and "is damaged (fields are missing" in _err(listed)
     assert "Traceback" not in _err(listed)
-
-
-def test_registry_and_git_credentials(store: Store) -> None:
-    store.cli("registry", "add", "ghcr.io", "-u", "bot", "--password-stdin", input=b"pw-1\n")
-    store.cli("registry", "add", "quay.io", "-u", "ci", "--token-stdin", input=b"tok-2")
-    assert "ghcr.io" in store.cli("registry", "ls").stdout.decode()
-    config = json.loads(store.cli("secret", "get", "@registry/config.json").stdout)
-    assert base64.b64decode(config["auths"]["quay.io"]["auth"]) == b"ci:tok-2"
-    store.cli("registry", "rm", "ghcr.io")
-    assert "ghcr.io" not in store.cli("registry", "ls").stdout.decode()
-    store.cli("git", "add", "github", "--pat-stdin", input=b"ghp_x\n")
-    assert store.cli("secret", "get", "@git/github").stdout.strip() == b"ghp_x"
 
 
 def _dotenv(n: int, tag: str) -> bytes:
@@ -633,57 +325,6 @@ def test_audit_batches_are_merged_keeping_their_ids(etcd_store: Store) -> None:
         assert [r.ref for r in backend.read_audit(after_id=last)] == ["$S:new"]
     finally:
         backend.close()
-def test_rm_restore_and_purge(store: Store) -> None:
-    store.cli("secret", "set", "db", "--from-stdin", input=b"v1")
-    store.cli("secret", "set", "db", "--from-stdin", input=b"v2")
-    store.cli("grant", "db", "--uid", "1000")
-    store.cli("secret", "rm", "db", "--force")
-    assert store.cli("secret", "get", "db", check=False).returncode == 3
-    store.cli("secret", "restore", "db")
-    assert store.cli("secret", "get", "db", "--version", "1").stdout == b"v1"
-    assert store.cli("secret", "get", "db").stdout == b"v2"
-    assert _history(store, "db") == [1, 2]
-    store.cli("secret", "rm", "db", "--force", "--purge")
-    assert store.cli("secret", "restore", "db", check=False).returncode == 3
-
-
-def test_audit_retention_prunes_old_records_on_both_backends(store: Store) -> None:
-    """`audit prune --before` (and `--dry-run`) remove exactly the records older than the
-    cut on either backend: on etcd a key holding old and new records alike keeps the new
-    ones with their ids; the prune records itself."""
-    from dataclasses import replace
-
-    from secretfs.audit import cli_record
-
-    day = 86400 * 10**9
-    now = time.time_ns()
-    backend = location.parse(store.url).open()
-    try:
-        with backend.transaction():  # one batch: all old
-            backend.append_audit([replace(cli_record("get", "$S:old"), time_ns=now - 9 * day)] * 3)
-        with backend.transaction():  # one batch: old and new mixed
-            backend.append_audit(
-                [
-                    replace(cli_record("get", "$S:mixed-old"), time_ns=now - 8 * day),
-                    replace(cli_record("get", "$S:mixed-new"), time_ns=now - day),
-                ]
-            )
-        with backend.transaction():
-            backend.append_audit([cli_record("get", "$S:new")])
-        before = backend.read_audit()
-    finally:
-        backend.close()
-    dry = store.cli("audit", "prune", "--before", "7d", "--dry-run", "--json")
-    assert json.loads(dry.stdout)["removed"] == 4
-    done = store.cli("audit", "prune", "--before", "7d", "--json")
-    assert json.loads(done.stdout)["removed"] == 4
-    after = json.loads(store.cli("audit", "--json").stdout)
-    kept = [(r.id, r.ref) for r in before if r.ref not in ("$S:old", "$S:mixed-old")]
-    assert [(r["id"], r["ref"]) for r in after][: len(kept)] == kept
-    notes = [r["detail"] for r in after if r["action"] == "audit"]
-    assert len(notes) == 1 and notes[0].startswith("pruned 4 audit records before ")
-    again = store.cli("audit", "prune", "--before", "7d", "--json")
-    assert json.loads(again.stdout)["removed"] == 0
 
 
 def test_etcd_audit_prune_splits_into_transactions_within_the_limit(
@@ -719,3 +360,38 @@ def test_etcd_audit_prune_splits_into_transactions_within_the_limit(
         assert len([k for k, _ in etcd_store.cluster.dump(prefix) if b"/a/" in k]) == 1
     finally:
         backend.close()
+
+
+# -- SQLite's own --------------------------------------------------------------------------
+
+
+def test_sqlite_errors_are_store_errors(tmp_path: Path) -> None:
+    """What SQLite refuses comes out of the backend as StoreError (exit 7), never as
+    sqlite3.Error: the vault, the daemon and the CLI know one hierarchy."""
+    from tests.stores import new_backend
+
+    new_backend("sqlite", tmp_path, None).close()
+    backend = SqliteLocation(tmp_path / "store.db").open(readonly=True)
+    try:
+        readonly = r"^store: attempt to write a readonly database"
+        with pytest.raises(StoreError, match=readonly), backend.transaction():
+            backend.meta_set("k", b"v")
+        with pytest.raises(StoreError, match=r"^store: "), backend.transaction():
+            backend.add_secret("deployment", "db", 1, 1)
+        assert backend.meta_get("k") is None
+    finally:
+        backend.close()
+
+
+def test_a_sqlite_failure_on_the_cli_is_exit_7_naming_the_store(tmp_path: Path) -> None:
+    """The CLI's message and exit code for what SQLite refuses are what they were when
+    the CLI caught sqlite3.Error itself: `store: <SQLite's words>`, exit 7."""
+    store = tmp_path / "store.db"
+    env = cli_environment(store)
+    env["SECRETFS_KEY_FILE"] = str(tmp_path / "store.key")
+    run_cli("init", env=env)
+    with sqlite3.connect(store) as conn:  # someone with write access to the file
+        conn.execute("DROP TABLE scopes")
+    proc = run_cli("secret", "ls", env=env, check=False)
+    assert proc.returncode == 7
+    assert proc.stderr == b"secretfs: error: store: no such table: main.scopes\n"

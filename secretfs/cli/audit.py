@@ -18,7 +18,7 @@ from secretfs.cli.params import bounded_int
 from secretfs.cli.records import json_option
 from secretfs.errors import UsageError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, parse_ref
-from secretfs.store.base import Backend
+from secretfs.store.base import AuditLog
 from secretfs.store.location import StoreLocation
 
 FOLLOW_POLL_SECONDS = 0.5
@@ -153,7 +153,7 @@ def audit(
 
 
 def _query(
-    backend: Backend, wanted: RefFilter | None, since_ns: int | None, after: int
+    backend: AuditLog, wanted: RefFilter | None, since_ns: int | None, after: int
 ) -> list[AuditRecord]:
     if wanted is None:
         return backend.read_audit(after_id=after, since_ns=since_ns)

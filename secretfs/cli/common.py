@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ from typing import Any, TypeVar
 import click
 
 from secretfs import __version__
-from secretfs.errors import SecretfsError, StoreError
+from secretfs.errors import SecretfsError
 from secretfs.store.location import StoreLocation, default_location, location_of
 from secretfs.store.location import parse as parse_location
 from secretfs.vault import Vault
@@ -77,10 +76,6 @@ def handle_errors(fn: F) -> F:
         except SecretfsError as exc:
             click.echo(f"secretfs: error: {exc}", err=True)
             sys.exit(exc.exit_code)
-        except sqlite3.Error as exc:
-            # SQLite's messages name tables and states, never bound values.
-            click.echo(f"secretfs: error: store: {exc}", err=True)
-            sys.exit(StoreError.exit_code)
 
     return wrapper  # type: ignore[return-value]
 

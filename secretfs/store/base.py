@@ -1,10 +1,21 @@
-"""The storage backend protocol: what the vault, the daemon and the CLI ask of a store.
+"""The storage backend contract: what the vault, the daemon and the CLI ask of a store.
 
-Two implementations: `SqliteBackend` (one file, the embedded default) and
-`EtcdBackend` (an etcd v3 cluster). Both hold the same sealed, row-bound records and
-metadata; neither ever sees a key or a plaintext. Every write method runs inside
-`transaction()`; a backend whose writers can collide (etcd) raises
-`WriteConflictError` from the end of the transaction, and the vault retries.
+Four parts, each a Protocol; a caller that needs one part is typed with that part:
+
+    Records           secrets, versions, scopes, grants, client keys, data keys, meta,
+                      in transactions and snapshots
+    AuditLog          append, read (filtered), compact, prune
+    ChangeFeed        what a mount follows: data_version, changes_since, follow, status
+    ConsistencyChecks what `doctor` asks of the store's own structure
+
+`Backend` is all four. Three implementations: `SqliteBackend` (one file, the embedded
+default), `EtcdBackend` (an etcd v3 cluster) and `MemoryBackend` (this process only:
+tests, and a `Vault` without a file). The record logic they share is store/records.py.
+They hold the same sealed, row-bound records and metadata; none ever sees a key or a
+plaintext. Every write method runs inside `transaction()`; a backend whose writers can
+collide (etcd, memory) raises `WriteConflictError` from the end of the transaction, and
+the vault retries. A backend raises only `SecretfsError`s (StoreError for its own
+failures), never its driver's exceptions.
 """
 
 from __future__ import annotations
@@ -12,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Unpack
 
 from secretfs.audit import AuditRecord
 from secretfs.clock import SYSTEM, Clock
@@ -24,6 +35,7 @@ from secretfs.store import (
     SecretMeta,
     VersionMeta,
 )
+from secretfs.store.records import AuditQuery, NewVersion
 
 
 class Following(Protocol):
@@ -35,7 +47,7 @@ class Following(Protocol):
     def stop(self) -> None: ...
 
 
-class Backend(Protocol):
+class Records(Protocol):
     """Rows in, rows out. Every write method runs inside `transaction()`."""
 
     @property
@@ -49,16 +61,6 @@ class Backend(Protocol):
 
     def open_another(self) -> Backend:
         """A second, independent handle on the same store (the mount's audit writer)."""
-        ...
-
-    def follow(self, clock: Clock = SYSTEM) -> Following | None:
-        """Serve reads from a copy kept current in memory (a mount): reads never wait on
-        the network. What keeps it current is for the caller to run; None where reads
-        are local already."""
-        ...
-
-    def status(self) -> dict[str, Any]:
-        """backend, connected, last_revision, stale_since: the mount's status file."""
         ...
 
     def close(self) -> None: ...
@@ -93,10 +95,6 @@ class Backend(Protocol):
 
     def current_seq(self) -> int: ...
 
-    def data_version(self) -> int:
-        """Changes whenever the store changes: a cheap poll."""
-        ...
-
     def access_seq(self) -> int: ...
 
     # -- data keys ------------------------------------------------------------------------
@@ -117,27 +115,15 @@ class Backend(Protocol):
 
     def list_meta(self, scope: str | None = None) -> list[SecretMeta]: ...
 
-    def changes_since(self, seq: int) -> list[SecretMeta]: ...
-
     def list_scopes(self) -> list[str]: ...
 
     def add_secret(self, scope: str, name: str, created_ns: int, seq: int) -> int: ...
 
     def revive_secret(self, secret_id: int, created_ns: int, seq: int) -> None: ...
 
-    def put_version(
-        self,
-        secret_id: int,
-        version: int,
-        *,
-        created_ns: int,
-        size: int,
-        kind: str,
-        key_gen: int,
-        fingerprint: str,
-        ciphertext: bytes,
-        seq: int,
-    ) -> None: ...
+    def put_version(self, secret_id: int, version: int, **new: Unpack[NewVersion]) -> None:
+        """A new version (`NewVersion`'s fields), which becomes the secret's current one."""
+        ...
 
     def set_owner(
         self, secret_id: int, uid: int | None, gid: int | None, mode: int | None, seq: int
@@ -210,22 +196,63 @@ class Backend(Protocol):
         """Set last_used_ns of each key id to its time (never moving it back)."""
         ...
 
-    # -- audit ----------------------------------------------------------------------------
 
-    def append_audit(self, records: list[AuditRecord]) -> None: ...
+class AuditLog(Protocol):
+    """Who did or tried what, never a value: appended in the write's own transaction."""
 
-    def read_audit(
-        self,
-        *,
-        after_id: int = 0,
-        since_ns: int | None = None,
-        ref_exact: tuple[str, ...] = (),
-        ref_prefixes: tuple[str, ...] = (),
-        limit: int | None = None,
-    ) -> list[AuditRecord]: ...
+    def append_audit(self, records: list[AuditRecord]) -> None:
+        """Inside `transaction()`: these records, committed with the write."""
+        ...
 
-    # -- consistency checks (doctor) -------------------------------------------------------
+    def read_audit(self, **query: Unpack[AuditQuery]) -> list[AuditRecord]:
+        """The records that pass `query` (store/records.py), oldest first."""
+        ...
 
-    def foreign_key_problems(self) -> int: ...
+    def compact_audit(self, before_ns: int) -> int:
+        """Merge what the store keeps of the records before `before_ns` into fewer
+        entries, every record and its id unchanged; how many entries went (0: nothing
+        to merge)."""
+        ...
 
-    def integrity_check(self) -> str: ...
+    def prune_audit(self, before_ns: int, *, dry_run: bool = False) -> int:
+        """Delete the records older than `before_ns` (`audit prune`, audit-max-age); how
+        many. Called inside `transaction()`; etcd commits its deletes in Txns of its own."""
+        ...
+
+
+class ChangeFeed(Protocol):
+    """What a mount follows to see the store change."""
+
+    def data_version(self) -> int:
+        """Changes whenever the store changes: a cheap poll."""
+        ...
+
+    def changes_since(self, seq: int) -> list[SecretMeta]:
+        """Every secret (removed ones included) changed after `seq`, oldest change first."""
+        ...
+
+    def follow(self, clock: Clock = SYSTEM) -> Following | None:
+        """Serve reads from a copy kept current in memory (a mount): reads never wait on
+        the network. What keeps it current is for the caller to run; None where reads
+        are local already."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """backend, connected, last_revision, stale_since: the mount's status file."""
+        ...
+
+
+class ConsistencyChecks(Protocol):
+    """The store's structure, for `doctor` (no key needed)."""
+
+    def foreign_key_problems(self) -> int:
+        """Versions of no secret, or sealed under a data key the store does not have."""
+        ...
+
+    def integrity_check(self) -> str:
+        """`ok`, or the first problem found in the store's own structure."""
+        ...
+
+
+class Backend(Records, AuditLog, ChangeFeed, ConsistencyChecks, Protocol):
+    """The whole contract, for callers that need every part (the vault, the daemon)."""

@@ -5,7 +5,8 @@
 - a plain path, or `sqlite:///abs/path` (`sqlite://rel/path` is relative): SQLite;
 - `etcd://host:2379,host:2379/prefix`: an etcd v3 cluster, every key under `/prefix/`
   (default prefix `secretfs`; `+` may separate endpoints instead of `,`, as in an
-  fstab line). `etcd+https://` talks TLS (see docs/cluster.md).
+  fstab line). `etcd+https://` talks TLS (see docs/cluster.md);
+- `memory://name`: a store in this process's memory (tests; store/memory.py).
 
 A location is an object with the operations on a store that is not open yet; each backend
 module defines its own (`SqliteLocation`, `EtcdLocation`) and imports nothing from here.
@@ -85,6 +86,10 @@ def parse(text: str) -> StoreLocation:
             from secretfs.store.etcd import EtcdLocation  # httpx: only for etcd stores
 
             return EtcdLocation.parse(text)
+    if text.startswith("memory://"):
+        from secretfs.store.memory import MemoryLocation
+
+        return MemoryLocation.parse(text)
     if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", text):
         raise UsageError(
             f"unknown store URL {text!r}: use a path, sqlite:///path or etcd://host:port/prefix"

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import inspect
 import os
 import sqlite3
 import stat
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from secretfs import keys
 from secretfs.audit import AuditRecord
@@ -26,12 +28,30 @@ from secretfs.store import (
     SecretMeta,
     VersionMeta,
 )
+from secretfs.store.records import (
+    AUDIT_FIELDS,
+    AuditQuery,
+    NewVersion,
+    RecordsBase,
+    audit_record,
+    audit_row,
+    client_key_record,
+    grant_record,
+    local_status,
+    scope_meta,
+    sealed_version,
+    secret_meta,
+    select_audit,
+    version_meta,
+    versions_to_prune,
+)
 from secretfs.testhooks import checkpoint
 
 if TYPE_CHECKING:
     from secretfs.store.base import Backend
 
 SCHEMA_VERSION = 1
+_T = TypeVar("_T")
 
 _SCHEMA = """
 CREATE TABLE meta (
@@ -176,71 +196,72 @@ _CHANGE_TRIGGERS = (
     ),
 )
 
+# A secret's row by the field names of store/records.py's row mapping.
 _META_COLUMNS = """
-    s.id, s.scope, s.name, s.version, s.deleted, coalesce(v.size, 0), coalesce(v.kind, 'raw'),
-    s.created_ns, coalesce(v.created_ns, s.created_ns), s.uid, s.gid, s.mode,
-    coalesce(v.fingerprint, ''), s.seq, s.expires_ns, s.rotate_every_s
+    s.id, s.scope, s.name, s.version, s.deleted, coalesce(v.size, 0) AS size,
+    coalesce(v.kind, 'raw') AS kind, s.created_ns,
+    coalesce(v.created_ns, s.created_ns) AS updated_ns, s.uid, s.gid, s.mode,
+    coalesce(v.fingerprint, '') AS fingerprint, s.seq, s.expires_ns, s.rotate_every_s
 """
 _META_FROM = "secrets s LEFT JOIN versions v ON v.secret_id = s.id AND v.version = s.version"
+_SEALED_COLUMNS = "v.secret_id, s.scope, s.name, v.version, v.key_gen, v.ciphertext"
+_SEALED_FROM = "versions v JOIN secrets s ON s.id = v.secret_id"
 
 
-def _meta(row: tuple[object, ...]) -> SecretMeta:
-    (sid, scope, name, version, deleted, size, kind, created, updated, uid, gid, mode, fp, seq) = (
-        row[:14]
-    )
-    expires, rotate_every = row[14:16]
-    return SecretMeta(
-        secret_id=int(sid),  # type: ignore[call-overload]
-        # A mount holds one of these per secret: share the few distinct strings.
-        scope=sys.intern(str(scope)),
-        name=str(name),
-        version=int(version),  # type: ignore[call-overload]
-        deleted=bool(deleted),
-        size=int(size),  # type: ignore[call-overload]
-        kind=sys.intern(str(kind)),
-        created_ns=int(created),  # type: ignore[call-overload]
-        updated_ns=int(updated),  # type: ignore[call-overload]
-        uid=None if uid is None else int(uid),  # type: ignore[call-overload]
-        gid=None if gid is None else int(gid),  # type: ignore[call-overload]
-        mode=None if mode is None else int(mode),  # type: ignore[call-overload]
-        fingerprint=str(fp),
-        seq=int(seq),  # type: ignore[call-overload]
-        expires_ns=None if expires is None else int(expires),  # type: ignore[call-overload]
-        rotate_every_s=None if rotate_every is None else int(rotate_every),  # type: ignore[call-overload]
-    )
+class _Row(sqlite3.Row):
+    """A row by index or by column name, read as a mapping by store/records.py."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except IndexError:
+            return default
 
 
-def _scope_meta(row: tuple[object, ...]) -> ScopeMeta:
-    scope, uid, gid, mode, seq = row
-    return ScopeMeta(
-        scope=str(scope),
-        uid=None if uid is None else int(uid),  # type: ignore[call-overload]
-        gid=None if gid is None else int(gid),  # type: ignore[call-overload]
-        mode=None if mode is None else int(mode),  # type: ignore[call-overload]
-        seq=int(seq),  # type: ignore[call-overload]
-    )
+def _sealed(row: _Row) -> SealedVersion:
+    return sealed_version(row, bytes(row["ciphertext"]))
 
 
-def _audit_record(row: tuple[object, ...]) -> AuditRecord:
-    rid, time_ns, source, action, ref, version, uid, gid, pid, process, outcome, detail = row
+@contextlib.contextmanager
+def _store_errors() -> Iterator[None]:
+    """SQLite's errors as the one hierarchy's StoreError (exit 7). SQLite's messages name
+    tables and states, never bound values."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise StoreError(f"store: {exc}") from None
 
-    def opt_int(value: object) -> int | None:
-        return None if value is None else int(value)  # type: ignore[call-overload]
 
-    return AuditRecord(
-        time_ns=int(time_ns),  # type: ignore[call-overload]
-        source=str(source),
-        action=str(action),
-        ref=None if ref is None else str(ref),
-        version=opt_int(version),
-        uid=opt_int(uid),
-        gid=opt_int(gid),
-        pid=opt_int(pid),
-        process=None if process is None else str(process),
-        outcome=str(outcome),
-        detail=None if detail is None else str(detail),
-        id=int(rid),  # type: ignore[call-overload]
-    )
+def _errors_mapped(cls: type[_T]) -> type[_T]:
+    """Every public method and class method of `cls` raises StoreError, never
+    sqlite3.Error (the context managers map their own: see transaction())."""
+
+    def mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def generator(*args: Any, **kwargs: Any) -> Iterator[Any]:
+                with _store_errors():
+                    yield from fn(*args, **kwargs)
+
+            return generator
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _store_errors():
+                return fn(*args, **kwargs)
+
+        return call
+
+    inherited = {k: v for klass in reversed(cls.__mro__[:-1]) for k, v in vars(klass).items()}
+    for name, attr in inherited.items():
+        if name.startswith("_") or name in ("transaction", "snapshot"):
+            continue
+        if isinstance(attr, classmethod):
+            setattr(cls, name, classmethod(mapped(attr.__func__)))
+        elif inspect.isfunction(attr):
+            setattr(cls, name, mapped(attr))
+    return cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,7 +317,8 @@ class SqliteLocation:
         return out, True
 
 
-class SqliteBackend:
+@_errors_mapped
+class SqliteBackend(RecordsBase):
     """Rows in, rows out. Every write method runs inside `transaction()`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
@@ -392,6 +414,7 @@ class SqliteBackend:
         try:
             uri = f"file:{path}?mode={'ro' if readonly else 'rw'}"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            conn.row_factory = _Row
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
@@ -429,13 +452,7 @@ class SqliteBackend:
         """Reads are local already; `data_version` tells a mount of every commit."""
 
     def status(self) -> dict[str, object]:
-        return {
-            "backend": "sqlite",
-            "store": self.name,
-            "connected": True,
-            "last_revision": self.current_seq(),
-            "stale_since": None,
-        }
+        return local_status("sqlite", self.name, self.current_seq())
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -445,16 +462,17 @@ class SqliteBackend:
         except sqlite3.OperationalError as exc:
             raise StoreError(f"cannot write to {self.path}: {exc} (another writer?)") from None
         try:
-            yield
-            if self._writing:
-                self._conn.execute("DELETE FROM meta WHERE k = 'writing'")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        else:
-            checkpoint("before-commit")
-            self._conn.execute("COMMIT")
-            checkpoint("after-commit")
+            with _store_errors():
+                try:
+                    yield
+                    if self._writing:
+                        self._conn.execute("DELETE FROM meta WHERE k = 'writing'")
+                except BaseException:
+                    self._conn.execute("ROLLBACK")
+                    raise
+                checkpoint("before-commit")
+                self._conn.execute("COMMIT")
+                checkpoint("after-commit")
         finally:
             self._writing = False
 
@@ -467,11 +485,12 @@ class SqliteBackend:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
         """A read transaction: every read inside sees one committed state, no lock taken."""
-        self._conn.execute("BEGIN DEFERRED")
-        try:
-            yield
-        finally:
-            self._conn.execute("COMMIT")
+        with _store_errors():
+            self._conn.execute("BEGIN DEFERRED")
+            try:
+                yield
+            finally:
+                self._conn.execute("COMMIT")
 
     # -- meta ----------------------------------------------------------------------------
 
@@ -533,7 +552,7 @@ class SqliteBackend:
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} WHERE s.scope = ? AND s.name = ?",  # noqa: S608
             (scope, name),
         ).fetchone()
-        return None if row is None else _meta(row)
+        return None if row is None else secret_meta(row)
 
     def list_meta(self, scope: str | None = None) -> list[SecretMeta]:
         where, args = (
@@ -548,7 +567,7 @@ class SqliteBackend:
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} {where} ORDER BY s.scope, s.name",  # noqa: S608
             args,
         ).fetchall()
-        return [_meta(r) for r in rows]
+        return [secret_meta(r) for r in rows]
 
     def changes_since(self, seq: int) -> list[SecretMeta]:
         """Every secret (removed ones included) changed after `seq`, oldest change first."""
@@ -557,7 +576,7 @@ class SqliteBackend:
             (seq,),
         )
         # Row by row, not fetchall(): a mount starting on 100k secrets peaks lower.
-        return [_meta(r) for r in rows]
+        return [secret_meta(r) for r in rows]
 
     def list_scopes(self) -> list[str]:
         rows = self._conn.execute(
@@ -581,26 +600,16 @@ class SqliteBackend:
             (created_ns, seq, secret_id),
         )
 
-    def put_version(
-        self,
-        secret_id: int,
-        version: int,
-        *,
-        created_ns: int,
-        size: int,
-        kind: str,
-        key_gen: int,
-        fingerprint: str,
-        ciphertext: bytes,
-        seq: int,
-    ) -> None:
+    def put_version(self, secret_id: int, version: int, **new: Unpack[NewVersion]) -> None:
+        """A new version (`NewVersion`'s fields), which becomes the current one."""
         self._conn.execute(
             "INSERT INTO versions (secret_id, version, created_ns, size, kind, key_gen,"
-            " fingerprint, ciphertext) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (secret_id, version, created_ns, size, kind, key_gen, fingerprint, ciphertext),
+            " fingerprint, ciphertext) VALUES (:secret_id, :version, :created_ns, :size, :kind,"
+            " :key_gen, :fingerprint, :ciphertext)",
+            {**new, "secret_id": secret_id, "version": version},
         )
         self._conn.execute(
-            "UPDATE secrets SET version = ?, seq = ? WHERE id = ?", (version, seq, secret_id)
+            "UPDATE secrets SET version = ?, seq = ? WHERE id = ?", (version, new["seq"], secret_id)
         )
 
     def set_owner(
@@ -622,30 +631,23 @@ class SqliteBackend:
             " WHERE secret_id = ? ORDER BY version",
             (secret_id,),
         ).fetchall()
-        return [
-            VersionMeta(int(v), int(c), int(n), str(k), int(g), str(f)) for v, c, n, k, g, f in rows
-        ]
+        return [version_meta(r) for r in rows]
 
     def sealed(self, secret_id: int, version: int) -> SealedVersion | None:
         row = self._conn.execute(
-            "SELECT s.scope, s.name, v.key_gen, v.ciphertext FROM versions v"
-            " JOIN secrets s ON s.id = v.secret_id WHERE v.secret_id = ? AND v.version = ?",
+            f"SELECT {_SEALED_COLUMNS} FROM {_SEALED_FROM}"  # noqa: S608 - constants only
+            " WHERE v.secret_id = ? AND v.version = ?",
             (secret_id, version),
         ).fetchone()
-        if row is None:
-            return None
-        scope, name, gen, blob = row
-        return SealedVersion(secret_id, str(scope), str(name), version, int(gen), bytes(blob))
+        return None if row is None else _sealed(row)
 
     def all_sealed(self) -> Iterator[SealedVersion]:
         cur = self._conn.execute(
-            "SELECT v.secret_id, s.scope, s.name, v.version, v.key_gen, v.ciphertext"
-            " FROM versions v JOIN secrets s ON s.id = v.secret_id ORDER BY v.secret_id, v.version"
+            f"SELECT {_SEALED_COLUMNS} FROM {_SEALED_FROM}"  # noqa: S608 - constants only
+            " ORDER BY v.secret_id, v.version"
         )
-        for sid, scope, name, version, gen, blob in cur:
-            yield SealedVersion(
-                int(sid), str(scope), str(name), int(version), int(gen), bytes(blob)
-            )
+        for row in cur:
+            yield _sealed(row)
 
     # -- scope defaults and grants --------------------------------------------------------
 
@@ -662,13 +664,13 @@ class SqliteBackend:
         row = self._conn.execute(
             "SELECT scope, uid, gid, mode, seq FROM scopes WHERE scope = ?", (scope,)
         ).fetchone()
-        return None if row is None else _scope_meta(row)
+        return None if row is None else scope_meta(row)
 
     def list_scope_meta(self) -> list[ScopeMeta]:
         rows = self._conn.execute(
             "SELECT scope, uid, gid, mode, seq FROM scopes ORDER BY scope"
         ).fetchall()
-        return [_scope_meta(r) for r in rows]
+        return [scope_meta(r) for r in rows]
 
     def set_scope_owner(
         self, scope: str, uid: int | None, gid: int | None, mode: int | None, seq: int
@@ -686,7 +688,7 @@ class SqliteBackend:
         sql = (
             "SELECT scope, name, kind, principal, created_ns, form FROM grants"
             if self._has_sealing()
-            else "SELECT scope, name, kind, principal, created_ns, 'plain' FROM grants"
+            else "SELECT scope, name, kind, principal, created_ns, 'plain' AS form FROM grants"
         )  # the latter: an older store opened read-only
         args: tuple[object, ...] = ()
         if scope is not None:
@@ -696,25 +698,21 @@ class SqliteBackend:
                 sql += " AND name = ?"
                 args = (scope, name)
         rows = self._conn.execute(sql + " ORDER BY scope, name, kind, principal", args).fetchall()
-        return [
-            GrantRecord(str(s), str(n), str(k), int(p), int(c), str(f)) for s, n, k, p, c, f in rows
-        ]
+        return [grant_record(r) for r in rows]
 
-    def add_grant(
-        self,
-        scope: str,
-        name: str,
-        kind: str,
-        principal: int,
-        created_ns: int,
-        seq: int,
-        form: str = "plain",
-    ) -> bool:
-        """Add a grant; False if it was there already (nothing changes then)."""
+    def _add_grant(self, grant: GrantRecord, seq: int) -> bool:
         cur = self._conn.execute(
             "INSERT INTO grants (scope, name, kind, principal, created_ns, seq, form)"
             " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (scope, name, kind, principal, created_ns, seq, form),
+            (
+                grant.scope,
+                grant.name,
+                grant.kind,
+                grant.principal,
+                grant.created_ns,
+                seq,
+                grant.form,
+            ),
         )
         if cur.rowcount == 1:
             self._access_changed(seq)
@@ -739,25 +737,14 @@ class SqliteBackend:
             "SELECT key_id, public_key, label, owner_uid, created_ns, revoked_ns, last_used_ns"
             " FROM client_keys ORDER BY created_ns, key_id"
         ).fetchall()
-        return [
-            ClientKeyRecord(str(k), bytes(pk), str(lb), o, int(c), r, u)
-            for k, pk, lb, o, c, r, u in rows
-        ]
+        return [client_key_record(r, bytes(r["public_key"])) for r in rows]
 
     def add_client_key(self, record: ClientKeyRecord, seq: int) -> None:
         self._conn.execute(
             "INSERT INTO client_keys (key_id, public_key, label, owner_uid, created_ns,"
-            " revoked_ns, last_used_ns, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.key_id,
-                record.public_key,
-                record.label,
-                record.owner_uid,
-                record.created_ns,
-                record.revoked_ns,
-                record.last_used_ns,
-                seq,
-            ),
+            " revoked_ns, last_used_ns, seq) VALUES (:key_id, :public_key, :label, :owner_uid,"
+            " :created_ns, :revoked_ns, :last_used_ns, :seq)",
+            {**dataclasses.asdict(record), "seq": seq},
         )
         self._access_changed(seq)  # the mount's .sealed tree follows the keys
 
@@ -782,24 +769,9 @@ class SqliteBackend:
 
     def append_audit(self, records: list[AuditRecord]) -> None:
         self._conn.executemany(
-            "INSERT INTO audit (time_ns, source, action, ref, version, uid, gid, pid, process,"
-            " outcome, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    r.time_ns,
-                    r.source,
-                    r.action,
-                    r.ref,
-                    r.version,
-                    r.uid,
-                    r.gid,
-                    r.pid,
-                    r.process,
-                    r.outcome,
-                    r.detail,
-                )
-                for r in records
-            ],
+            f"INSERT INTO audit ({', '.join(AUDIT_FIELDS)})"  # noqa: S608 - constants only
+            f" VALUES ({', '.join(':' + f for f in AUDIT_FIELDS)})",
+            [audit_row(r) for r in records],
         )
 
     def prune_audit(self, before_ns: int, *, dry_run: bool = False) -> int:
@@ -817,36 +789,24 @@ class SqliteBackend:
         self._conn.execute("DELETE FROM audit_prune")
         return count
 
-    def read_audit(
-        self,
-        *,
-        after_id: int = 0,
-        since_ns: int | None = None,
-        ref_exact: tuple[str, ...] = (),
-        ref_prefixes: tuple[str, ...] = (),
-        limit: int | None = None,
-    ) -> list[AuditRecord]:
-        """Records after `after_id`, oldest first; with refs, those whose ref is one of
-        `ref_exact` or starts with one of `ref_prefixes` (compared as text, not LIKE)."""
-        where = ["id > ?"]
-        args: list[object] = [after_id]
+    def read_audit(self, **query: Unpack[AuditQuery]) -> list[AuditRecord]:
+        """Records that pass `query`, oldest first: SQL narrows by id and time (indexed),
+        store/records.py filters (the refs) and limits."""
+        where, args = "id > ?", [query.get("after_id", 0)]
+        since_ns = query.get("since_ns")
         if since_ns is not None:
-            where.append("time_ns >= ?")
+            where += " AND time_ns >= ?"
             args.append(since_ns)
-        if ref_exact or ref_prefixes:
-            alternatives = ["ref = ?"] * len(ref_exact)
-            args.extend(ref_exact)
-            for prefix in ref_prefixes:
-                alternatives.append("substr(ref, 1, ?) = ?")
-                args.extend((len(prefix), prefix))
-            where.append("(" + " OR ".join(alternatives) + ")")
-        columns = "id, time_ns, source, action, ref, version, uid, gid, pid, process, outcome"
-        columns += ", detail"
-        sql = f"SELECT {columns} FROM audit WHERE {' AND '.join(where)} ORDER BY id"  # noqa: S608
-        if limit is not None:
-            sql += " LIMIT ?"
-            args.append(limit)
-        return [_audit_record(r) for r in self._conn.execute(sql, args).fetchall()]
+        columns = "id, " + ", ".join(AUDIT_FIELDS)
+        rows = self._conn.execute(
+            f"SELECT {columns} FROM audit WHERE {where} ORDER BY id",  # noqa: S608 - constants
+            args,
+        )
+        return select_audit((audit_record(r) for r in rows), query)
+
+    def compact_audit(self, before_ns: int) -> int:
+        """Nothing to merge: every record is a row of one table already."""
+        return 0
 
     # -- kept versions, expiry, key generations --------------------------------------------
 
@@ -860,12 +820,8 @@ class SqliteBackend:
 
     def prune_versions(self, secret_id: int, keep: int) -> list[int]:
         """Delete all but the newest `keep` versions (the current one is the newest)."""
-        rows = self._conn.execute(
-            "SELECT version FROM versions WHERE secret_id = ? ORDER BY version DESC LIMIT -1"
-            " OFFSET ?",
-            (secret_id, max(1, keep)),
-        ).fetchall()
-        gone = sorted(int(r[0]) for r in rows)
+        rows = self._conn.execute("SELECT version FROM versions WHERE secret_id = ?", (secret_id,))
+        gone = versions_to_prune((int(r[0]) for r in rows), keep)
         if gone:
             self._conn.execute(
                 "DELETE FROM versions WHERE secret_id = ? AND version <= ?", (secret_id, gone[-1])
@@ -886,7 +842,7 @@ class SqliteBackend:
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} WHERE s.id = ?",  # noqa: S608
             (secret_id,),
         ).fetchone()
-        return None if row is None else _meta(row)
+        return None if row is None else secret_meta(row)
 
     def data_key_info(self) -> list[tuple[int, int, int]]:
         """(generation, created_ns, versions sealed under it) for every data key."""
@@ -908,16 +864,12 @@ class SqliteBackend:
     def sealed_batch(self, not_gen: int, after: tuple[int, int], limit: int) -> list[SealedVersion]:
         """Up to `limit` versions not sealed under `not_gen`, after (secret_id, version)."""
         rows = self._conn.execute(
-            "SELECT v.secret_id, s.scope, s.name, v.version, v.key_gen, v.ciphertext"
-            " FROM versions v JOIN secrets s ON s.id = v.secret_id"
+            f"SELECT {_SEALED_COLUMNS} FROM {_SEALED_FROM}"  # noqa: S608 - constants only
             " WHERE v.key_gen != ? AND (v.secret_id, v.version) > (?, ?)"
             " ORDER BY v.secret_id, v.version LIMIT ?",
             (not_gen, after[0], after[1], limit),
         ).fetchall()
-        return [
-            SealedVersion(int(sid), str(sc), str(nm), int(ver), int(gen), bytes(blob))
-            for sid, sc, nm, ver, gen, blob in rows
-        ]
+        return [_sealed(r) for r in rows]
 
     def reseal_version(
         self, old: SealedVersion, new_gen: int, ciphertext: bytes, fingerprint: str

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import time
 
 from secretfs import crypto, keys, nodes
@@ -127,7 +126,7 @@ class Vault(Secrets, Access, Admin):
         return cls(backend, keyring)
 
     def close(self) -> None:
-        with contextlib.suppress(SecretfsError, sqlite3.Error):
+        with contextlib.suppress(SecretfsError):
             self.remember_state()
         self.backend.close()
 

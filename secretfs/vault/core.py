@@ -8,7 +8,6 @@ import contextlib
 import functools
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -153,7 +152,7 @@ class VaultCore:
             try:
                 with self.recorded(action, target) as trail:
                     trail.record(outcome=audit_log.REFUSED, detail=str(exc)[:300])
-            except (SecretfsError, sqlite3.Error) as err:
+            except SecretfsError as err:
                 log.warning("cannot record the refused %s in the audit log: %s", action, err)
             raise
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,14 +78,7 @@ class EtcdLocation:
     def key_file(self) -> Path:
         """`$SECRETFS_KEY_FILE`, else `/etc/secretfs/etcd/<prefix>.key` (root) or
         `~/.config/secretfs/etcd/<prefix>.key`, `/` in the prefix written as `_`."""
-        env = os.environ.get(keys.ENV_KEY_FILE)
-        if env:
-            return Path(env)
-        if os.geteuid() == 0:
-            base = Path("/etc/secretfs")
-        else:
-            base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "secretfs"
-        return base / "etcd" / (self.prefix.replace("/", "_") + ".key")
+        return keys.remote_key_file_path("etcd", self.prefix)
 
     def local_file(self) -> Path | None:
         return None

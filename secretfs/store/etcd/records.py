@@ -38,26 +38,17 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 from secretfs.audit import AuditRecord
 from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
-    IntegrityError,
     SecretfsError,
     StoreError,
     StoreExistsError,
     WriteConflictError,
-)
-from secretfs.store import (
-    ClientKeyRecord,
-    GrantRecord,
-    ScopeMeta,
-    SealedVersion,
-    SecretMeta,
-    VersionMeta,
 )
 from secretfs.store.etcd.follower import Follower
 from secretfs.store.etcd.gateway import (
@@ -72,6 +63,15 @@ from secretfs.store.etcd.gateway import (
     max_txn_ops,
     prefix_end,
     unb64,
+)
+from secretfs.store.records import (
+    AuditQuery,
+    KeyValueRecords,
+    audit_record,
+    audit_row,
+    damaged,
+    json_record,
+    select_audit,
 )
 from secretfs.testhooks import checkpoint, fault
 
@@ -89,20 +89,11 @@ COMMIT_TRIES = 3  # sends of one Txn whose outcome was unknown (its compare dedu
 TXN_BYTES = 1 << 20  # under etcd's default --max-request-bytes (1.5 MiB)
 
 
+RECORD_NAME = "etcd record"
+
+
 def _record(key: bytes, raw: bytes) -> Any:
-    """A JSON record as stored; a damaged one is an IntegrityError naming its key (never
-    its content)."""
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise _damaged(key, "not valid JSON") from None
-
-
-def _damaged(key: bytes, why: str) -> IntegrityError:
-    return IntegrityError(
-        f"etcd record {key.decode(errors='replace')} is damaged ({why}); `secretfs doctor`"
-        " checks every record; restore the store from its backup (docs/cluster.md)"
-    )
+    return json_record(key, raw, RECORD_NAME)
 
 
 @dataclass(slots=True)
@@ -135,24 +126,23 @@ def _audit_batch(kv: dict[str, Any]) -> list[dict[str, Any]]:
     key = unb64(kv["key"])
     records = _record(key, unb64(kv.get("value")))
     if not isinstance(records, list):
-        raise _damaged(key, "not a list of audit records")
+        raise damaged(key, "not a list of audit records", RECORD_NAME)
     base = int(kv["mod_revision"]) * 10000
     for index, d in enumerate(records):
         d.setdefault("id", base + index)
     return records
 
 
-def _opt(value: Any) -> int | None:
-    return None if value is None else int(value)
+class EtcdBackend(KeyValueRecords):
+    """A secretfs store under one key prefix of an etcd v3 cluster: the shared record
+    logic (store/records.py) over etcd reads, transactions and a mount's follower."""
 
-
-class EtcdBackend:
-    """A secretfs store under one key prefix of an etcd v3 cluster."""
+    RECORD_NAME = RECORD_NAME
 
     def __init__(self, location: EtcdLocation, gateway: Gateway | None = None) -> None:
         self.location = location
         self._gw = gateway if gateway is not None else Gateway(location)
-        self._p = location.key_prefix
+        self._prefix = location.key_prefix
         self._txn: _Txn | None = None
         self._snapshot_rev: int | None = None
         self._follower: Follower | None = None
@@ -195,7 +185,7 @@ class EtcdBackend:
         backend = cls(location)
         try:
             with backend.transaction():
-                if backend._scan(backend._p):
+                if backend._scan(backend._prefix):
                     raise StoreExistsError(
                         f"a store already exists at {location} (or other keys are under"
                         f" {location.key_prefix.decode()}): choose another prefix"
@@ -216,9 +206,6 @@ class EtcdBackend:
 
     # -- raw keys ------------------------------------------------------------------------
 
-    def _key(self, *parts: str) -> bytes:
-        return self._p + "/".join(parts).encode()
-
     def _read_revision(self) -> int:
         if self._txn is not None:
             return self._txn.revision
@@ -238,10 +225,10 @@ class EtcdBackend:
                 " compacted under it); nothing was written: retry"
             ) from None
 
-    def _get(self, key: bytes) -> bytes | None:
-        txn = self._txn
-        if txn is not None and key in txn.writes:
-            return txn.writes[key]
+    def _pending(self) -> dict[bytes, bytes | None] | None:
+        return None if self._txn is None else self._txn.writes
+
+    def _read(self, key: bytes) -> bytes | None:
         if self._local():
             assert self._follower is not None
             return self._follower.get(key)
@@ -329,7 +316,7 @@ class EtcdBackend:
                 return n
         return min(count, len(sizes)) or 1
 
-    def _scan(self, prefix: bytes) -> list[tuple[bytes, bytes]]:
+    def _read_prefix(self, prefix: bytes) -> dict[bytes, bytes]:
         if self._local():
             assert self._follower is not None
             found = self._follower.scan(prefix)
@@ -338,31 +325,7 @@ class EtcdBackend:
         else:
             kvs = self._remote_range(prefix, prefix_end(prefix))
             found = {unb64(kv["key"]): unb64(kv.get("value")) for kv in kvs}
-        if self._txn is not None:
-            for key, value in self._txn.writes.items():
-                if key.startswith(prefix):
-                    if value is None:
-                        found.pop(key, None)
-                    else:
-                        found[key] = value
-        return sorted(found.items())
-
-    def _put(self, key: bytes, value: bytes) -> None:
-        if self._txn is None:
-            raise StoreError("internal: a write to the store outside a transaction")
-        self._txn.writes[key] = value
-
-    def _delete(self, key: bytes) -> None:
-        if self._txn is None:
-            raise StoreError("internal: a write to the store outside a transaction")
-        self._txn.writes[key] = None
-
-    def _get_json(self, key: bytes) -> dict[str, Any] | None:
-        raw = self._get(key)
-        return None if raw is None else dict(_record(key, raw))
-
-    def _put_json(self, key: bytes, value: dict[str, Any]) -> None:
-        self._put(key, json.dumps(value, separators=(",", ":"), sort_keys=True).encode())
+        return found
 
     # -- transactions --------------------------------------------------------------------
 
@@ -399,7 +362,7 @@ class EtcdBackend:
             else:
                 ops.append({"request_put": {"key": b64(key), "value": b64(value)}})
         compare: list[dict[str, Any]] = []
-        data = self._p + b"d/"
+        data = self._prefix + b"d/"
         lock = self._key("d/lock")
         # Unique to this write: reading d/lock back tells whether it was applied.
         stamp = f"{time.time_ns()} {os.getpid()} {os.urandom(6).hex()}".encode()
@@ -495,562 +458,36 @@ class EtcdBackend:
             self._snapshot_rev = None
             self._cache = None
 
-    # -- meta ----------------------------------------------------------------------------
-
-    def meta_get(self, key: str) -> bytes | None:
-        return self._get(self._key("d/meta", key))
-
-    def meta_set(self, key: str, value: bytes) -> None:
-        self._put(self._key("d/meta", key), value)
-
-    def meta_delete(self, key: str) -> None:
-        self._delete(self._key("d/meta", key))
-
-    def meta_scan(self, prefix: str) -> dict[str, bytes]:
-        """Every meta entry whose key starts with `prefix`."""
-        base = self._key("d/meta", "")
-        return {k[len(base) :].decode(): v for k, v in self._scan(self._key("d/meta", prefix))}
-
-    def _counter(self, key: str) -> int:
-        value = self.meta_get(key)
-        return int(value) if value else 0
-
-    def next_seq(self) -> int:
-        seq = self._counter("seq") + 1
-        self.meta_set("seq", str(seq).encode())
-        return seq
-
-    def current_seq(self) -> int:
-        return self._counter("seq")
+    def _changed_rows(self, seq: int) -> list[dict[str, Any]]:
+        follower = self._follower
+        if follower is not None and self._local():
+            # A mount: only the rows that changed, not every row.
+            return [_record(k, raw) for k, raw in follower.changed_rows(seq)]
+        return self._rows()
 
     def data_version(self) -> int:
         if self._follower is not None:
             return self._follower.version
         return self._gw.range(self._key("d/lock"))[1]
 
-    def _access_changed(self, seq: int) -> None:
-        self.meta_set("access_seq", str(seq).encode())
-
-    def access_seq(self) -> int:
-        return self._counter("access_seq")
-
-    # -- data keys -----------------------------------------------------------------------
-
-    def _dk_key(self, gen: int) -> bytes:
-        return self._key("d/dk", f"{gen:010d}")
-
-    def data_keys(self) -> dict[int, bytes]:
-        out = {}
-        for key, raw in self._scan(self._key("d/dk/")):
-            out[int(key.rsplit(b"/", 1)[1])] = unb64(_record(key, raw)["wrapped"])
-        return out
-
-    def put_data_key(self, gen: int, wrapped: bytes, created_ns: int) -> None:
-        old = self._get_json(self._dk_key(gen))
-        created = int(old["created_ns"]) if old else created_ns
-        self._put_json(self._dk_key(gen), {"wrapped": b64(wrapped), "created_ns": created})
-
-    def delete_data_key(self, gen: int) -> None:
-        self._delete(self._dk_key(gen))
-
-    def data_key_info(self) -> list[tuple[int, int, int]]:
-        counts: dict[int, int] = {}
-        for version in self._versions(self._key("d/v/")):
-            counts[version["key_gen"]] = counts.get(version["key_gen"], 0) + 1
-        out = []
-        for key, raw in self._scan(self._key("d/dk/")):
-            gen = int(key.rsplit(b"/", 1)[1])
-            out.append((gen, int(_record(key, raw)["created_ns"]), counts.get(gen, 0)))
-        return out
-
-    # -- secrets -------------------------------------------------------------------------
-
-    def _row_key(self, scope: str, name: str) -> bytes:
-        return self._key("d/s/") + scope.encode() + b"\0" + name.encode()
-
-    def _id_key(self, secret_id: int) -> bytes:
-        return self._key("d/id", f"{secret_id:012d}")
-
-    def _version_key(self, secret_id: int, version: int) -> bytes:
-        return self._key("d/v", f"{secret_id:012d}", f"{version:012d}")
-
-    def _versions_prefix(self, secret_id: int) -> bytes:
-        return self._key("d/v", f"{secret_id:012d}") + b"/"
-
-    def _row(self, secret_id: int) -> dict[str, Any] | None:
-        where = self._get(self._id_key(secret_id))
-        if where is None:
-            return None
-        scope, _, name = where.decode().partition("\0")
-        return self._get_json(self._row_key(scope, name))
-
-    def _put_row(self, row: dict[str, Any]) -> None:
-        self._put_json(self._row_key(row["scope"], row["name"]), row)
-
-    def _row_or_fail(self, secret_id: int) -> dict[str, Any]:
-        row = self._row(secret_id)
-        if row is None:
-            raise StoreError(f"{self.location}: secret #{secret_id} has no record")
-        return row
-
-    @staticmethod
-    def _meta(row: dict[str, Any]) -> SecretMeta:
-        return SecretMeta(
-            secret_id=int(row["id"]),
-            scope=str(row["scope"]),
-            name=str(row["name"]),
-            version=int(row["version"]),
-            deleted=bool(row["deleted"]),
-            size=int(row["size"]),
-            kind=str(row["kind"]),
-            created_ns=int(row["created_ns"]),
-            updated_ns=int(row["updated_ns"]),
-            uid=_opt(row.get("uid")),
-            gid=_opt(row.get("gid")),
-            mode=_opt(row.get("mode")),
-            fingerprint=str(row["fingerprint"]),
-            seq=int(row["seq"]),
-            expires_ns=_opt(row.get("expires_ns")),
-            rotate_every_s=_opt(row.get("rotate_every_s")),
-        )
-
-    def _rows(self, scope: str | None = None) -> list[dict[str, Any]]:
-        prefix = self._key("d/s/")
-        if scope is not None:
-            prefix += scope.encode() + b"\0"
-        return [_record(key, raw) for key, raw in self._scan(prefix)]
-
-    def get_meta(self, scope: str, name: str) -> SecretMeta | None:
-        row = self._get_json(self._row_key(scope, name))
-        return None if row is None else self._meta(row)
-
-    def get_meta_by_id(self, secret_id: int) -> SecretMeta | None:
-        row = self._row(secret_id)
-        return None if row is None else self._meta(row)
-
-    def list_meta(self, scope: str | None = None) -> list[SecretMeta]:
-        metas = [self._meta(r) for r in self._rows(scope) if not r["deleted"]]
-        return sorted(metas, key=lambda m: (m.scope, m.name))
-
-    def changes_since(self, seq: int) -> list[SecretMeta]:
-        follower = self._follower
-        if follower is not None and self._local():
-            # A mount: only the rows that changed, not every row.
-            rows = [_record(k, raw) for k, raw in follower.changed_rows(seq)]
-        else:
-            rows = self._rows()
-        metas = [self._meta(r) for r in rows if int(r["seq"]) > seq]
-        return sorted(metas, key=lambda m: m.seq)
-
-    def list_scopes(self) -> list[str]:
-        return sorted({str(r["scope"]) for r in self._rows() if not r["deleted"]})
-
-    def add_secret(self, scope: str, name: str, created_ns: int, seq: int) -> int:
-        secret_id = self._counter("next_id") + 1
-        self.meta_set("next_id", str(secret_id).encode())
-        self._put(self._id_key(secret_id), f"{scope}\0{name}".encode())
-        self._put_row(
-            {
-                "id": secret_id,
-                "scope": scope,
-                "name": name,
-                "version": 0,
-                "deleted": False,
-                "created_ns": created_ns,
-                "updated_ns": created_ns,
-                "size": 0,
-                "kind": "raw",
-                "fingerprint": "",
-                "uid": None,
-                "gid": None,
-                "mode": None,
-                "expires_ns": None,
-                "rotate_every_s": None,
-                "seq": seq,
-            }
-        )
-        return secret_id
-
-    def revive_secret(self, secret_id: int, created_ns: int, seq: int) -> None:
-        row = self._row_or_fail(secret_id)
-        row.update(
-            deleted=False,
-            created_ns=created_ns,
-            updated_ns=created_ns,
-            uid=None,
-            gid=None,
-            mode=None,
-            expires_ns=None,
-            rotate_every_s=None,
-            seq=seq,
-        )
-        self._put_row(row)
-
-    def put_version(
-        self,
-        secret_id: int,
-        version: int,
-        *,
-        created_ns: int,
-        size: int,
-        kind: str,
-        key_gen: int,
-        fingerprint: str,
-        ciphertext: bytes,
-        seq: int,
-    ) -> None:
-        row = self._row_or_fail(secret_id)
-        key = self._version_key(secret_id, version)
-        if self._get(key) is not None:
-            raise StoreError(f"{self.location}: secret #{secret_id} has a version {version}")
-        self._put_json(
-            key,
-            {
-                "scope": row["scope"],
-                "name": row["name"],
-                "created_ns": created_ns,
-                "size": size,
-                "kind": kind,
-                "key_gen": key_gen,
-                "fingerprint": fingerprint,
-                "ciphertext": b64(ciphertext),
-            },
-        )
-        row.update(
-            version=version,
-            seq=seq,
-            size=size,
-            kind=kind,
-            updated_ns=created_ns,
-            fingerprint=fingerprint,
-        )
-        self._put_row(row)
-
-    def set_owner(
-        self, secret_id: int, uid: int | None, gid: int | None, mode: int | None, seq: int
-    ) -> None:
-        row = self._row_or_fail(secret_id)
-        row.update(uid=uid, gid=gid, mode=mode, seq=seq)
-        self._put_row(row)
-
-    def set_schedule(
-        self, secret_id: int, expires_ns: int | None, rotate_every_s: int | None, seq: int
-    ) -> None:
-        row = self._row_or_fail(secret_id)
-        row.update(expires_ns=expires_ns, rotate_every_s=rotate_every_s, seq=seq)
-        self._put_row(row)
-
-    def remove_secret(self, secret_id: int, seq: int) -> None:
-        """Drop every version; keep a tombstone so versions are never numbered twice."""
-        for key, _ in self._scan(self._versions_prefix(secret_id)):
-            self._delete(key)
-        row = self._row_or_fail(secret_id)
-        row.update(
-            deleted=True, seq=seq, size=0, kind="raw", fingerprint="", updated_ns=row["created_ns"]
-        )
-        self._put_row(row)
-
-    def _versions(self, prefix: bytes) -> Iterator[dict[str, Any]]:
-        """Version records (with `secret_id`, `version` and raw `ciphertext` added)."""
-        for key, raw in self._scan(prefix):
-            record = _record(key, raw)
-            _, sid, ver = key.rsplit(b"/", 2)
-            record["secret_id"], record["version"] = int(sid), int(ver)
-            yield record
-
-    def history(self, secret_id: int) -> list[VersionMeta]:
-        return [
-            VersionMeta(
-                int(v["version"]),
-                int(v["created_ns"]),
-                int(v["size"]),
-                str(v["kind"]),
-                int(v["key_gen"]),
-                str(v["fingerprint"]),
-            )
-            for v in self._versions(self._versions_prefix(secret_id))
-        ]
-
-    @staticmethod
-    def _sealed(v: dict[str, Any]) -> SealedVersion:
-        return SealedVersion(
-            int(v["secret_id"]),
-            str(v["scope"]),
-            str(v["name"]),
-            int(v["version"]),
-            int(v["key_gen"]),
-            unb64(v["ciphertext"]),
-        )
-
-    def sealed(self, secret_id: int, version: int) -> SealedVersion | None:
-        record = self._get_json(self._version_key(secret_id, version))
-        if record is None:
-            return None
-        record.update(secret_id=secret_id, version=version)
-        return self._sealed(record)
-
-    def all_sealed(self) -> Iterator[SealedVersion]:
-        for v in self._versions(self._key("d/v/")):
-            yield self._sealed(v)
-
-    def prune_versions(self, secret_id: int, keep: int) -> list[int]:
-        """Delete all but the newest `keep` versions (the current one is the newest)."""
-        versions = [v["version"] for v in self._versions(self._versions_prefix(secret_id))]
-        gone = sorted(versions)[: max(0, len(versions) - max(1, keep))]
-        for version in gone:
-            self._delete(self._version_key(secret_id, version))
-        return gone
-
-    def secrets_over(self, keep: int) -> list[int]:
-        counts: dict[int, int] = {}
-        for v in self._versions(self._key("d/v/")):
-            counts[v["secret_id"]] = counts.get(v["secret_id"], 0) + 1
-        return sorted(sid for sid, n in counts.items() if n > keep)
-
-    def versions_not_under(self, gen: int) -> int:
-        return sum(1 for v in self._versions(self._key("d/v/")) if v["key_gen"] != gen)
-
-    def sealed_batch(self, not_gen: int, after: tuple[int, int], limit: int) -> list[SealedVersion]:
-        out = []
-        for v in self._versions(self._key("d/v/")):
-            if v["key_gen"] != not_gen and (v["secret_id"], v["version"]) > after:
-                out.append(self._sealed(v))
-                if len(out) >= limit:
-                    break
-        return out
-
-    def reseal_version(
-        self, old: SealedVersion, new_gen: int, ciphertext: bytes, fingerprint: str
-    ) -> None:
-        key = self._version_key(old.secret_id, old.version)
-        record = self._get_json(key)
-        if record is None or int(record["key_gen"]) != old.key_gen:
-            return
-        record.update(key_gen=new_gen, ciphertext=b64(ciphertext), fingerprint=fingerprint)
-        self._put_json(key, record)
-        row = self._row(old.secret_id)
-        if row is not None and int(row["version"]) == old.version:
-            row["fingerprint"] = fingerprint
-            self._put_row(row)
-
-    def touch_secrets(self, secret_ids: list[int], seq: int) -> None:
-        for secret_id in secret_ids:
-            row = self._row_or_fail(secret_id)
-            row["seq"] = seq
-            self._put_row(row)
-
-    # -- scope defaults and grants --------------------------------------------------------
-
-    @staticmethod
-    def _scope_meta(key: bytes, raw: bytes) -> ScopeMeta:
-        d = _record(key, raw)
-        try:
-            return ScopeMeta(
-                str(d["scope"]), _opt(d["uid"]), _opt(d["gid"]), _opt(d["mode"]), int(d["seq"])
-            )
-        except (KeyError, TypeError, ValueError):
-            raise _damaged(key, "fields are missing or of the wrong type") from None
-
-    def get_scope_meta(self, scope: str) -> ScopeMeta | None:
-        key = self._key("d/sc/") + scope.encode()
-        raw = self._get(key)
-        return None if raw is None else self._scope_meta(key, raw)
-
-    def list_scope_meta(self) -> list[ScopeMeta]:
-        metas = [self._scope_meta(key, raw) for key, raw in self._scan(self._key("d/sc/"))]
-        return sorted(metas, key=lambda m: m.scope)
-
-    def set_scope_owner(
-        self, scope: str, uid: int | None, gid: int | None, mode: int | None, seq: int
-    ) -> None:
-        self._put_json(
-            self._key("d/sc/") + scope.encode(),
-            {"scope": scope, "uid": uid, "gid": gid, "mode": mode, "seq": seq},
-        )
-        self._access_changed(seq)
-
-    def _grant_key(self, scope: str, name: str, kind: str, principal: int) -> bytes:
-        return self._key("d/g/") + f"{scope}\0{name}\0{kind}\0{principal}".encode()
-
-    def list_grants(self, scope: str | None = None, name: str | None = None) -> list[GrantRecord]:
-        prefix = self._key("d/g/")
-        if scope is not None:
-            prefix += scope.encode() + b"\0"
-            if name is not None:
-                prefix += name.encode() + b"\0"
-        out = []
-        for key, raw in self._scan(prefix):
-            d = _record(key, raw)
-            out.append(
-                GrantRecord(
-                    str(d["scope"]),
-                    str(d["name"]),
-                    str(d["kind"]),
-                    int(d["principal"]),
-                    int(d["created_ns"]),
-                    str(d.get("form", "plain")),
-                )
-            )
-        return sorted(out, key=lambda g: (g.scope, g.name, g.kind, g.principal))
-
-    def add_grant(
-        self,
-        scope: str,
-        name: str,
-        kind: str,
-        principal: int,
-        created_ns: int,
-        seq: int,
-        form: str = "plain",
-    ) -> bool:
-        key = self._grant_key(scope, name, kind, principal)
-        if self._get(key) is not None:
-            return False
-        self._put_json(
-            key,
-            {
-                "scope": scope,
-                "name": name,
-                "kind": kind,
-                "principal": principal,
-                "created_ns": created_ns,
-                "seq": seq,
-                "form": form,
-            },
-        )
-        self._access_changed(seq)
-        return True
-
-    def remove_grant(self, grant: GrantRecord, seq: int) -> bool:
-        key = self._grant_key(grant.scope, grant.name, grant.kind, grant.principal)
-        if self._get(key) is None:
-            return False
-        self._delete(key)
-        self._access_changed(seq)
-        return True
-
-    # -- client keys ---------------------------------------------------------------------
-
-    def _client_key(self, d: dict[str, Any]) -> ClientKeyRecord:
-        return ClientKeyRecord(
-            str(d["key_id"]),
-            unb64(d["public_key"]),
-            str(d.get("label", "")),
-            _opt(d.get("owner_uid")),
-            int(d["created_ns"]),
-            _opt(d.get("revoked_ns")),
-            _opt(d.get("last_used_ns")),
-        )
-
-    def list_client_keys(self) -> list[ClientKeyRecord]:
-        keys = [self._client_key(_record(k, raw)) for k, raw in self._scan(self._key("d/ck/"))]
-        return sorted(keys, key=lambda k: (k.created_ns, k.key_id))
-
-    def _put_client_key(self, record: ClientKeyRecord, seq: int) -> None:
-        self._put_json(
-            self._key("d/ck", record.key_id),
-            {
-                "key_id": record.key_id,
-                "public_key": b64(record.public_key),
-                "label": record.label,
-                "owner_uid": record.owner_uid,
-                "created_ns": record.created_ns,
-                "revoked_ns": record.revoked_ns,
-                "last_used_ns": record.last_used_ns,
-                "seq": seq,
-            },
-        )
-
-    def add_client_key(self, record: ClientKeyRecord, seq: int) -> None:
-        self._put_client_key(record, seq)
-        self._access_changed(seq)
-
-    def revoke_client_key(self, key_id: str, revoked_ns: int, seq: int) -> bool:
-        d = self._get_json(self._key("d/ck", key_id))
-        if d is None or d.get("revoked_ns") is not None:
-            return False
-        self._put_client_key(replace(self._client_key(d), revoked_ns=revoked_ns), seq)
-        self._access_changed(seq)
-        return True
-
-    def touch_client_keys(self, used: dict[str, int]) -> None:
-        for key_id, ns in used.items():
-            d = self._get_json(self._key("d/ck", key_id))
-            if d is not None and ns > (_opt(d.get("last_used_ns")) or 0):
-                self._put_client_key(
-                    replace(self._client_key(d), last_used_ns=ns), int(d.get("seq", 0))
-                )
-
     # -- audit ---------------------------------------------------------------------------
 
     def append_audit(self, records: list[AuditRecord]) -> None:
         if not records:
             return
-        batch = [
-            {
-                "time_ns": r.time_ns,
-                "source": r.source,
-                "action": r.action,
-                "ref": r.ref,
-                "version": r.version,
-                "uid": r.uid,
-                "gid": r.gid,
-                "pid": r.pid,
-                "process": r.process,
-                "outcome": r.outcome,
-                "detail": r.detail,
-            }
-            for r in records
-        ]
         if self._txn is None:
             raise StoreError("internal: a write to the store outside a transaction")
-        self._txn.audit.extend(batch)
+        self._txn.audit.extend(audit_row(r) for r in records)
 
-    def read_audit(
-        self,
-        *,
-        after_id: int = 0,
-        since_ns: int | None = None,
-        ref_exact: tuple[str, ...] = (),
-        ref_prefixes: tuple[str, ...] = (),
-        limit: int | None = None,
-    ) -> list[AuditRecord]:
-        """Records after `after_id`, oldest first. A record's id is the etcd revision of
+    def read_audit(self, **query: Unpack[AuditQuery]) -> list[AuditRecord]:
+        """Records that pass `query`, oldest first. A record's id is the etcd revision of
         its batch times 10000 plus its place in the batch (kept in the record when
         compact_audit() merged batches)."""
         prefix = self._key("a/")
         deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
         kvs, _ = self._gw.range_all(prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline)
-        out: list[AuditRecord] = []
-        for kv in kvs:
-            for d in _audit_batch(kv):
-                record = AuditRecord(
-                    time_ns=int(d["time_ns"]),
-                    source=str(d["source"]),
-                    action=str(d["action"]),
-                    ref=d["ref"],
-                    version=_opt(d["version"]),
-                    uid=_opt(d["uid"]),
-                    gid=_opt(d["gid"]),
-                    pid=_opt(d["pid"]),
-                    process=d["process"],
-                    outcome=str(d["outcome"]),
-                    detail=d["detail"],
-                    id=int(d["id"]),
-                )
-                if record.id <= after_id:
-                    continue
-                if since_ns is not None and record.time_ns < since_ns:
-                    continue
-                if ref_exact or ref_prefixes:
-                    ref = record.ref or ""
-                    if record.ref is None or not (
-                        ref in ref_exact or any(ref.startswith(p) for p in ref_prefixes)
-                    ):
-                        continue
-                out.append(record)
-        out.sort(key=lambda r: r.id)
-        return out if limit is None else out[:limit]
+        records = [audit_record(d) for kv in kvs for d in _audit_batch(kv)]
+        return select_audit(sorted(records, key=lambda r: r.id), query)
 
     def compact_audit(self, before_ns: int) -> int:
         """Merge the audit batches written before `before_ns` into keys of up to
@@ -1165,30 +602,6 @@ class EtcdBackend:
         except SecretfsError as exc:
             log.warning("etcd: cannot compact the audit log of %s yet: %s", self.location, exc)
         return removed_total
-
-    # -- consistency (doctor) ---------------------------------------------------------------
-
-    def foreign_key_problems(self) -> int:
-        """Versions of no secret, or sealed under a data key the store does not have."""
-        gens = set(self.data_keys())
-        ids = {int(key.rsplit(b"/", 1)[1]) for key, _ in self._scan(self._key("d/id/"))}
-        return sum(
-            1
-            for v in self._versions(self._key("d/v/"))
-            if v["secret_id"] not in ids or v["key_gen"] not in gens
-        )
-
-    def integrity_check(self) -> str:
-        for key, raw in self._scan(self._key("d/")):
-            if key.startswith(self._key("d/meta/")) or key == self._key("d/lock"):
-                continue
-            if key.startswith(self._key("d/id/")):
-                continue
-            try:
-                json.loads(raw)
-            except ValueError:
-                return f"record {key.decode(errors='replace')} is not valid JSON"
-        return "ok"
 
     # -- a mount: an in-memory copy kept current by a watch ---------------------------------
 
