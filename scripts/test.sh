@@ -11,4 +11,7 @@ echo "== ruff" >&2
 echo "== mypy --strict" >&2
 .venv/bin/mypy --strict secretfs
 echo "== pytest" >&2
+# Byte-code for what every `python -m secretfs` of the suite imports: where
+# PYTHONDONTWRITEBYTECODE is set (as in many containers) each would compile it again.
+.venv/bin/python -m compileall -q secretfs bench >/dev/null
 exec .venv/bin/python -m pytest -n auto --maxprocesses=4 --dist worksteal --durations=15 "$@"
