@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Sets up (scripts/setup.sh), then runs the linters and the whole test suite, real FUSE
-# mounts included (needs root or /dev/fuse access). Extra arguments go to pytest.
+# mounts included (needs root or /dev/fuse access), on one pytest-xdist worker per core
+# (at most 4), idle workers taking tests from busy ones. Extra arguments go to pytest
+# (`-n 0` runs it in one process). docs/architecture.md "Tests" says where the time goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -9,4 +11,7 @@ echo "== ruff" >&2
 echo "== mypy --strict" >&2
 .venv/bin/mypy --strict secretfs
 echo "== pytest" >&2
-exec .venv/bin/python -m pytest "$@"
+# Byte-code for what every `python -m secretfs` of the suite imports: where
+# PYTHONDONTWRITEBYTECODE is set (as in many containers) each would compile it again.
+.venv/bin/python -m compileall -q secretfs bench >/dev/null
+exec .venv/bin/python -m pytest -n auto --maxprocesses=4 --dist worksteal --durations=15 "$@"

@@ -192,3 +192,27 @@ def initialized_store(cli: Cli, store_path: Path) -> Path:
     """A store created by `secretfs init` with a key file beside it."""
     cli("init")
     return store_path
+
+
+# The longest modules start first: with one xdist worker per core (scripts/test.sh) the
+# short tests then fill in around them instead of one long test ending the run alone.
+LONGEST_FIRST = (
+    "tests/test_crash_import.py",
+    "tests/test_docs_run.py",
+    "tests/test_crash_keys.py",
+    "tests/mount/test_bench.py",
+    "tests/mount/test_soak.py",
+    "tests/mount/test_tls_mount.py",
+    "tests/test_docs.py",
+    "tests/test_fields.py",
+    "tests/test_completion.py",
+    "tests/test_formats.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FIRST.index(path) if path in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a module, and for all others, the order is kept

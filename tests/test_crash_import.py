@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from secretfs import formats
 from tests.conftest import Cli
 
@@ -55,6 +57,7 @@ def store_state(cli: Cli, store: Path) -> tuple[dict[str, bytes], set[int]]:
     return {e.name: e.value for e in parsed.entries}, {int(v) for (v,) in rows}
 
 
+@pytest.mark.timeout(360)  # 12 kills into a 3000-secret import, a full doctor after each
 def test_import_killed_at_any_point_is_all_or_nothing(
     cli: Cli, cli_env: dict[str, str], initialized_store: Path, tmp_path: Path
 ) -> None:

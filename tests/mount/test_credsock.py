@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from secretfs.credsock import MAX_CONNECTIONS
 from tests.conftest import Cli
-from tests.mount.conftest import Mount, wait_for
+from tests.mount.conftest import AS_1000, Mount, wait_for
 
 # What systemd does in load_credential() (src/core/exec-credential.c): bind its end to
 # "@<random_u64 in hex>/unit/<unit>/<id>" (an abstract address), connect, read to EOF.
@@ -40,7 +38,6 @@ while chunk := s.recv(65536):
 sys.stdout.buffer.write(data)
 """
 
-AS_USER = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
 VALUE = bytes(range(256)) * 3
 
 
@@ -68,14 +65,6 @@ def credential_audit(m: Mount, n: int) -> list[dict[str, object]]:
     wait_for(enough, timeout=5)
     return found
 
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid can traverse (pytest's tmp_path is 0700 root's)."""
-    path = Path(tempfile.mkdtemp(prefix="secretfs-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
@@ -130,10 +119,10 @@ def test_other_address_forms_get_nothing(served: tuple[Mount, Path]) -> None:
 
 def test_a_non_root_peer_gets_nothing(served: tuple[Mount, Path]) -> None:
     m, sock = served
-    assert ask(sock, "app.service", "token", user=AS_USER) == b"connect: Permission denied"
+    assert ask(sock, "app.service", "token", user=AS_1000) == b"connect: Permission denied"
     # Were the socket's mode loosened, the daemon still refuses anyone but root.
     os.chmod(sock, 0o666)
-    assert ask(sock, "app.service", "token", user=AS_USER) == b""
+    assert ask(sock, "app.service", "token", user=AS_1000) == b""
     (record,) = credential_audit(m, 1)
     assert (record["outcome"], record["uid"], record["ref"]) == ("denied", 1000, None)
     assert record["detail"] == "unit app.service id token: peer uid 1000 is not root"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster
-from tests.mount.conftest import Mount, _is_mounted, wait_for
+from tests.mount.conftest import Mount, _is_mounted, daemon_pids, wait_for
 
 
 def _status(mnt: Path) -> dict[str, object]:
@@ -52,16 +52,9 @@ def nodes(
             if _is_mounted(mnt):
                 subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         deadline = time.monotonic() + 5
-        while any(_daemons(m) for m in mounts) and time.monotonic() < deadline:
+        while any(daemon_pids(m) for m in mounts) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_daemons(m) for m in mounts), "a mount daemon did not exit"
-
-
-def _daemons(mnt: Path) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-f", f"secretfs mount {mnt} "], capture_output=True, text=True
-    ).stdout
-    return [int(p) for p in out.split()]
+        assert not any(daemon_pids(m) for m in mounts), "a mount daemon did not exit"
 
 
 def _connected(mounts: list[Path], want: bool) -> bool:
@@ -245,7 +238,7 @@ def test_a_mount_stops_on_a_signal_while_etcd_is_unreachable(
     mnt = tmp_path / "node-a"
     mnt.mkdir()
     run_cli("mount", str(mnt), "--log-file", str(tmp_path / "node-a.log"), env=env)
-    (pid,) = _daemons(mnt)
+    (pid,) = daemon_pids(mnt)
     try:
         wait_for(lambda: _connected([mnt], True), timeout=5)
         for i in range(3):
@@ -254,9 +247,9 @@ def test_a_mount_stops_on_a_signal_while_etcd_is_unreachable(
         assert _reads(mnt, b"value-one-3f9c")  # an audit record that cannot be written
         os.kill(pid, signum)
         deadline = time.monotonic() + 5
-        while _daemons(mnt) and time.monotonic() < deadline:
+        while daemon_pids(mnt) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _daemons(mnt), "the daemon did not exit within 5 s"
+        assert not daemon_pids(mnt), "the daemon did not exit within 5 s"
         assert not _is_mounted(mnt)
     finally:
         for i in range(3):

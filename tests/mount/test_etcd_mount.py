@@ -19,7 +19,7 @@ from secretfs.store import location
 from secretfs.vault import Vault
 from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster
-from tests.mount.conftest import SAMPLE, _is_mounted, wait_for
+from tests.mount.conftest import SAMPLE, _is_mounted, daemon_pids, wait_for
 
 
 class EtcdMount:
@@ -28,13 +28,6 @@ class EtcdMount:
 
     def cli(self, *args: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
         return run_cli(*args, env=self.env, input=input)
-
-
-def _daemons(mnt: Path) -> list[int]:
-    out = subprocess.run(
-        ["pgrep", "-f", f"secretfs mount {mnt} "], capture_output=True, text=True
-    ).stdout
-    return [int(p) for p in out.split()]
 
 
 @pytest.fixture
@@ -62,9 +55,9 @@ def etcd_mounted(
         if _is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], check=False)
         deadline = time.monotonic() + 5
-        while _daemons(mnt) and time.monotonic() < deadline:
+        while daemon_pids(mnt) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not _daemons(mnt), "the daemon did not exit after unmount"
+        assert not daemon_pids(mnt), "the daemon did not exit after unmount"
 
 
 def test_an_etcd_mount_serves_the_tree_and_follows_the_cli(etcd_mounted: EtcdMount) -> None:

@@ -22,8 +22,8 @@ def sh(*args: str) -> str:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout
 
 
-def test_tree_has_every_scope_and_field_directory(mounted: Mount) -> None:
-    m = mounted.path
+def test_tree_has_every_scope_and_field_directory(mounted_readonly: Mount) -> None:
+    m = mounted_readonly.path
     listing = sh("ls", "-R", str(m))
     assert sorted(os.listdir(m)) == ["@api", "deployment", "env", "project"]
     assert os.listdir(m / "deployment") == ["db"]
@@ -40,16 +40,16 @@ def test_tree_has_every_scope_and_field_directory(mounted: Mount) -> None:
     assert "config.d" in listing
 
 
-def test_cat_gives_exact_bytes(mounted: Mount) -> None:
-    m = mounted.path
+def test_cat_gives_exact_bytes(mounted_readonly: Mount) -> None:
+    m = mounted_readonly.path
     assert sh("cat", str(m / "deployment/db")) == "hunter2"
     assert (m / "env/staging/token").read_bytes() == b"staging-token\n"
     assert (m / "project/shop/prod/stripe").read_bytes() == bytes(range(256))
     assert (m / "@api/config").read_bytes() == SAMPLE["@api/config"]
 
 
-def test_json_fields_are_files(mounted: Mount) -> None:
-    d = mounted.path / "@api/config.d"
+def test_json_fields_are_files(mounted_readonly: Mount) -> None:
+    d = mounted_readonly.path / "@api/config.d"
     assert (d / "password").read_bytes() == b"pw"
     assert (d / "port").read_bytes() == b"5432"
     assert (d / "ratio").read_bytes() == b"2.50"
@@ -61,33 +61,34 @@ def test_json_fields_are_files(mounted: Mount) -> None:
     assert stat.S_ISDIR(os.stat(d / "replicas").st_mode)
 
 
-def test_stat_shows_size_mode_owner_and_version_time(mounted: Mount) -> None:
-    st = os.stat(mounted.path / "project/shop/prod/stripe")
+def test_stat_shows_size_mode_owner_and_version_time(mounted_readonly: Mount) -> None:
+    st = os.stat(mounted_readonly.path / "project/shop/prod/stripe")
     assert st.st_size == 256
     assert stat.S_IMODE(st.st_mode) == 0o400
     assert stat.S_ISREG(st.st_mode)
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
-    history = mounted.cli("secret", "ls", "shop:prod", "--json").stdout
+    history = mounted_readonly.cli("secret", "ls", "shop:prod", "--json").stdout
     assert b'"version": 1' in history
     # mtime is when the version was written: within this test's lifetime.
     assert abs(st.st_mtime - time.time()) < 60
-    out = sh("stat", "-c", "%s %a %F", str(mounted.path / "deployment/db"))
+    out = sh("stat", "-c", "%s %a %F", str(mounted_readonly.path / "deployment/db"))
     assert out.strip() == "7 400 regular file"
 
 
-def test_xattrs(mounted: Mount) -> None:
-    out = sh("getfattr", "-d", "--absolute-names", str(mounted.path / "@api/config.d/password"))
+def test_xattrs(mounted_readonly: Mount) -> None:
+    m = mounted_readonly.path
+    out = sh("getfattr", "-d", "--absolute-names", str(m / "@api/config.d/password"))
     assert 'user.secretfs.ref="$S:@api/config/password"' in out
     assert 'user.secretfs.version="1"' in out
     assert "user.secretfs.created=" in out
-    fp = os.getxattr(mounted.path / "deployment/db", "user.secretfs.fingerprint")
+    fp = os.getxattr(m / "deployment/db", "user.secretfs.fingerprint")
     assert len(fp) >= 32
     import hashlib
 
     assert fp.decode() not in (hashlib.sha256(b"hunter2").hexdigest(), "")
     assert fp.decode() not in hashlib.sha256(b"hunter2").hexdigest()
     with pytest.raises(OSError) as exc:
-        os.getxattr(mounted.path / "deployment/db", "user.other")
+        os.getxattr(m / "deployment/db", "user.other")
     assert exc.value.errno == errno.ENODATA
 
 
@@ -107,11 +108,11 @@ def test_xattrs(mounted: Mount) -> None:
         lambda m: os.rmdir(m / "env/staging"),
     ],
 )
-def test_every_write_is_erofs(mounted: Mount, action: Callable[[Path], object]) -> None:
+def test_every_write_is_erofs(mounted_readonly: Mount, action: Callable[[Path], object]) -> None:
     with pytest.raises(OSError) as exc:
-        action(mounted.path)
+        action(mounted_readonly.path)
     assert exc.value.errno == errno.EROFS
-    assert (mounted.path / "deployment/db").read_bytes() == b"hunter2"
+    assert (mounted_readonly.path / "deployment/db").read_bytes() == b"hunter2"
 
 
 def test_set_while_mounted_is_seen_within_a_second_and_handles_keep_snapshot(
@@ -182,8 +183,8 @@ def test_tampered_record_is_eio_for_that_file_only(mounted: Mount) -> None:
     assert mounted.daemon_pids()
 
 
-def test_mount_shows_in_mount_table_with_safe_options(mounted: Mount) -> None:
-    line = next(ln for ln in sh("mount").splitlines() if f" {mounted.path} " in ln)
+def test_mount_shows_in_mount_table_with_safe_options(mounted_readonly: Mount) -> None:
+    line = next(ln for ln in sh("mount").splitlines() if f" {mounted_readonly.path} " in ln)
     assert line.startswith("secretfs:")
     assert "type fuse.secretfs" in line
     for opt in ("ro", "nosuid", "nodev", "noexec"):
@@ -246,11 +247,11 @@ def test_stale_mount_is_cleared_on_start(mount_factory: Callable[..., Mount]) ->
     assert (m.path / "deployment/db").read_bytes() == b"first"
 
 
-def test_second_mount_on_a_live_mount_is_refused(mounted: Mount) -> None:
-    out = mounted.cli_process("mount", str(mounted.path), check=False)
+def test_second_mount_on_a_live_mount_is_refused(mounted_readonly: Mount) -> None:
+    out = mounted_readonly.cli_process("mount", str(mounted_readonly.path), check=False)
     assert out.returncode != 0
     assert b"already a mount point" in out.stderr
-    assert (mounted.path / "deployment/db").read_bytes() == b"hunter2"
+    assert (mounted_readonly.path / "deployment/db").read_bytes() == b"hunter2"
 
 
 def test_mount_with_wrong_key_fails_before_mounting(

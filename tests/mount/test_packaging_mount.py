@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Cli
-from tests.mount.conftest import _is_mounted, wait_for
+from tests.mount.conftest import _is_mounted, daemon_pids, wait_for
 from tests.test_packaging import expand_command, parse_unit, systemd_escape_path
 
 SECRET = b"hunter2"
@@ -233,8 +233,7 @@ def mount_helper(cli: Cli) -> Iterator[Path]:
 
 
 def _daemon_gone(mnt: Path) -> bool:
-    out = subprocess.run(["pgrep", "-f", f"secretfs mount {mnt} "], capture_output=True)
-    return not out.stdout
+    return not daemon_pids(mnt)
 
 
 def _mountinfo_line(mnt: Path) -> str:
@@ -363,12 +362,7 @@ def test_a_restarted_daemon_reaches_running_containers_through_the_parent(
             assert proc.stdout is not None
             assert proc.stdout.readline() == SECRET + b"\n"  # both read it before
 
-        (daemon_pid,) = [
-            int(p)
-            for p in subprocess.run(
-                ["pgrep", "-f", f"secretfs mount {mnt} "], capture_output=True, text=True
-            ).stdout.split()
-        ]
+        (daemon_pid,) = daemon_pids(mnt)
         os.kill(daemon_pid, signal.SIGKILL)  # a crash, an OOM kill, a node agent upgrade
         cli("secret", "set", "db", "--from-stdin", input=b"v2")
         cli_process("mount", str(mnt))  # the restarted daemon clears the dead mount, mounts anew

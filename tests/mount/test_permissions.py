@@ -6,45 +6,19 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import signal
 import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mount.conftest import Mount, _is_mounted, wait_for
-
-# The system Python: the venv's may live under a directory other uids cannot enter.
-SYSTEM_PYTHON = "/usr/bin/python3"
-PROBE = r"""
-import errno, json, os, sys
-op, path = sys.argv[1], sys.argv[2]
-try:
-    if op == "read":
-        with open(path, "rb") as fh:
-            result = ["ok", fh.read().hex()]
-    elif op == "list":
-        result = ["ok", sorted(os.listdir(path))]
-    elif op == "stat":
-        st = os.stat(path)
-        result = ["ok", [st.st_size, st.st_mode]]
-    elif op == "xattr":
-        result = ["ok", sorted(os.listxattr(path))]
-        result[1] += [os.getxattr(path, "user.secretfs.fingerprint").decode()]
-    else:
-        raise SystemExit("unknown op " + op)
-except OSError as exc:
-    result = [errno.errorcode[exc.errno], None]
-print(json.dumps({"pid": os.getpid(), "result": result}))
-"""
+from tests.mount.conftest import Mount, _is_mounted, probe, wait_for
 
 SECRETS = {
     "db": b"hunter2",
@@ -53,36 +27,6 @@ SECRETS = {
     "@web/key": b"web-key",
 }
 
-
-def probe(uid: int, gid: int, op: str, path: Path, groups: tuple[int, ...] = ()) -> Any:
-    """Run `op` (read/list) on `path` as a real process of uid/gid/groups: ("ok", data)
-    or (errno name, None). `probe.last_pid` is the process's pid."""
-    out = subprocess.run(
-        [SYSTEM_PYTHON, "-c", PROBE, op, str(path)],
-        user=uid,
-        group=gid,
-        extra_groups=list(groups),
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    answer = json.loads(out.stdout)
-    probe.last_pid = answer["pid"]  # type: ignore[attr-defined]
-    status, data = answer["result"]
-    if status == "ok" and op == "read":
-        return status, bytes.fromhex(data)
-    return status, data
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid can traverse (pytest's tmp_path is 0700 root's)."""
-    path = Path(tempfile.mkdtemp(prefix="secretfs-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

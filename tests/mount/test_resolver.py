@@ -10,25 +10,22 @@ import json
 import os
 import random
 import re
-import shutil
 import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mount.conftest import Mount, wait_for
+from tests.mount.conftest import AS_1000, Mount, wait_for
 
 PROTO_DIR = Path(__file__).resolve().parents[2] / "secretfs" / "resolver" / "proto"
 GET_SECRETS = "http://localhost/resolver.v1.ResolverService/GetSecrets"
-AS_1000 = ["setpriv", "--reuid=1000", "--regid=1000", "--clear-groups"]
 SECRETS = {
     "db": b"hunter2",
     "@api/token": b"tok\n",
@@ -37,14 +34,6 @@ SECRETS = {
     "shop:prod/db": bytes(range(256)),
 }
 
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid can traverse (pytest's tmp_path is 0700 root's)."""
-    path = Path(tempfile.mkdtemp(prefix="secretfs-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class Api:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey, SealedBox
 
-from tests.mount.conftest import Mount, wait_for
+from tests.mount.conftest import Mount, probe, wait_for
 from tests.mount.test_etcd_mount import EtcdMount, etcd_mounted  # noqa: F401 - fixture
-from tests.mount.test_permissions import open_dir, probe, shared  # noqa: F401 - fixtures
+from tests.mount.test_permissions import shared  # noqa: F401 - a fixture
 from tests.test_sealed import c_open, sodium_open  # noqa: F401 - fixture, F811 below
 
 

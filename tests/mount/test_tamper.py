@@ -9,65 +9,13 @@ import json
 import os
 import shutil
 import sqlite3
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.mount.conftest import Mount, wait_for
-
-SYSTEM_PYTHON = "/usr/bin/python3"  # the venv's may live where other uids cannot enter
-PROBE = r"""
-import errno, json, os, sys
-op, path = sys.argv[1], sys.argv[2]
-try:
-    if op == "read":
-        with open(path, "rb") as fh:
-            result = ["ok", fh.read().hex()]
-    else:
-        result = ["ok", os.getxattr(path, "user.secretfs." + op).decode()]
-except OSError as exc:
-    result = [errno.errorcode[exc.errno], None]
-print(json.dumps(result))
-"""
-
-
-def probe(uid: int, op: str, path: Path) -> tuple[str, Any]:
-    """`op` (read, or an xattr name) on `path` as a real process of uid:gid `uid`."""
-    out = subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={uid}",
-            f"--regid={uid}",
-            "--clear-groups",
-            SYSTEM_PYTHON,
-            "-c",
-            PROBE,
-            op,
-            str(path),
-        ],
-        cwd="/",
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    status, data = json.loads(out.stdout)
-    if status == "ok" and op == "read":
-        return status, bytes.fromhex(data)
-    return status, data
-
-
-@pytest.fixture
-def open_dir() -> Iterator[Path]:
-    """A directory every uid can traverse (pytest's tmp_path is 0700 root's)."""
-    path = Path(tempfile.mkdtemp(prefix="secretfs-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+from tests.mount.conftest import Mount, probe, wait_for
 
 
 @pytest.fixture
@@ -77,26 +25,26 @@ def shared(open_dir: Path, mount_factory: Callable[..., Mount]) -> Mount:
     m = mount_factory("-o", "allow_other", secrets=secrets, parent=open_dir)
     m.cli("secret", "chmod", "@pub", "0444")
     m.cli("secret", "chmod", "@svc", "0400")
-    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible")[0] == "ok")
+    wait_for(lambda: probe(1000, 1000, "read", m.path / "@pub/visible")[0] == "ok")
     return m
 
 
 def test_a_fingerprint_is_no_equality_oracle_across_secrets(shared: Mount) -> None:
     m = shared
     visible, hidden = m.path / "@pub/visible", m.path / "@svc/hidden"
-    assert probe(1000, "read", hidden) == ("EACCES", None)
-    status, fp_visible = probe(1000, "fingerprint", visible)
+    assert probe(1000, 1000, "read", hidden) == ("EACCES", None)
+    status, fp_visible = probe(1000, 1000, "fingerprint", visible)
     assert status == "ok" and len(fp_visible) == 32
     # Warm the kernel's caches as an authorised reader would, then try as uid 1000.
     assert hidden.read_bytes() == b"same-value"
-    status, fp_hidden = probe(1000, "fingerprint", hidden)
+    status, fp_hidden = probe(1000, 1000, "fingerprint", hidden)
     assert status != "ok" or fp_hidden != fp_visible
     # The same value in two secrets: two fingerprints, even for who may read both.
     fp_root = os.getxattr(hidden, "user.secretfs.fingerprint").decode()
     assert fp_root != fp_visible
     # A new value of the same secret still changes its fingerprint.
     m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"other")
-    wait_for(lambda: probe(1000, "fingerprint", visible)[1] not in (fp_visible, None))
+    wait_for(lambda: probe(1000, 1000, "fingerprint", visible)[1] not in (fp_visible, None))
 
 
 def sql(m: Mount, *statements: str) -> None:
@@ -139,9 +87,9 @@ def test_an_inserted_grant_row_gives_nothing(shared: Mount) -> None:
     )
     # The mount saw the change (a later legitimate grant shows it is current) ...
     m.cli("grant", "@svc/db", "--uid", "1000")
-    wait_for(lambda: probe(1000, "read", m.path / "@svc/db") == ("ok", b"pw"), timeout=3)
+    wait_for(lambda: probe(1000, 1000, "read", m.path / "@svc/db") == ("ok", b"pw"), timeout=3)
     # ... and still refuses the forged one, and says so.
-    assert probe(1000, "read", hidden) == ("EACCES", None)
+    assert probe(1000, 1000, "read", hidden) == ("EACCES", None)
     wait_for(lambda: any("@svc/hidden" in (r["ref"] or "") for r in tamper_records(m)), 3)
     doctor = m.cli("doctor", check=False)
     assert doctor.returncode == 6
@@ -156,8 +104,8 @@ def test_a_changed_mode_or_uid_column_gives_nothing(shared: Mount) -> None:
     sql(m, "UPDATE secrets SET mode = 292, uid = 1000 WHERE name = 'hidden'", bump_secret("hidden"))
     m.cli("secret", "set", "@svc/db", "--from-stdin", input=b"pw2")  # the mount is current
     wait_for(lambda: (m.path / "@svc/db").read_bytes() == b"pw2", timeout=3)
-    assert probe(1000, "read", hidden)[0] in ("EACCES", "EIO")
-    assert probe(1001, "read", hidden)[0] in ("EACCES", "EIO")
+    assert probe(1000, 1000, "read", hidden)[0] in ("EACCES", "EIO")
+    assert probe(1001, 1001, "read", hidden)[0] in ("EACCES", "EIO")
     with pytest.raises(OSError):  # not even its owner reads a row that fails
         hidden.read_bytes()
     out = m.cli("secret", "get", "@svc/hidden", check=False)
@@ -177,7 +125,7 @@ def test_a_deleted_scope_row_does_not_widen_access(shared: Mount) -> None:
     m.cli("secret", "chmod", "@pub/visible", "0440")
     sql(m, "DELETE FROM scopes WHERE scope = '@svc'")
     wait_for(lambda: any(r["ref"] == "@svc" for r in tamper_records(m)), timeout=3)
-    assert probe(1000, "read", secret)[0] in ("EACCES", "EIO")
+    assert probe(1000, 1000, "read", secret)[0] in ("EACCES", "EIO")
     assert os.stat(secret).st_mode & 0o777 == 0
     doctor = m.cli("doctor", check=False)
     assert doctor.returncode == 6 and b"scope @svc" in doctor.stdout
@@ -191,7 +139,7 @@ def test_a_rolled_back_version_is_refused(shared: Mount) -> None:
     # Point the secret back to version 1 (its tag cannot follow without the key).
     sql(m, "UPDATE secrets SET version = 1 WHERE name = 'db'", bump_secret("db"))
     m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"next")
-    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
+    wait_for(lambda: probe(1000, 1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
     with pytest.raises(OSError):
         db.read_bytes()
     assert m.cli("doctor", check=False).returncode == 6
@@ -215,7 +163,7 @@ def test_a_replayed_older_authentic_row_is_refused(shared: Mount) -> None:
         f"UPDATE meta SET v = x'{bytes(old_tag).hex()}' WHERE k = 'mac/s/{sid}'",
     )
     m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"next")
-    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
+    wait_for(lambda: probe(1000, 1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
     with pytest.raises(OSError):  # the mount saw version 2: an older one is a rollback
         db.read_bytes()
     doctor = m.cli("doctor", check=False)
@@ -233,7 +181,7 @@ def test_a_deleted_newest_version_row_is_eio_and_audited(shared: Mount) -> None:
         " (SELECT id FROM secrets WHERE name = 'db')",
     )
     m.cli("secret", "set", "@pub/visible", "--from-stdin", input=b"next")  # other writers
-    wait_for(lambda: probe(1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
+    wait_for(lambda: probe(1000, 1000, "read", m.path / "@pub/visible") == ("ok", b"next"), 3)
 
     def eio() -> bool:
         try:
@@ -277,7 +225,7 @@ def test_a_replayed_revoked_grant_gives_nothing(shared: Mount) -> None:
     m = shared
     hidden = m.path / "@svc/hidden"
     m.cli("grant", "@svc/hidden", "--uid", "1000")
-    wait_for(lambda: probe(1000, "read", hidden) == ("ok", b"same-value"), timeout=3)
+    wait_for(lambda: probe(1000, 1000, "read", hidden) == ("ok", b"same-value"), timeout=3)
     conn = sqlite3.connect(m.store)
     grant = conn.execute(
         "SELECT scope, name, kind, principal, created_ns, seq FROM grants"
@@ -285,7 +233,7 @@ def test_a_replayed_revoked_grant_gives_nothing(shared: Mount) -> None:
     tags = conn.execute("SELECT k, v FROM meta WHERE k LIKE 'mac/g/%'").fetchall()
     conn.close()
     m.cli("revoke", "@svc/hidden", "--uid", "1000")
-    wait_for(lambda: probe(1000, "read", hidden) == ("EACCES", None), timeout=3)
+    wait_for(lambda: probe(1000, 1000, "read", hidden) == ("EACCES", None), timeout=3)
     # Put the old row back with its old, authentic tag: each verifies, the set does not.
     sql(
         m,
@@ -296,7 +244,7 @@ def test_a_replayed_revoked_grant_gives_nothing(shared: Mount) -> None:
     wait_for(
         lambda: any(r["detail"] and "do not add up" in r["detail"] for r in tamper_records(m)), 3
     )
-    assert probe(1000, "read", hidden)[0] in ("EACCES", "EIO")
+    assert probe(1000, 1000, "read", hidden)[0] in ("EACCES", "EIO")
     doctor = m.cli("doctor", check=False)
     assert doctor.returncode == 6 and b"replayed" in doctor.stdout
 
@@ -314,7 +262,8 @@ def test_a_client_key_added_without_the_key_is_never_sealed_to(shared: Mount) ->
     legit_id = m.cli(
         "client-key", "add", base64.b64encode(bytes(legit.public_key)).decode()
     ).stdout.decode().strip()
-    wait_for(lambda: probe(1000, "read", m.path / ".sealed" / legit_id / "@svc/hidden")[0] == "ok")
+    sealed = m.path / ".sealed" / legit_id / "@svc/hidden"
+    wait_for(lambda: probe(1000, 1000, "read", sealed)[0] == "ok")
     own = PrivateKey.generate()
     forged_id = "ck_" + "ab" * 16
     sql(
@@ -323,8 +272,8 @@ def test_a_client_key_added_without_the_key_is_never_sealed_to(shared: Mount) ->
         f" VALUES ('{forged_id}', X'{bytes(own.public_key).hex()}', 'relay', 1000, 1, 1)",
     )
     m.cli("grant", "@svc/db", "--uid", "1001")  # the mount is current after this
-    wait_for(lambda: probe(1001, "read", m.path / "@svc/db")[0] == "ok", timeout=3)
-    assert probe(1000, "read", m.path / ".sealed" / forged_id / "@svc/hidden")[0] in (
+    wait_for(lambda: probe(1001, 1001, "read", m.path / "@svc/db")[0] == "ok", timeout=3)
+    assert probe(1000, 1000, "read", m.path / ".sealed" / forged_id / "@svc/hidden")[0] in (
         "ENOENT",
         "EACCES",
     )
