@@ -128,7 +128,7 @@ def test_an_etcd_mount_applies_the_audit_max_age(etcd_mounted: EtcdMount) -> Non
     m.cli("config", "set", "audit-max-age", "1s")
     time.sleep(1.1)
     m.cli("umount", str(m.path))
-    wait_for(lambda: not _daemons(m.path), timeout=5)
+    wait_for(lambda: not daemon_pids(m.path), timeout=5)
     run_cli_process("mount", str(m.path), env=m.env)
     wait_for(
         lambda: any(
