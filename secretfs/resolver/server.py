@@ -307,10 +307,11 @@ class _App:
             return False  # (h11 lets a server answer a request it could not parse)
         scope.deadline = trio.current_time() + self.limits.request_seconds
         await self._send(conn, stream, reply)
-        if conn.their_state is not h11.DONE:
+        if conn.their_state in (h11.SEND_BODY, h11.ERROR):
             await self._drain(stream)  # answered early: the client may still be sending
             return False  # a body we did not read whole: the connection cannot be reused
-        if reply.close or conn.states[h11.SERVER] is not h11.DONE:
+        done = conn.states[h11.SERVER] is h11.DONE and conn.their_state is h11.DONE
+        if reply.close or not done:
             return False
         try:
             conn.start_next_cycle()
