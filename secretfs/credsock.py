@@ -37,8 +37,9 @@ import trio
 
 from secretfs import audit as _audit
 from secretfs.crypto import wipe
-from secretfs.errors import RefError, SecretfsError, StoreError
+from secretfs.errors import NotFoundError, RefError, SecretfsError, StoreError
 from secretfs.refs import DEPLOYMENT, Ref, Scope, validate_name
+from secretfs.store import SecretMeta
 from secretfs.tree import Tree
 from secretfs.verified import VerifiedVersions
 
@@ -110,8 +111,17 @@ def tree_lookup(
         meta = tree.meta(ref.scope.key, ref.name)
         if meta is None:
             return None
+        try:
+            meta, value = tree.load_current(meta, load, catch_up)
+        except NotFoundError:
+            if tree.meta(ref.scope.key, ref.name) is None:
+                return None  # removed since: as a lookup after the poll would say
+            raise
+        return meta.version, value
+
+    def load(meta: SecretMeta) -> bytes:
         sealed, value = versions.get(meta.secret_id, meta.version)
-        return meta.version, value if value is not None else sealed.open()
+        return value if value is not None else sealed.open()
 
     return lookup
 

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from secretfs import expiry, fields, sealing
 from secretfs.access import NOBODY, READ, WRITE, Caller, Layer, Readers, allowed
@@ -42,6 +42,8 @@ FSNAME = "secretfs"
 # Every secret's file has these extended attributes, plus "expires" and "rotation-due"
 # when it has them set (secretfs/expiry.py).
 XATTRS = ("ref", "version", "created", "fingerprint", "expired")
+
+_T = TypeVar("_T")
 
 
 def mount_source(store: str) -> str:
@@ -452,6 +454,22 @@ class Tree:
             return False
         now = self._by_id.get(node.secret.secret_id)
         return now is None or now.version != node.secret.version
+
+    def load_current(
+        self, meta: SecretMeta, load: Callable[[SecretMeta], _T], catch_up: Callable[[], bool]
+    ) -> tuple[SecretMeta, _T]:
+        """`load(meta)`, or, if its version is gone from the store (NotFoundError: pruned,
+        or the secret removed, after the tree last polled), `load` of the version current
+        once `catch_up` took the store's changes in. Once: a store that keeps moving ends
+        in NotFoundError, not a loop. (fs.open answers ESTALE: the kernel retries.)"""
+        try:
+            return meta, load(meta)
+        except NotFoundError:
+            catch_up()
+            now = self._by_id.get(meta.secret_id)
+            if now is None or now.version == meta.version:
+                raise
+        return now, load(now)
 
     def expired(self, node: Node, now_ns: int) -> bool:
         """Whether the version an open of `node` serves has expired (still served)."""

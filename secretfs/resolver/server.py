@@ -80,6 +80,10 @@ class Limits:
     max_connections: int = 64
     idle_seconds: float = 10.0  # between requests, and between bytes of one
     request_seconds: float = 30.0  # from a request's first byte to its response sent
+    # After an answer sent before the body was read whole (too large, a bad head): what is
+    # read and dropped, so that a client still sending gets the answer and not EPIPE.
+    drain_bytes: int = 1024 * 1024
+    drain_seconds: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,15 +307,30 @@ class _App:
             return False  # (h11 lets a server answer a request it could not parse)
         scope.deadline = trio.current_time() + self.limits.request_seconds
         await self._send(conn, stream, reply)
-        if reply.close or conn.states[h11.SERVER] is not h11.DONE:
-            return False
-        if conn.their_state is not h11.DONE:
+        if conn.their_state in (h11.SEND_BODY, h11.ERROR):
+            await self._drain(stream)  # answered early: the client may still be sending
             return False  # a body we did not read whole: the connection cannot be reused
+        done = conn.states[h11.SERVER] is h11.DONE and conn.their_state is h11.DONE
+        if reply.close or not done:
+            return False
         try:
             conn.start_next_cycle()
         except h11.LocalProtocolError:
             return False
         return True
+
+    async def _drain(self, stream: trio.SocketStream) -> None:
+        """Read and drop what the client still sends, until it closes, up to `drain_bytes`
+        and `drain_seconds`: closing on unread bytes would break its pipe before it reads
+        the answer. Our end of the stream is shut first, so it sees the answer end."""
+        left = self.limits.drain_bytes
+        with trio.move_on_after(self.limits.drain_seconds):
+            await stream.send_eof()
+            while left > 0:
+                data = await stream.receive_some(min(left, 64 * 1024))
+                if not data:
+                    return
+                left -= len(data)
 
     async def _event(
         self, conn: h11.Connection, stream: trio.SocketStream, timer: _Timer

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trio
 
@@ -196,12 +196,23 @@ class Resolver:
 
     # -- their values --------------------------------------------------------------------
 
-    def envelope(self, match: Match, now_ns: int, options: RequestOptions) -> Envelope:
-        """Decrypt one match into its envelope (ConnectError: not_found for a field the
-        secret does not have, internal for a value that does not decrypt)."""
-        meta = match.meta
+    def envelope(
+        self, caller: Caller, match: Match, now_ns: int, options: RequestOptions
+    ) -> tuple[Match, Envelope]:
+        """Decrypt one match into its envelope, with the match as served (ConnectError:
+        not_found for a field the secret does not have, internal for a value that does
+        not decrypt). A version pruned since the match was made is served as the one
+        current now, if the caller may read that one too."""
+
+        def load(meta: SecretMeta) -> bytes:
+            if meta is not match.meta and not options.may(self.tree, meta, caller):
+                raise NotFoundError(NOT_FOUND)
+            return self._value(meta, match.bulk)
+
         try:
-            value = self._value(meta, match.bulk)
+            meta, value = self.tree.load_current(match.meta, load, self._catch_up)
+            if meta is not match.meta:
+                match = replace(match, meta=meta)
             if match.field:
                 value = fields.extract(value, match.field)
         except NotFoundError:
@@ -220,7 +231,7 @@ class Resolver:
             except SecretfsError as exc:  # revoked since the request was read
                 raise ConnectError("permission_denied", str(exc)) from None
             metadata.update(sealing.envelope_metadata(key, options.bound))
-        return Envelope(
+        return match, Envelope(
             id=match.id,
             value=value,
             version=str(meta.version),
@@ -259,11 +270,12 @@ class Resolver:
             if i and i % CHECKPOINT_EVERY == 0:
                 await trio.lowlevel.checkpoint()
             try:
-                out.append(self.envelope(match, now, opts))
+                matches[i], envelope = self.envelope(caller, match, now, opts)
             except ConnectError as exc:
                 if exc.code == "internal":
                     self._record(caller, match, _audit.ERROR, _join("EIO", opts.detail()))
                 raise
+            out.append(envelope)
         process = self._names.get(caller.pid)
         for match in matches:
             # The sealed detail first: the audit writer reads the key id from its start.
