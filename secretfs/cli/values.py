@@ -228,9 +228,9 @@ def resolve_uri(uri: str, limit: int) -> bytes:
     if scheme == "cmd":
         return _run_command(rest, limit)
     if scheme == "vault":
-        from secretfs.providers import read_vault
+        from secretfs.hashicorp import read_hashicorp
 
-        return read_vault(uri, limit=limit)
+        return read_hashicorp(uri, limit=limit)
     raise UsageError(
         f"unknown value source {scheme[:20]}://: use env://, file://, cmd:// or vault://"
     )

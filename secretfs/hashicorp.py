@@ -43,7 +43,7 @@ class ProviderError(SecretfsError):
 
 
 @dataclass(frozen=True, slots=True)
-class VaultURI:
+class HashiCorpURI:
     path: str  # as the user wrote it, percent-decoded, no leading/trailing '/'
     field: str | None
     kv: int | None  # forced KV version, or None to detect
@@ -60,7 +60,7 @@ class VaultURI:
         return text
 
 
-def parse_vault_uri(uri: str) -> VaultURI:
+def parse_hashicorp_uri(uri: str) -> HashiCorpURI:
     rest = uri.removeprefix("vault://")
     rest, _, fragment = rest.partition("#")
     raw_path, _, query = rest.partition("?")
@@ -91,11 +91,11 @@ def parse_vault_uri(uri: str) -> VaultURI:
         version = int(text)
         if kv == 1:
             raise UsageError(f"{shown!r}: KV v1 keeps no versions; drop version= or kv=1")
-    return VaultURI(path, field, kv, version)
+    return HashiCorpURI(path, field, kv, version)
 
 
 @dataclass(frozen=True, slots=True)
-class VaultConfig:
+class HashiCorpConfig:
     addr: str
     token: str
     namespace: str | None
@@ -112,7 +112,7 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return None
 
 
-def vault_config(environ: Mapping[str, str] | None = None) -> VaultConfig:
+def hashicorp_config(environ: Mapping[str, str] | None = None) -> HashiCorpConfig:
     env = os.environ if environ is None else environ
     addr = _env(env, "ADDR") or DEFAULT_ADDR
     token = _env(env, "TOKEN")
@@ -143,16 +143,16 @@ def vault_config(environ: Mapping[str, str] | None = None) -> VaultConfig:
             raise UsageError(
                 f"VAULT_CLIENT_TIMEOUT must be a number of seconds, not {raw_timeout[:20]!r}"
             ) from None
-    return VaultConfig(addr, token, _env(env, "NAMESPACE"), verify, cert, timeout)
+    return HashiCorpConfig(addr, token, _env(env, "NAMESPACE"), verify, cert, timeout)
 
 
-def read_vault(
+def read_hashicorp(
     uri: str, environ: Mapping[str, str] | None = None, *, limit: int = INPUT_LIMIT
 ) -> bytes:
     """The bytes `uri` names (see the module doc); a value over `limit` bytes is refused,
     and no answer is read past what such a value can take as JSON."""
-    parsed = parse_vault_uri(uri)
-    config = vault_config(environ)
+    parsed = parse_hashicorp_uri(uri)
+    config = hashicorp_config(environ)
     reader = _Reader(parsed, config, _answer_limit(limit))
     data = reader.read()
     if parsed.field is None:
@@ -187,7 +187,7 @@ def render_field(node: Any) -> bytes:
 
 
 class _Reader:
-    def __init__(self, uri: VaultURI, config: VaultConfig, answer_limit: int) -> None:
+    def __init__(self, uri: HashiCorpURI, config: HashiCorpConfig, answer_limit: int) -> None:
         import hvac  # here: only vault:// needs it, and it takes a while to import
 
         self.uri = uri
