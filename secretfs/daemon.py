@@ -29,7 +29,7 @@ from secretfs import credsock, sealing
 from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
-from secretfs.authmeta import ACCESS_MISMATCH, TAMPER, Problem
+from secretfs.authmeta import ACCESS_MISMATCH, TAMPER, AccessCheck, Problem
 from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     IntegrityError,
@@ -538,10 +538,8 @@ class Watcher:
         for meta in changes:
             why = None
             if not auth.secret_ok(meta, tags):
-                # Tagged under a generation this mount may not have loaded yet, or re-tagged
-                # by a re-encryption since `tags` was read: load, then read the tag again.
-                self.vault.refresh_data_keys()
-                if not auth.secret_ok(meta):
+                meta, ok = self._reread_secret(meta)
+                if not ok:
                     why = "its row fails authentication (changed without the key)"
             if why is None and meta.version < self.high_water.get(meta.secret_id, 0):
                 why = (
@@ -559,6 +557,29 @@ class Watcher:
             out.append(dataclasses.replace(meta, uid=0, gid=0, mode=0))
         return out
 
+    def _reread_secret(self, meta: SecretMeta) -> tuple[SecretMeta, bool]:
+        """A row that failed its tag, read again with its tag and the data keys in one
+        snapshot, and whether that verifies: the row and tag read before were two reads,
+        so a write or a re-encryption (new tags, under a new generation) committed
+        between them is no tamper; a row changed without the key fails here too."""
+        backend = self.vault.backend
+        with backend.snapshot():
+            self.vault.refresh_data_keys()  # a tag under a generation added with it
+            fresh = backend.get_meta_by_id(meta.secret_id)
+            ok = fresh is not None and self.vault.auth.secret_ok(fresh)
+        return (meta if fresh is None else fresh), ok
+
+    def _access_check(
+        self,
+        scopes: list[ScopeMeta],
+        grants: list[GrantRecord],
+        client_keys: list[ClientKeyRecord],
+    ) -> AccessCheck:
+        auth = self.vault.auth
+        tags = auth.backend.meta_scan("mac/")
+        state = auth.keyring.read_state(auth.backend)
+        return auth.verify_access(scopes, grants, client_keys, tags, state)
+
     def _verified_access(
         self,
         scopes: list[ScopeMeta],
@@ -568,9 +589,16 @@ class Watcher:
         """A failing scope row (or one deleted) reads as mode 0; a failing grant or client
         key is ignored."""
         auth = self.vault.auth
-        tags = auth.backend.meta_scan("mac/")
-        state = auth.keyring.read_state(auth.backend)
-        check = auth.verify_access(scopes, grants, client_keys, tags, state)
+        check = self._access_check(scopes, grants, client_keys)
+        if check.problems or not check.adds_up:
+            # Rows, tags and state were separate reads: judge them from one snapshot (a
+            # grant or a re-encryption committed between them is no tamper).
+            backend = self.vault.backend
+            with backend.snapshot():
+                self.vault.refresh_data_keys()
+                check = self._access_check(
+                    backend.list_scope_meta(), backend.list_grants(), backend.list_client_keys()
+                )
         for problem in check.problems:
             self.report(problem)
         if not check.adds_up:
