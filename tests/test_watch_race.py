@@ -20,11 +20,13 @@ import pytest
 
 from secretfs.access import NOBODY
 from secretfs.daemon import Watcher
+from secretfs.keyring import KEY_RETRY_SECONDS
 from secretfs.refs import parse_ref
 from secretfs.store import SecretMeta
 from secretfs.tree import Owner, Tree
 from secretfs.vault import Vault
 from tests.conftest import Cli
+from tests.fakeclock import FakeClock
 
 REF = "@svc/j01"
 
@@ -117,3 +119,43 @@ def test_a_row_forged_without_the_key_is_still_refused(
         for why in watcher.tampered.values()
     ] == [True]
     assert _served(watcher) == 0
+
+
+def test_a_tag_under_a_generation_not_loadable_yet_is_refused_until_it_loads(
+    store_path: Path, cli: Cli
+) -> None:
+    Vault.init(store_path)
+    writer = Vault.open(store_path)
+    writer.set(parse_ref(REF), b'{"v": 1}')
+    writer.close()
+    cli("secret", "chmod", "@svc", "0444")  # a scope default row: tagged as well
+    mounted = Vault.open(store_path)
+    clock = FakeClock()
+    mounted.keyring.clock = clock
+    watcher = Watcher(mounted, Tree(Owner(0, 0), mounted.read_version, 1), clock=clock)
+    try:
+        watcher.verify_store()
+        watcher.refresh()
+        cli("key", "rotate")  # a new key-encryption key: the mount holds the old one
+        cli("key", "rotate", "--reencrypt")  # every tag moves to generation 2, wrapped anew
+        cli("grant", "--uid", "1000", "@svc")  # the access rows are read again, too
+        key_file = mounted.backend.key_file()
+        hidden = key_file.with_name("elsewhere")
+        key_file.rename(hidden)  # the new key cannot be had for now
+        try:
+            watcher.refresh()
+        finally:
+            hidden.rename(key_file)
+        # Fail closed, and say why: not "changed without the key".
+        assert [
+            "cannot be verified: its tag is under data key generation 2" in why
+            for why in watcher.tampered.values()
+        ] == [True]
+        assert watcher.tree.ownership(_meta(watcher))[2] == 0
+        clock.advance(KEY_RETRY_SECONDS)  # the key is tried again, the rows looked at again
+        watcher.refresh()
+        assert watcher.tampered == {}
+        assert watcher.tree.ownership(_meta(watcher))[2] == 0o444  # the scope row too
+        assert watcher.tree.readers(_meta(watcher)) != NOBODY  # and the grant
+    finally:
+        mounted.close()
