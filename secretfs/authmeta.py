@@ -247,6 +247,18 @@ class Authenticator:
         stored = tags.get(key) if tags is not None else self.backend.meta_get(key)
         return self.keyring.verify(secret_row(meta), stored)
 
+    def secret_problem(self, meta: SecretMeta) -> str | None:
+        """Why `meta` fails its tag (None: it verifies). A tag under a generation this
+        keyring does not hold cannot be checked (yet): said so, not called a change."""
+        stored = self.backend.meta_get(secret_tag_key(meta.secret_id))
+        if self.keyring.verify(secret_row(meta), stored):
+            return None
+        gen = self.keyring.tag_generation(stored)
+        if gen is not None and not self.keyring.has(gen):
+            why = self.keyring.damaged.get(gen, "it is not loaded here")
+            return f"its row cannot be verified: its tag is under data key generation {gen} ({why})"
+        return "its row fails authentication (changed without the key)"
+
     def scope_ok(self, sm: ScopeMeta, tags: dict[str, bytes] | None = None) -> bool:
         key = scope_tag_key(sm.scope)
         stored = tags.get(key) if tags is not None else self.backend.meta_get(key)

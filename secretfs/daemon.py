@@ -29,7 +29,7 @@ from secretfs import credsock, sealing
 from secretfs.audit import OK as AUDIT_OK
 from secretfs.audit import SOURCE_MOUNT, AuditQueue, AuditRecord
 from secretfs.audit_retention import prune_by_max_age
-from secretfs.authmeta import ACCESS_MISMATCH, TAMPER, Problem
+from secretfs.authmeta import ACCESS_MISMATCH, TAMPER, AccessCheck, Problem
 from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
     IntegrityError,
@@ -367,6 +367,7 @@ class Watcher:
         # seen of each secret (an older one later is a rollback).
         self.tampered: dict[int, str] = {}
         self._recheck_at = 0.0  # refused rows are looked at again from then on
+        self._access_problems: frozenset[Problem] = frozenset()  # looked at again likewise
         self.high_water: dict[int, int] = {}
         self.store_problem: str | None = None  # set: every open fails (EIO)
         self.audit: AuditQueue | None = None
@@ -538,11 +539,7 @@ class Watcher:
         for meta in changes:
             why = None
             if not auth.secret_ok(meta, tags):
-                # Tagged under a generation this mount may not have loaded yet, or re-tagged
-                # by a re-encryption since `tags` was read: load, then read the tag again.
-                self.vault.refresh_data_keys()
-                if not auth.secret_ok(meta):
-                    why = "its row fails authentication (changed without the key)"
+                meta, why = self._reread_secret(meta)
             if why is None and meta.version < self.high_water.get(meta.secret_id, 0):
                 why = (
                     f"rolled back from version {self.high_water[meta.secret_id]} to {meta.version}"
@@ -559,6 +556,31 @@ class Watcher:
             out.append(dataclasses.replace(meta, uid=0, gid=0, mode=0))
         return out
 
+    def _reread_secret(self, meta: SecretMeta) -> tuple[SecretMeta, str | None]:
+        """A row that failed its tag, read again with its tag and the data keys in one
+        snapshot, and why that fails (None: it verifies): the row and tag read before
+        were two reads, so a write or a re-encryption (new tags, under a new generation)
+        committed between them is no tamper; a row changed without the key fails here
+        too."""
+        backend = self.vault.backend
+        with backend.snapshot():
+            self.vault.refresh_data_keys()  # a tag under a generation added with it
+            fresh = backend.get_meta_by_id(meta.secret_id)
+            if fresh is None:
+                return meta, "its row was deleted (not something secretfs does)"
+            return fresh, self.vault.auth.secret_problem(fresh)
+
+    def _access_check(
+        self,
+        scopes: list[ScopeMeta],
+        grants: list[GrantRecord],
+        client_keys: list[ClientKeyRecord],
+    ) -> AccessCheck:
+        auth = self.vault.auth
+        tags = auth.backend.meta_scan("mac/")
+        state = auth.keyring.read_state(auth.backend)
+        return auth.verify_access(scopes, grants, client_keys, tags, state)
+
     def _verified_access(
         self,
         scopes: list[ScopeMeta],
@@ -568,16 +590,27 @@ class Watcher:
         """A failing scope row (or one deleted) reads as mode 0; a failing grant or client
         key is ignored."""
         auth = self.vault.auth
-        tags = auth.backend.meta_scan("mac/")
-        state = auth.keyring.read_state(auth.backend)
-        check = auth.verify_access(scopes, grants, client_keys, tags, state)
-        for problem in check.problems:
-            self.report(problem)
+        check = self._access_check(scopes, grants, client_keys)
+        if check.problems or not check.adds_up:
+            # Rows, tags and state were separate reads: judge them from one snapshot (a
+            # grant or a re-encryption committed between them is no tamper).
+            backend = self.vault.backend
+            with backend.snapshot():
+                self.vault.refresh_data_keys()
+                check = self._access_check(
+                    backend.list_scope_meta(), backend.list_grants(), backend.list_client_keys()
+                )
+        problems = list(check.problems)
+        if not check.adds_up:
+            problems.append(Problem("store", auth.backend.name, ACCESS_MISMATCH))
+        for problem in problems:
+            if problem not in self._access_problems:  # said once, not every recheck
+                self.report(problem)
+        self._access_problems = frozenset(problems)
         if not check.adds_up:
             # A row deleted or an older authentic one put back: which one is unknown, so
             # no grant or client key counts and every scope default reads as mode 0 until
             # it adds up.
-            self.report(Problem("store", auth.backend.name, ACCESS_MISMATCH))
             return [ScopeMeta(sm.scope, 0, 0, 0, sm.seq) for sm in check.scopes], [], []
         return check.scopes, check.grants, check.client_keys
 
@@ -586,7 +619,8 @@ class Watcher:
             return None
         backend = self.vault.backend
         data_version = backend.data_version()
-        recheck = bool(self.tampered) and self.clock.monotonic() >= self._recheck_at
+        refused = bool(self.tampered or self._access_problems)
+        recheck = refused and self.clock.monotonic() >= self._recheck_at
         if data_version == self._data_version and not recheck:
             return None
         self._data_version = data_version
@@ -595,7 +629,7 @@ class Watcher:
             log.info("loaded data key generation %d", gen)
         out = Invalidation()
         access_seq = backend.access_seq()
-        if access_seq != self.access_seq:
+        if access_seq != self.access_seq or (recheck and self._access_problems):
             # Scope defaults and grants are few: take them whole on any change.
             self.access_seq = access_seq
             scopes, grants, keys = self._verified_access(

@@ -789,6 +789,11 @@ class Keyring:
         key = self._mac_key(parsed[0])
         return key is not None and hmac.compare_digest(crypto.mac(key, row), parsed[1])
 
+    def tag_generation(self, stored: bytes | None) -> int | None:
+        """The data key generation a stored tag names (None: not a tag at all)."""
+        parsed = _parse_gen_tag(stored)
+        return None if parsed is None else parsed[0]
+
     def read_state(self, backend: Backend) -> AuthState | None:
         """The store's high-water mark, or None if missing or not authentic."""
         raw = backend.meta_get("auth_state")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import stat
 from pathlib import Path
@@ -77,13 +78,15 @@ def test_enroll_read_revoke(
 
     out = cli("node", "revoke", node_two, env=one).stdout
     assert b"revoked" in out and b"generation 3" in out
-    cli("secret", "set", "db", "--from-stdin", input=b"after", env=one)
+    # Random, so no path in a message (pytest's temp dir is named after the test) holds it.
+    after = f"after-{secrets.token_hex(16)}".encode()
+    cli("secret", "set", "db", "--from-stdin", input=after, env=one)
     proc = cli("secret", "get", "db", env=two, check=False)
     assert proc.returncode == 5
     assert f"({node_two}) was revoked".encode() in proc.stderr
-    assert b"after" not in proc.stdout + proc.stderr
-    assert cli("secret", "get", "db", env=one).stdout == b"after"
-    assert cli("secret", "get", "db").stdout == b"after"  # the KEK host
+    assert after not in proc.stdout + proc.stderr
+    assert cli("secret", "get", "db", env=one).stdout == after
+    assert cli("secret", "get", "db").stdout == after  # the KEK host
     doctor = cli("doctor", env=two, check=False)
     assert doctor.returncode != 0 and b"was revoked" in doctor.stdout
     nodes = {n["node_id"]: n for n in json.loads(cli("node", "ls", "--json", env=one).stdout)}
