@@ -32,6 +32,7 @@ answers (the status file), and restarts a watch that fell behind.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -84,6 +85,7 @@ AUDIT_CHUNK_BYTES = 256 << 10  # compact_audit() merges batches into keys up to 
 # A mount's writer compacts batches older than this, every AUDIT_COMPACT_EVERY batches.
 AUDIT_COMPACT_AGE_NS = 600 * 10**9
 AUDIT_COMPACT_EVERY = 200
+RECENT_COMMIT_SECONDS = 1.0  # a transaction this soon after our commit starts from it
 COMMIT_TRIES = 3  # sends of one Txn whose outcome was unknown (its compare dedupes)
 TXN_BYTES = 1 << 20  # under etcd's default --max-request-bytes (1.5 MiB)
 
@@ -109,6 +111,7 @@ class _Txn:
     revision: int  # reads see the store as of here
     lock_revision: int  # mod_revision of d/lock then (0: never written)
     writes: dict[bytes, bytes | None] = field(default_factory=dict)  # None: delete
+    next_id: int | None = None  # what our last commit left it at (a guess: prefetch)
     audit: list[dict[str, Any]] = field(default_factory=list)  # one a/ key at commit
 
 
@@ -120,6 +123,7 @@ class _ReadCache:
     revision: int
     kv: dict[bytes, bytes | None] = field(default_factory=dict)
     ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
+    _sorted: list[bytes] | None = None  # kv's keys in order, built when first scanned
 
     def knows(self, start: bytes, end: bytes | None = None) -> bool:
         if end is None:
@@ -127,6 +131,26 @@ class _ReadCache:
                 return True
             end = start + b"\0"
         return any(lo <= start and end <= hi for lo, hi in self.ranges)
+
+    def put(self, key: bytes, value: bytes | None) -> None:
+        if key not in self.kv:
+            self._sorted = None
+        self.kv[key] = value
+
+    def scan(self, start: bytes, end: bytes) -> dict[bytes, bytes]:
+        """The keys in [start, end) that exist: the range, not the whole cache."""
+        if self._sorted is None:
+            self._sorted = sorted(self.kv)
+        keys = self._sorted
+        out = {}
+        for at in range(bisect.bisect_left(keys, start), len(keys)):
+            key = keys[at]
+            if key >= end:
+                break
+            value = self.kv[key]
+            if value is not None:
+                out[key] = value
+        return out
 
 
 def _audit_batch(kv: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,6 +181,10 @@ class EtcdBackend:
         self._follower: Follower | None = None
         self._cache: _ReadCache | None = None
         self._audit_commits = 0
+        # After our own commit: (its revision, when, next_id then). The next transaction
+        # soon after starts there without reading d/lock (its compare still guards it),
+        # and prefetch_secrets() reads the tags of the ids it will likely give at once.
+        self._committed: tuple[int, float, int | None] | None = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -284,37 +312,53 @@ class EtcdBackend:
             for (start, end), response in zip(chunk, answer.get("responses", []), strict=True):
                 kvs = (response.get("response_range") or {}).get("kvs") or []
                 if end is None:
-                    cache.kv[start] = unb64(kvs[0].get("value")) if kvs else None
+                    cache.put(start, unb64(kvs[0].get("value")) if kvs else None)
                 else:
                     cache.ranges.append((start, end))
                     for kv in kvs:
-                        cache.kv[unb64(kv["key"])] = unb64(kv.get("value"))
+                        cache.put(unb64(kv["key"]), unb64(kv.get("value")))
 
     def prefetch_secrets(self, refs: list[tuple[str, str]]) -> None:
         """Read what writing new versions of these secrets will read, in two round trips
         per --max-txn-ops keys instead of about five per secret."""
         if self._local() or (self._txn is None and self._snapshot_rev is None):
             return
+        from secretfs.authmeta import SECRET_TAG, secret_tag_key  # above the store: not at import
+
         rows = [self._row_key(scope, name) for scope, name in refs]
-        meta = self._key("d/meta/")
-        self._fetch(rows, [(meta, prefix_end(meta))])
-        keys: list[bytes] = []
-        ranges: list[tuple[bytes, bytes]] = []
-        missing = 0
+        meta, tags = self._key("d/meta/"), self._key("d/meta", SECRET_TAG)
+        # Every meta key but the secrets' tags (one per secret: the store's size).
+        ranges = [(meta, tags), (prefix_end(tags), prefix_end(meta))]
+        keys = list(rows)
+        hint = None if self._txn is None else self._txn.next_id
+        if hint is not None:
+            # Right after our own commit next_id is likely known: read now what new
+            # secrets need (their tags and versions: absent), not in a second round trip.
+            keys += [self._key("d/meta", secret_tag_key(hint + 1 + i)) for i in range(len(rows))]
+            ranges.append(
+                (self._versions_prefix(hint + 1), self._versions_prefix(hint + 1 + len(rows)))
+            )
+        self._fetch(keys, ranges)
+        if self._txn is None:
+            return  # a snapshot: no write follows that would read more than the rows
+        keys, ranges, ids = [], [], []
         for key in rows:
             raw = self._get(key)
             if raw is None:
-                missing += 1
                 continue
             secret_id = int(_record(key, raw)["id"])
+            ids.append(secret_id)
             keys.append(self._id_key(secret_id))
             versions = self._versions_prefix(secret_id)
             ranges.append((versions, prefix_end(versions)))
+        missing = len(rows) - len(ids)
         if missing:
             # New secrets take the next ids: one range covers all their (absent) versions.
             first = self._counter("next_id") + 1
             ranges.append((self._versions_prefix(first), self._versions_prefix(first + missing)))
-        self._fetch(keys, ranges)
+            ids += range(first, first + missing)
+        keys += [self._key("d/meta", secret_tag_key(i)) for i in ids]
+        self._fetch(keys, ranges)  # nothing left to read when the guess was right
 
     def write_batch(self, sizes: list[int]) -> int:
         """How many of these values (their sizes, in order) one Txn can write within
@@ -333,7 +377,7 @@ class EtcdBackend:
             assert self._follower is not None
             found = self._follower.scan(prefix)
         elif (cache := self._cached()) is not None and cache.knows(prefix, prefix_end(prefix)):
-            found = {k: v for k, v in cache.kv.items() if v is not None and k.startswith(prefix)}
+            found = cache.scan(prefix, prefix_end(prefix))
         else:
             kvs = self._remote_range(prefix, prefix_end(prefix))
             found = {unb64(kv["key"]): unb64(kv.get("value")) for kv in kvs}
@@ -370,10 +414,17 @@ class EtcdBackend:
         """One write transaction: all of it commits (one etcd Txn), or none of it."""
         if self._txn is not None:
             raise StoreError("internal: a transaction inside a transaction")
-        lock = self._key("d/lock")
-        kvs, revision = self._gw.range(lock)
-        lock_rev = int(kvs[0].get("mod_revision", 0)) if kvs else 0
-        self._txn = txn = _Txn(revision, lock_rev)
+        committed, self._committed = self._committed, None
+        if committed is not None and time.monotonic() - committed[1] < RECENT_COMMIT_SECONDS:
+            # d/lock is as our commit left it unless another writer came since, which
+            # the commit's compare refuses (WriteConflictError: the write is retried).
+            revision = lock_rev = committed[0]
+            next_id = committed[2]
+        else:
+            kvs, revision = self._gw.range(self._key("d/lock"))
+            lock_rev = int(kvs[0].get("mod_revision", 0)) if kvs else 0
+            next_id = None
+        self._txn = txn = _Txn(revision, lock_rev, next_id=next_id)
         try:
             yield
         finally:
@@ -435,6 +486,13 @@ class EtcdBackend:
             if answer.get("succeeded"):
                 if not compare:
                     self._audit_written()
+                    return
+                next_id = writes.get(self._key("d/meta", "next_id"))
+                self._committed = (
+                    int(answer["header"]["revision"]),
+                    time.monotonic(),
+                    int(next_id) if next_id else None,
+                )
                 return
             if attempt > 1 and self._applied(lock, stamp, txn.lock_revision, "resent"):
                 return  # the first send was applied after all
