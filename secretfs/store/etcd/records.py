@@ -49,6 +49,7 @@ from secretfs.errors import (
     SecretfsError,
     StoreError,
     StoreExistsError,
+    StoreUnavailableError,
     WriteConflictError,
 )
 from secretfs.store import (
@@ -181,6 +182,7 @@ class EtcdBackend:
         self._follower: Follower | None = None
         self._cache: _ReadCache | None = None
         self._audit_commits = 0
+        self._parsed: dict[bytes, tuple[bytes, SecretMeta]] = {}  # see _parsed_row
         # After our own commit: (its revision, when, next_id then). The next transaction
         # soon after starts there without reading d/lock (its compare still guards it),
         # and prefetch_secrets() reads the tags of the ids it will likely give at once.
@@ -299,9 +301,20 @@ class EtcdBackend:
                 body: dict[str, Any] = {"key": b64(start), "revision": str(revision)}
                 if end is not None:
                     body["range_end"] = b64(end)
+                # At a fixed revision a member's own copy is as good as the leader's
+                # (history does not change): no ReadIndex round, ~3 ms less per read.
+                # One that has not applied it yet says "future revision": ask another.
+                body["serializable"] = revision > 0
                 ops.append({"request_range": body})
             try:
-                answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
+                try:
+                    answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
+                except StoreUnavailableError as exc:
+                    if "future revision" not in str(exc):
+                        raise
+                    for op in ops:
+                        op["request_range"]["serializable"] = False  # wait for it, then
+                    answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
             except CompactedError:
                 if self._txn is None:
                     raise
@@ -677,6 +690,16 @@ class EtcdBackend:
             prefix += scope.encode() + b"\0"
         return [_record(key, raw) for key, raw in self._scan(prefix)]
 
+    def _parsed_row(self, key: bytes, raw: bytes) -> SecretMeta:
+        """A mount's row as SecretMeta, parsed once while its bytes stay the same (a
+        mount's load reads every row twice: to verify the store, then to serve it)."""
+        known = self._parsed.get(key)
+        if known is not None and known[0] is raw:
+            return known[1]
+        meta = self._meta(_record(key, raw))
+        self._parsed[key] = (raw, meta)
+        return meta
+
     def get_meta(self, scope: str, name: str) -> SecretMeta | None:
         row = self._get_json(self._row_key(scope, name))
         return None if row is None else self._meta(row)
@@ -693,10 +716,10 @@ class EtcdBackend:
         follower = self._follower
         if follower is not None and self._local():
             # A mount: only the rows that changed, not every row.
-            rows = [_record(k, raw) for k, raw in follower.changed_rows(seq)]
+            rows = [self._parsed_row(k, raw) for k, raw in follower.changed_rows(seq)]
+            metas = [m for m in rows if m.seq > seq]
         else:
-            rows = self._rows()
-        metas = [self._meta(r) for r in rows if int(r["seq"]) > seq]
+            metas = [self._meta(r) for r in self._rows() if int(r["seq"]) > seq]
         return sorted(metas, key=lambda m: m.seq)
 
     def list_scopes(self) -> list[str]:
