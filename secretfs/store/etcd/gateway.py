@@ -1,5 +1,6 @@
 """etcd's JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/watch`, keys and values
-base64) over httpx: one deadline per call across members, TLS, user/password auth."""
+base64) over httpx: one deadline per call across members, TLS, user/password auth; and
+a whole store's load over gRPC (kvgrpc.py) with the same."""
 
 from __future__ import annotations
 
