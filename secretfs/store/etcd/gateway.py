@@ -47,7 +47,8 @@ DEFAULT_LOAD_TIMEOUT = 120.0  # seconds for a mount's initial load (paginated)
 LOAD_PAGE = 2000  # keys per range while loading
 # A bulk load's pages: the first this many keys, the next sized to about LOAD_PAGE_BYTES.
 # Few pages matter: etcd 3.4 walks its index from a page's start to the range's end.
-LOAD_FIRST_PAGE = 1000
+LOAD_FIRST_PAGE = 256  # values may be up to 1 MiB each: a first page of bounded size
+LOAD_MIN_PAGE = 16
 LOAD_PAGE_BYTES = 8 << 20
 LOAD_MAX_PAGE = 50_000
 LOAD_STREAMS = 3  # ranges loaded at once (their requests share one HTTP/2 connection)
@@ -440,7 +441,7 @@ class Gateway:
                     break
                 key = kvs[-1][0] + b"\0"
                 limit = min(
-                    LOAD_MAX_PAGE, max(LOAD_FIRST_PAGE, limit * LOAD_PAGE_BYTES // max(1, size))
+                    LOAD_MAX_PAGE, max(LOAD_MIN_PAGE, limit * LOAD_PAGE_BYTES // max(1, size))
                 )
             return out, revision
 
