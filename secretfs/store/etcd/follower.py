@@ -6,7 +6,6 @@ import bisect
 import contextlib
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -112,16 +111,10 @@ class _Follow:
 
 
 _DAMAGED_SEQ = 2**62
-_SEQ = re.compile(rb'"seq":(\d{1,18})[,}]')
 
 
 def _row_seq(raw: bytes) -> int:
     """A row's seq; one that does not parse counts as changed (reading it reports it)."""
-    # Rows are flat JSON written without spaces: read the digits after the last "seq":
-    # (the one json.loads would take) without parsing the row; anything else parses.
-    found = _SEQ.match(raw, max(0, raw.rfind(b'"seq":')))
-    if found:
-        return int(found[1])
     try:
         return int(json.loads(raw)["seq"])
     except (ValueError, KeyError, TypeError):
@@ -196,8 +189,8 @@ class Follower:
         """Every `d/` key at one revision, page by page, within the load timeout (not
         the request timeout: a large store takes longer than one request may)."""
         deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
-        # All of d/ in ranges cut at the keys there is one of per secret (d/id/, d/s/,
-        # d/v/): each page then costs etcd its range, not the rest of the store.
+        # All of d/ in ranges cut where the keys there is one of per secret start (d/id/,
+        # d/meta/ between, d/s/, d/v/): a page then costs etcd its range, not the store.
         cuts = [self._key(p) for p in ("d/", "d/id/", "d/id0", "d/s/", "d/s0", "d/v/", "d/v0")]
         ranges = list(zip(cuts, [*cuts[1:], prefix_end(self._key("d/"))], strict=True))
         gw = Gateway(self.location, timeout=self._timeout)
