@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from secretfs.errors import (
     StoreError,
@@ -116,7 +117,7 @@ _DAMAGED_SEQ = 2**62
 def _row_seq(raw: bytes) -> int:
     """A row's seq; one that does not parse counts as changed (reading it reports it)."""
     try:
-        return int(json.loads(raw)["seq"])
+        return int(orjson.loads(raw)["seq"])
     except (ValueError, KeyError, TypeError):
         return _DAMAGED_SEQ
 

