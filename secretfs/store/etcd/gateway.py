@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
+import orjson
 
 from secretfs.errors import (
     StoreError,
@@ -58,6 +59,7 @@ MIN_ATTEMPT = 0.3  # the least one endpoint gets of a call's deadline
 # Cancel a watch (and fail a request) on a member that has lost its leader, rather
 # than leave it silently waiting: the gateway passes this on as gRPC metadata.
 _LEADER = {"Grpc-Metadata-hasleader": "true"}
+_JSON = {"Content-Type": "application/json"}
 
 
 class CompactedError(StoreError):
@@ -258,14 +260,20 @@ class Gateway:
 
     def _post(self, url: str, path: str, body: dict[str, Any], timeout: float) -> httpx.Response:
         limit = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
+        # orjson: a mount's audit flush encodes hundreds of records while reads wait on
+        # the GIL; the stdlib's encoder takes ~10x as long.
+        content = orjson.dumps(body)
         response = self._client.post(
-            url + path, json=body, headers=self._headers(url), timeout=limit
+            url + path, content=content, headers=self._headers(url) | _JSON, timeout=limit
         )
         if response.status_code != 200 and self._user is not None:
             text = response.text
             if any(stale in text for stale in _TOKEN_STALE):
                 response = self._client.post(
-                    url + path, json=body, headers=self._headers(url, renew=True), timeout=limit
+                    url + path,
+                    content=content,
+                    headers=self._headers(url, renew=True) | _JSON,
+                    timeout=limit,
                 )
         return response
 
@@ -286,9 +294,11 @@ class Gateway:
         def send(url: str, limit: float) -> dict[str, Any]:
             response = self._post(url, path, body, limit)
             try:
-                data = response.json()
+                data = orjson.loads(response.content)
             except ValueError:
                 raise _TryNext(f"HTTP {response.status_code}, not an etcd answer") from None
+            if not isinstance(data, dict):
+                raise _TryNext(f"HTTP {response.status_code}, not an etcd answer")
             if response.status_code != 200:
                 message = str(data.get("message") or data.get("error") or response.status_code)
                 self._refused(url, message, write=write)

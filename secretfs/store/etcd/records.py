@@ -456,7 +456,7 @@ class EtcdBackend:
         if txn.audit:
             # One audit key per transaction, however many records it carries.
             key = self._key("a", f"{time.time_ns():020d}-{os.urandom(6).hex()}")
-            writes[key] = json.dumps(txn.audit, separators=(",", ":")).encode()
+            writes[key] = orjson.dumps(txn.audit)  # compact JSON, ~10x json's speed
         if not writes:
             return
         ops: list[dict[str, Any]] = []
