@@ -2,7 +2,8 @@
 
 etcd holds only what SQLite holds: sealed, row-bound ciphertext and metadata. Keys
 never leave the nodes. We talk to etcd through its JSON gateway (`/v3/kv/range`,
-`/v3/kv/txn`, `/v3/watch`, keys and values base64) with httpx.
+`/v3/kv/txn`, `/v3/watch`, keys and values base64) with httpx; a mount's load of the
+whole store goes over gRPC (kvgrpc.py).
 
 Layout, under the store's prefix P (e.g. `/secretfs/`):
 
@@ -336,8 +337,9 @@ class EtcdBackend:
                         cache.put(unb64(kv["key"]), unb64(kv.get("value")))
 
     def prefetch_secrets(self, refs: list[tuple[str, str]]) -> None:
-        """Read what writing new versions of these secrets will read, in two round trips
-        per --max-txn-ops keys instead of about five per secret."""
+        """Read what writing new versions of these secrets will read: one round trip
+        per --max-txn-ops keys (two when some exist already, or right after no commit of
+        ours), instead of about five per secret. In a snapshot, the rows only."""
         if self._local() or (self._txn is None and self._snapshot_rev is None):
             return
         from secretfs.authmeta import SECRET_TAG, secret_tag_key  # above the store: not at import
