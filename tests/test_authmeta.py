@@ -186,9 +186,7 @@ def test_deleting_the_newest_version_row_is_detected(
     assert doctor.returncode == 6 and b"current version 2 is missing" in doctor.stdout
 
 
-def test_an_old_store_is_authenticated_once_and_audited(
-    cli: Cli, initialized_store: Path
-) -> None:
+def test_an_old_store_is_authenticated_once_and_audited(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "a", "--from-stdin", input=b"same")
     cli("secret", "set", "b", "--from-stdin", input=b"same")
     cli("grant", "a", "--uid", "1000")
@@ -263,3 +261,34 @@ def test_a_forged_grant_on_etcd_is_detected(etcd_cluster: EtcdCluster, tmp_path:
     assert out.returncode == 6 and b"grant uid 1001" in out.stderr
     doctor = store.cli("doctor", check=False)
     assert doctor.returncode == 6 and b"grant uid 1001 on deployment/db" in doctor.stdout
+
+
+def test_a_row_verified_once_is_checked_again_when_its_tag_or_row_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """secret_ok remembers a row that verified (a mount's load checks each twice), but
+    only that very row with that very tag: another tag, or a changed row, is checked."""
+    import dataclasses
+
+    from secretfs.authmeta import secret_tag_key
+
+    monkeypatch.delenv("SECRETFS_KEY", raising=False)
+    path = tmp_path / "store.db"
+    Vault.init(path)
+    vault = Vault.open(path)
+    try:
+        vault.set(parse_ref("a"), b"1")
+        vault.set(parse_ref("b"), b"2")
+        auth, backend = vault.auth, vault.backend
+        a = backend.get_meta(parse_ref("a").scope.key, "a")
+        b = backend.get_meta(parse_ref("b").scope.key, "b")
+        assert a is not None and b is not None
+        tags = backend.meta_scan("mac/s/")
+        assert auth.secret_ok(a, tags) and auth.secret_ok(a, tags)
+        swapped = dict(tags, **{secret_tag_key(a.secret_id): tags[secret_tag_key(b.secret_id)]})
+        assert not auth.secret_ok(a, swapped)
+        assert not auth.secret_ok(dataclasses.replace(a, mode=0o777), tags)
+        assert not auth.secret_ok(a, {})
+        assert auth.secret_ok(a, tags)
+    finally:
+        vault.close()

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from secretfs.store.etcd import EtcdBackend
+from secretfs.store.etcd.gateway import AuthError, Gateway, prefix_end
 from secretfs.store.location import EtcdLocation, parse
 from tests.conftest import cli_environment, run_cli
 from tests.etcd_cluster import ETCD, EtcdCluster, Tls
@@ -26,6 +27,19 @@ def _env(cluster: EtcdCluster, tmp_path: Path, prefix: str) -> dict[str, str]:
     return env
 
 
+def _grpc_load(where: EtcdLocation) -> dict[bytes, bytes]:
+    """Every key of the store as a mount loads it, asserting it came over gRPC."""
+    gw = Gateway(where)
+    try:
+        kv, _ = gw.load(
+            [(where.key_prefix, prefix_end(where.key_prefix))], deadline=time.monotonic() + 30
+        )
+        assert gw.grpc, "the load fell back to the JSON gateway"
+        return kv
+    finally:
+        gw.close()
+
+
 @pytest.fixture
 def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     base = tmp_path_factory.mktemp("etcd-tls")
@@ -36,7 +50,9 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluste
         cluster.close()
 
 
-def test_mutual_tls(tls_cluster: EtcdCluster, tmp_path: Path) -> None:
+def test_mutual_tls(
+    tls_cluster: EtcdCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tls = tls_cluster.tls
     assert tls is not None
     env = _env(tls_cluster, tmp_path, "mtls")
@@ -59,6 +75,17 @@ def test_mutual_tls(tls_cluster: EtcdCluster, tmp_path: Path) -> None:
     wrong = dict(env, SECRETFS_ETCD_CACERT=str(other.ca))
     proc = run_cli("secret", "get", "db", env=wrong, check=False)
     assert proc.returncode == 7 and "cannot verify the certificate" in proc.stderr.decode()
+
+    # A mount's load (gRPC over HTTP/2) with the same certificate; refused without it.
+    where = parse(env["SECRETFS_STORE"])
+    assert isinstance(where, EtcdLocation)
+    for name in ("SECRETFS_ETCD_CACERT", "SECRETFS_ETCD_CERT", "SECRETFS_ETCD_KEY"):
+        monkeypatch.setenv(name, env[name])
+    assert any(key.endswith(b"d/meta/store_id") for key in _grpc_load(where))
+    monkeypatch.delenv("SECRETFS_ETCD_CERT")
+    monkeypatch.delenv("SECRETFS_ETCD_KEY")
+    with pytest.raises(AuthError, match="refused our TLS client certificate"):
+        _grpc_load(where)
 
 
 @pytest.fixture
@@ -117,5 +144,18 @@ def test_user_and_password_auth(
         assert backend.meta_get("store_id") is not None
         time.sleep(2.5)
         assert backend.meta_get("store_id") is not None
+        # A mount's load over gRPC carries the token too, and renews it once expired.
+        assert any(key.endswith(b"d/meta/store_id") for key in _grpc_load(where))
+        time.sleep(1.5)
+        gw = Gateway(where)
+        try:
+            gw.call("/v3/kv/range", {"key": "AA=="})  # a token, which then expires
+            time.sleep(1.5)
+            kv, _ = gw.load(
+                [(where.key_prefix, prefix_end(where.key_prefix))], deadline=time.monotonic() + 30
+            )
+            assert kv and gw.grpc
+        finally:
+            gw.close()
     finally:
         backend.close()

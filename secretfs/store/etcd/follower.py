@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import (
@@ -19,7 +20,6 @@ from secretfs.errors import (
 from secretfs.store.etcd.gateway import (
     DEFAULT_LOAD_TIMEOUT,
     ENV_LOAD_TIMEOUT,
-    LOAD_PAGE,
     Gateway,
     WatchIdleError,
     env_seconds,
@@ -117,7 +117,7 @@ _DAMAGED_SEQ = 2**62
 def _row_seq(raw: bytes) -> int:
     """A row's seq; one that does not parse counts as changed (reading it reports it)."""
     try:
-        return int(json.loads(raw)["seq"])
+        return int(orjson.loads(raw)["seq"])
     except (ValueError, KeyError, TypeError):
         return _DAMAGED_SEQ
 
@@ -209,16 +209,16 @@ class Follower:
     def _load_all(self) -> tuple[dict[bytes, bytes], int]:
         """Every `d/` key at one revision, page by page, within the load timeout (not
         the request timeout: a large store takes longer than one request may)."""
-        prefix = self._key("d/")
         deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        # All of d/ in ranges cut where the keys there is one of per secret start (d/id/,
+        # d/meta/ between, d/s/, d/v/): a page then costs etcd its range, not the store.
+        cuts = [self._key(p) for p in ("d/", "d/id/", "d/id0", "d/s/", "d/s0", "d/v/", "d/v0")]
+        ranges = list(zip(cuts, [*cuts[1:], prefix_end(self._key("d/"))], strict=True))
         gw = Gateway(self.location, timeout=self._timeout)
         try:
-            kvs, revision = gw.range_all(
-                prefix, prefix_end(prefix), page=LOAD_PAGE, deadline=deadline
-            )
+            return gw.load(ranges, deadline=deadline)
         finally:
             gw.close()
-        return {unb64(kv["key"]): unb64(kv.get("value")) for kv in kvs}, revision
 
     def _resync(self) -> None:
         kv, revision = self._load_all()
