@@ -249,9 +249,12 @@ class EtcdBackend(KeyValueRecords):
     def _local(self) -> bool:
         return self._follower is not None and self._txn is None and self._snapshot_rev is None
 
-    def _remote_range(self, key: bytes, end: bytes | None) -> list[dict[str, Any]]:
+    @contextlib.contextmanager
+    def _history_kept(self) -> Iterator[None]:
+        """A write's read at a revision etcd compacted away: the write conflicts (it is
+        retried from the start), never reads a newer state as if it were its own."""
         try:
-            return self._gw.range(key, end, revision=self._read_revision())[0]
+            yield
         except CompactedError:
             if self._txn is None:
                 raise
@@ -259,6 +262,10 @@ class EtcdBackend(KeyValueRecords):
                 f"{self.location} changed too much during this write (its history was"
                 " compacted under it); nothing was written: retry"
             ) from None
+
+    def _remote_range(self, key: bytes, end: bytes | None) -> list[dict[str, Any]]:
+        with self._history_kept():
+            return self._gw.range(key, end, revision=self._read_revision())[0]
 
     def _pending(self) -> dict[bytes, bytes | None] | None:
         return None if self._txn is None else self._txn.writes
@@ -299,7 +306,7 @@ class EtcdBackend(KeyValueRecords):
                 # One that has not applied it yet says "future revision": ask another.
                 body["serializable"] = revision > 0
                 ops.append({"request_range": body})
-            try:
+            with self._history_kept():
                 try:
                     answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
                 except StoreUnavailableError as exc:
@@ -308,13 +315,6 @@ class EtcdBackend(KeyValueRecords):
                     for op in ops:
                         op["request_range"]["serializable"] = False  # wait for it, then
                     answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
-            except CompactedError:
-                if self._txn is None:
-                    raise
-                raise WriteConflictError(
-                    f"{self.location} changed too much during this write (its history was"
-                    " compacted under it); nothing was written: retry"
-                ) from None
             for (start, end), response in zip(chunk, answer.get("responses", []), strict=True):
                 kvs = (response.get("response_range") or {}).get("kvs") or []
                 if end is None:
