@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 echo "== ruff" >&2
 .venv/bin/ruff check secretfs tests bench
+.venv/bin/ruff format --check secretfs tests bench
 echo "== mypy --strict" >&2
 .venv/bin/mypy --strict secretfs
 echo "== pytest" >&2

@@ -470,7 +470,6 @@ class Watcher:
         log.info("serving the re-opened store %s", self._path)
         return out
 
-
     def _load(self, secret_id: int, version: int) -> SealedValue:
         """The verified-versions loader: nothing from a store or row that failed."""
         if self.store_problem is not None:

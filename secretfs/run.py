@@ -150,6 +150,7 @@ def no_store(ref: Ref) -> bytes:
 def references_in(env: Mapping[bytes, bytes]) -> bool:
     return any(is_whole_ref(v) or TEMPLATE_RE.search(v) for v in env.values())
 
+
 # --------------------------------------------------------------------------- running
 
 #: Forwarded to the child when sent to us; terminal-made copies are not (the child, in

@@ -165,9 +165,7 @@ def restore(vault: Vault, ref: Ref) -> SecretMeta:
             backend.add_grant(ref.scope.key, ref.name, kind, principal, created_ns, seq, form)
         # The restored rows are tagged like any write (docs/security.md): unauthenticated,
         # the mount would serve the secret to nobody and ignore its grants.
-        restored = [
-            g for g in backend.list_grants(ref.scope.key, ref.name) if g.name == ref.name
-        ]
+        restored = [g for g in backend.list_grants(ref.scope.key, ref.name) if g.name == ref.name]
         vault.auth.update(secrets=[sid], added=restored)
         _drop(vault, sid)
         trail.record(record["version"])

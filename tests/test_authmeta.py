@@ -173,9 +173,7 @@ def test_the_mount_and_doctor_judge_access_rows_alike(seeded: Path, tmp_path: Pa
         b.close()
 
 
-def test_deleting_the_newest_version_row_is_detected(
-    cli: Cli, initialized_store: Path
-) -> None:
+def test_deleting_the_newest_version_row_is_detected(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "set", "db", "--from-stdin", input=b"v1")
     cli("secret", "set", "db", "--from-stdin", input=b"v2")
     conn = sqlite3.connect(initialized_store)

@@ -124,9 +124,7 @@ def test_init_refuses_an_orphan_key_file(cli: Cli, store_path: Path) -> None:
     assert key_file.read_text() == "11" * 32 + "\n"
 
 
-def test_store_option_overrides_the_environment(
-    cli: Cli, tmp_path: Path, store_path: Path
-) -> None:
+def test_store_option_overrides_the_environment(cli: Cli, tmp_path: Path, store_path: Path) -> None:
     other = tmp_path / "other" / "s.db"
     cli("init", "--store", str(other))
     cli("secret", "set", "db", "--from-stdin", "--store", str(other), input=b"x")

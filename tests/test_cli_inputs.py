@@ -54,9 +54,7 @@ def test_every_integer_option_is_bounded() -> None:
         ["secret", "set", "db", "--from-stdin", "--uid", HUGE],
     ],
 )
-def test_huge_numbers_are_a_usage_error(
-    cli: Cli, initialized_store: Path, args: list[str]
-) -> None:
+def test_huge_numbers_are_a_usage_error(cli: Cli, initialized_store: Path, args: list[str]) -> None:
     cli("secret", "set", "db", "--from-stdin", input=b"v1")
     proc = cli(*args, input=b"v2", check=False)
     assert proc.returncode == 2, proc.stderr

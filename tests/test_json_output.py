@@ -42,9 +42,7 @@ def test_write_records(cli: Cli, store: Path, tmp_path: Path) -> None:
     rotated = out(cli, "secret", "rotate", "db", "--generate")
     rolled = out(cli, "secret", "rollback", "db", "--to", "1")
     assert rolled["action"] == "rolled_back" and rolled["value_of_version"] == 1
-    reg = out(
-        cli, "registry", "add", "ghcr.io", "-u", "me", "--password-stdin", input=b"pw\n"
-    )
+    reg = out(cli, "registry", "add", "ghcr.io", "-u", "me", "--password-stdin", input=b"pw\n")
     reg_rm = out(cli, "registry", "rm", "ghcr.io")
     git = out(cli, "git", "add", "gh", "--pat-stdin", input=b"ghp_" + b"a" * 36)
     for record in (created, updated, rotated, rolled, reg, reg_rm, git):

@@ -141,7 +141,12 @@ def test_unit_is_type_notify_hardened_and_cleans_up() -> None:
 
 def test_install_refuses_what_a_unit_cannot_hold(cli: Cli, tmp_path: Path) -> None:
     proc = cli(
-        "install", "systemd", "--dir", str(tmp_path), "--command", "'/opt/my dir/secretfs'",
+        "install",
+        "systemd",
+        "--dir",
+        str(tmp_path),
+        "--command",
+        "'/opt/my dir/secretfs'",
         check=False,
     )
     assert proc.returncode == 2 and b"cannot go into a unit file" in proc.stderr
@@ -296,4 +301,3 @@ def test_daemonset_propagates_the_parent_directory() -> None:
     assert volume["hostPath"]["path"] == host_dir  # the parent, not the FUSE mount
     env = {e["name"]: e["value"] for e in app["env"]}
     assert Path(env["DB_PASSWORD_FILE"]).is_relative_to(mountpoint)
-

@@ -175,9 +175,7 @@ def test_typed_fields(cli: Cli, venv: dict[str, str], store: Path) -> None:
     assert set_from(cli, venv, "o", "vault://secret/typed#obj") == b'{"a":[1,"x"]}'
 
 
-def test_kv1_and_nested_mounts_are_detected(
-    cli: Cli, venv: dict[str, str], store: Path
-) -> None:
+def test_kv1_and_nested_mounts_are_detected(cli: Cli, venv: dict[str, str], store: Path) -> None:
     assert set_from(cli, venv, "a", "vault://kv1/legacy#password") == b"v1-pass"
     assert set_from(cli, venv, "b", "vault://kv1/legacy?kv=1#password") == b"v1-pass"
     assert set_from(cli, venv, "c", "vault://team/kv/svc/db#password") == b"team-pass"

@@ -15,9 +15,7 @@ def test_a_socket_under_the_mount_point_is_refused(cli: Cli, tmp_path: Path) -> 
     assert b"is under the mount point" in proc.stderr
 
 
-def test_conflicting_or_bad_resolver_options_are_usage_errors(
-    cli: Cli, tmp_path: Path
-) -> None:
+def test_conflicting_or_bad_resolver_options_are_usage_errors(cli: Cli, tmp_path: Path) -> None:
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     both = cli("mount", str(mnt), "--resolver", "--resolver-socket", "/x.sock", check=False)

@@ -330,9 +330,7 @@ def test_inject_writes_0600_file(cli: Cli, store: Path, tmp_path: Path) -> None:
     assert os.listdir(out.parent) == ["app.yaml"]  # no temp file left
 
 
-def test_inject_refuses_to_replace_without_force(
-    cli: Cli, store: Path, tmp_path: Path
-) -> None:
+def test_inject_refuses_to_replace_without_force(cli: Cli, store: Path, tmp_path: Path) -> None:
     out = tmp_path / "app.yaml"
     out.write_bytes(b"old")
     out.chmod(0o644)

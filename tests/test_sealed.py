@@ -137,9 +137,7 @@ def test_revoked_and_unknown_keys_are_refused(
     assert "client-key-rm" in audit
 
 
-def test_client_key_add_inputs_and_ls(
-    cli: Cli, initialized_store: Path, tmp_path: Path
-) -> None:
+def test_client_key_add_inputs_and_ls(cli: Cli, initialized_store: Path, tmp_path: Path) -> None:
     a, b = PrivateKey.generate(), PrivateKey.generate()
     f = tmp_path / "b.pub"
     f.write_text(pub_b64(b) + "\n")

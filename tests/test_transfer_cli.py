@@ -165,9 +165,7 @@ def test_too_large_value_is_a_line_error(cli: Cli, store_path: Path, tmp_path: P
     assert ls(cli) == {}
 
 
-def test_import_is_audited_per_secret(
-    cli: Cli, initialized_store: Path, tmp_path: Path
-) -> None:
+def test_import_is_audited_per_secret(cli: Cli, initialized_store: Path, tmp_path: Path) -> None:
     cli("import", "--file", str(write(tmp_path, "x.env", "A=1\nB=2\n")))
     cli("export", "--format", "json")
     records = json.loads(cli("audit", "--json").stdout)

@@ -45,9 +45,7 @@ def seed(store: Path, versions: dict[str, list[bytes]]) -> None:
 # --- rotate -----------------------------------------------------------------------------
 
 
-def test_rotate_prints_the_version_before_and_after(
-    cli: Cli, initialized_store: Path
-) -> None:
+def test_rotate_prints_the_version_before_and_after(cli: Cli, initialized_store: Path) -> None:
     cli("secret", "create", "db", "--from-stdin", input=b"one")
     out = cli("secret", "rotate", "db", "--from-stdin", input=b"two")
     assert out.stdout == b"rotated $S:db: version 1 -> 2\n"
@@ -106,9 +104,7 @@ def test_rollback_makes_an_old_value_current_as_a_new_version(
 # --- bounded versions -------------------------------------------------------------------
 
 
-def test_writes_over_the_bound_prune_the_oldest_and_say_so(
-    cli: Cli, store_path: Path
-) -> None:
+def test_writes_over_the_bound_prune_the_oldest_and_say_so(cli: Cli, store_path: Path) -> None:
     cli("init", "--max-versions", "3")
     seed(store_path, {"db": [b"v1", b"v2"]})
     assert "pruned" not in err(cli("secret", "set", "db", "--from-stdin", input=b"v3"))

@@ -108,9 +108,7 @@ def registry_add(
     key = creds.registry_key(registry_name)
     user = creds.check_username(username)
     ref = _whole_secret(secret_ref)
-    password = creds.read_login_secret(
-        read_stdin(INPUT_LIMIT, f"the {what}"), what
-    )
+    password = creds.read_login_secret(read_stdin(INPUT_LIMIT, f"the {what}"), what)
     replaced = False
 
     def change(old: bytes | None) -> bytes:

@@ -168,11 +168,7 @@ def get(
     with open_vault(store) as vault:
         vault.check_secret(parsed.without_field())
         # Refuse an unknown or revoked key before anything is decrypted.
-        key = (
-            None
-            if sealed_to is None
-            else sealing.find_key(vault.auth.client_keys(), sealed_to)
-        )
+        key = None if sealed_to is None else sealing.find_key(vault.auth.client_keys(), sealed_to)
         value = vault.get_value(parsed.without_field(), version)
         meta = vault.meta(parsed.without_field())
         if key is not None:

@@ -81,9 +81,7 @@ class ImportFailed(UsageError):
 )
 @click.option("--skip-existing", is_flag=True, help="Leave secrets that exist as they are.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
-@click.option(
-    "--dry-run", is_flag=True, help="Only say what would be created, updated or skipped."
-)
+@click.option("--dry-run", is_flag=True, help="Only say what would be created, updated or skipped.")
 @store_option
 @handle_errors
 def import_(
@@ -143,7 +141,8 @@ def import_(
         if o.action in counts:
             counts[o.action] += 1
     summary = (
-        ("would import into " if dry_run else "imported into ") + f"{target}: "
+        ("would import into " if dry_run else "imported into ")
+        + f"{target}: "
         + ", ".join(f"{n} {a}" for a, n in counts.items())
         + (f"; {len(failed)} failed" if failed else "")
     )
@@ -223,5 +222,3 @@ def export(
         sys.stdout.buffer.flush()
         where = "standard output"
     click.echo(f"exported {len(values)} secret(s) from {target} to {where}", err=True)
-
-

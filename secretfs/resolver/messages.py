@@ -201,8 +201,7 @@ def _rfc3339(ns: int | None) -> str:
     else:
         frac = f".{nanos:09d}"
     return (
-        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}"
-        f"{frac}Z"
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}{frac}Z"
     )
 
 

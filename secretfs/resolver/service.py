@@ -126,9 +126,7 @@ class Resolver:
 
     # -- which secrets -------------------------------------------------------------------
 
-    def plan(
-        self, caller: Caller, text: str, options: RequestOptions | None = None
-    ) -> list[Match]:
+    def plan(self, caller: Caller, text: str, options: RequestOptions | None = None) -> list[Match]:
         """What `text` resolves to for `caller`, not decrypted yet (ConnectError if
         nothing, or if it names one ID the caller may not read)."""
         parsed = self._parsed.get(text)
@@ -153,9 +151,7 @@ class Resolver:
             raise ConnectError("not_found", NOT_FOUND)
         return found
 
-    def _exact(
-        self, caller: Caller, text: str, ref: Ref | None, options: RequestOptions
-    ) -> Match:
+    def _exact(self, caller: Caller, text: str, ref: Ref | None, options: RequestOptions) -> Match:
         if ref is None:
             raise ConnectError("not_found", NOT_FOUND)
         meta = self.tree.find(ref.scope.key, ref.name)

@@ -19,9 +19,7 @@ def _auths(path: Path) -> dict[str, bytes]:
     return {k: base64.b64decode(v["auth"]) for k, v in doc["auths"].items()}
 
 
-def test_registry_config_json_in_the_mount(
-    cli: Cli, mount_factory: Callable[..., Mount]
-) -> None:
+def test_registry_config_json_in_the_mount(cli: Cli, mount_factory: Callable[..., Mount]) -> None:
     cli("init")
     cli("registry", "add", "ghcr.io", "-u", "alice", "--token-stdin", input=b"ghp_tok\n")
     cli("registry", "add", "docker.io", "-u", "bob", "--password-stdin", input=b"p@ss:w0rd")

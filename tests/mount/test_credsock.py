@@ -66,7 +66,6 @@ def credential_audit(m: Mount, n: int) -> list[dict[str, object]]:
     return found
 
 
-
 @pytest.fixture
 def served(mount_factory: Callable[..., Mount], open_dir: Path) -> tuple[Mount, Path]:
     sock = open_dir / "creds.sock"

@@ -201,9 +201,7 @@ def test_umount_command_and_daemon_exit(mounted: Mount) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signals_unmount_cleanly(
-    mount_factory: Callable[..., Mount], sig: signal.Signals
-) -> None:
+def test_signals_unmount_cleanly(mount_factory: Callable[..., Mount], sig: signal.Signals) -> None:
     m = mount_factory(secrets={"db": b"x"})
     (pid,) = m.daemon_pids()
     os.kill(pid, sig)
@@ -217,9 +215,7 @@ def test_foreground_mount_serves_until_signalled(tmp_path: Path, cli_env: dict[s
     mnt.mkdir()
     run = [sys.executable, "-m", "secretfs"]
     subprocess.run([*run, "init"], env=cli_env, check=True, capture_output=True)
-    subprocess.run(
-        [*run, "secret", "set", "db", "x"], env=cli_env, check=True, capture_output=True
-    )
+    subprocess.run([*run, "secret", "set", "db", "x"], env=cli_env, check=True, capture_output=True)
     proc = subprocess.Popen(
         [*run, "mount", str(mnt), "--foreground"], env=cli_env, stderr=subprocess.PIPE
     )

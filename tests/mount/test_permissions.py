@@ -28,7 +28,6 @@ SECRETS = {
 }
 
 
-
 @pytest.fixture
 def shared(open_dir: Path, mount_factory: Callable[..., Mount]) -> Mount:
     """Mounted with allow_other where other uids can reach it; mounted by root."""

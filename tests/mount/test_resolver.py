@@ -35,7 +35,6 @@ SECRETS = {
 }
 
 
-
 class Api:
     def __init__(self, mount: Mount, sock: Path, uid: int) -> None:
         self.mount = mount

@@ -259,9 +259,11 @@ def test_a_client_key_added_without_the_key_is_never_sealed_to(shared: Mount) ->
     m = shared
     m.cli("grant", "@svc/hidden", "--uid", "1000", "--sealed-only")
     legit = PrivateKey.generate()
-    legit_id = m.cli(
-        "client-key", "add", base64.b64encode(bytes(legit.public_key)).decode()
-    ).stdout.decode().strip()
+    legit_id = (
+        m.cli("client-key", "add", base64.b64encode(bytes(legit.public_key)).decode())
+        .stdout.decode()
+        .strip()
+    )
     sealed = m.path / ".sealed" / legit_id / "@svc/hidden"
     wait_for(lambda: probe(1000, 1000, "read", sealed)[0] == "ok")
     own = PrivateKey.generate()
