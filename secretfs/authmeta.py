@@ -119,8 +119,9 @@ class Authenticator:
     def __init__(self, backend: Backend, keyring: Keyring) -> None:
         self.backend = backend
         self.keyring = keyring
-        # Rows whose tag verified: this very SecretMeta object with these tag bytes
-        # (etcd's mounts keep the object while the row's bytes stay the same).
+        # Rows whose tag verified: this row (SecretMeta is frozen; equal fields, equal
+        # tagged bytes) with these tag bytes. A mount's start checks every row twice
+        # (the store, then the tree), and a poll sees the same rows again.
         self._secrets_ok: dict[int, tuple[SecretMeta, bytes]] = {}
 
     # -- writing (inside the write's transaction) ----------------------------------------
@@ -249,8 +250,8 @@ class Authenticator:
         key = secret_tag_key(meta.secret_id)
         stored = tags.get(key) if tags is not None else self.backend.meta_get(key)
         seen = self._secrets_ok.get(meta.secret_id)
-        if seen is not None and seen[0] is meta and seen[1] == stored:
-            return True  # verified already: a mount's load checks every row twice
+        if seen is not None and seen[1] == stored and seen[0] == meta:
+            return True  # verified already: the same row under the same tag
         ok = stored is not None and self.keyring.verify(secret_row(meta), stored)
         if ok and stored is not None:
             self._secrets_ok[meta.secret_id] = (meta, stored)
