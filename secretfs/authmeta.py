@@ -368,10 +368,15 @@ class Authenticator:
         return AccessCheck(served, good_grants, good_keys, problems, access, adds_up)
 
     def verify_all(
-        self, lastseen: LastSeen | None = None, *, versions: bool = True
+        self,
+        lastseen: LastSeen | None = None,
+        *,
+        versions: bool = True,
+        rows: list[SecretMeta] | None = None,
     ) -> list[Problem]:
-        """Every row and the store's digest, the serial against what this host saw last,
-        and (with `versions`) that each secret's current version row is there."""
+        """Every row (`rows`: every secret row as the caller read it, else read here) and
+        the store's digest, the serial against what this host saw last, and (with
+        `versions`) that each secret's current version row is there."""
         b, kr = self.backend, self.keyring
         problems: list[Problem] = []
         state = kr.read_state(b)
@@ -380,7 +385,7 @@ class Authenticator:
             problems.append(Problem("store", b.name, f"the authenticated store state is {what}"))
         tags = b.meta_scan("mac/")
         digest = 0
-        for meta in b.changes_since(0):
+        for meta in b.changes_since(0) if rows is None else rows:
             key = secret_tag_key(meta.secret_id)
             digest += tag_value(tags.get(key))
             if not self.secret_ok(meta, tags):

@@ -374,6 +374,9 @@ class Watcher:
         self._reports: list[Problem] = []
         self.access_seq = -1
         self._data_version = -1
+        # Every row as verify_store() read it, at this data_version: the first refresh
+        # starts from them instead of reading the whole store a second time.
+        self._loaded: tuple[int, list[SecretMeta]] | None = None
         self._pending = Invalidation()
         # Set once the store can no longer be served: every open then answers EIO.
         self.problem: str | None = None
@@ -523,7 +526,12 @@ class Watcher:
     def verify_store(self) -> None:
         """Full verification at load: a store-wide failure stops every open (EIO)."""
         # Version rows are checked per open (below): a load stays one pass over the rows.
-        for problem in self.vault.auth.verify_all(self.vault.lastseen(), versions=False):
+        backend = self.vault.backend
+        data_version = backend.data_version()
+        rows = backend.changes_since(0)
+        self._loaded = (data_version, rows)
+        auth = self.vault.auth
+        for problem in auth.verify_all(self.vault.lastseen(), versions=False, rows=rows):
             if problem.kind == "store":
                 self.store_problem = f"the store fails verification: {problem.detail}"
             self.report(problem)
@@ -636,7 +644,11 @@ class Watcher:
             )
             out.extend(self.tree.set_access(scopes, grants))
             out.extend(self.tree.set_client_keys(keys))
-        changes = backend.changes_since(self.seq)
+        loaded, self._loaded = self._loaded, None
+        if loaded is not None and loaded[0] == data_version and self.seq == 0:
+            changes = list(loaded[1])  # nothing committed since verify_store() read them
+        else:
+            changes = backend.changes_since(self.seq)
         if changes:
             self.seq = max(c.seq for c in changes)
         if recheck:

@@ -75,17 +75,20 @@ def test_a_write_between_the_row_read_and_its_tag_read_is_not_tamper(
 ) -> None:
     writer, mounted, watcher = stores
     watcher.verify_store()
+    watcher.refresh()  # served from the rows verify_store() read: no second read
+    assert _meta(watcher).version == 1
+    writer.set(parse_ref(REF), b'{"v": 2}')
     _after_first(
         monkeypatch,
         mounted.backend,
         "changes_since",
-        lambda: writer.set(parse_ref(REF), b'{"v": 2}'),
+        lambda: writer.set(parse_ref(REF), b'{"v": 3}'),
     )
     watcher.refresh()
     assert watcher.tampered == {}
     assert watcher._reports == []  # no tamper logged or audited
     assert _served(watcher) != 0
-    assert _meta(watcher).version == 2  # the newer row, not the one read before
+    assert _meta(watcher).version == 3  # the newer row, not the one read before
 
 
 def test_a_reencryption_between_the_access_rows_and_their_tags_is_not_a_mismatch(
@@ -159,3 +162,28 @@ def test_a_tag_under_a_generation_not_loadable_yet_is_refused_until_it_loads(
         assert watcher.tree.readers(_meta(watcher)) != NOBODY  # and the grant
     finally:
         mounted.close()
+
+
+def test_the_first_refresh_serves_what_verify_store_read_unless_the_store_moved_on(
+    stores: tuple[Vault, Vault, Watcher], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mount's start reads every row once (verify_store); the first refresh starts from
+    those rows, but a commit in between is never lost: the store moved, so it reads."""
+    writer, mounted, watcher = stores
+    reads: list[int] = []
+    read = mounted.backend.changes_since
+
+    def counted(seq: int) -> list[SecretMeta]:
+        reads.append(seq)
+        return read(seq)
+
+    monkeypatch.setattr(mounted.backend, "changes_since", counted)
+    watcher.verify_store()
+    watcher.refresh()
+    assert reads == [0] and _meta(watcher).version == 1  # one pass over the rows
+    fresh = Watcher(mounted, Tree(Owner(0, 0), mounted.read_version, time.time_ns()))
+    fresh.verify_store()
+    writer.set(parse_ref(REF), b'{"v": 2}')  # committed between the check and the tree
+    fresh.refresh()
+    assert reads == [0, 0, 0]  # the store moved on: the tree's rows are read again
+    assert _meta(fresh).version == 2
