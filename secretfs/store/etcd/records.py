@@ -39,7 +39,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Unpack
@@ -149,6 +149,19 @@ class _ReadCache:
             if value is not None:
                 out[key] = value
         return out
+
+
+def _unchanged(kvs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Txn compares: each of these keys is as it was read (its mod_revision)."""
+    return [
+        {
+            "key": kv["key"],
+            "target": "MOD",
+            "result": "EQUAL",
+            "mod_revision": str(kv["mod_revision"]),
+        }
+        for kv in kvs
+    ]
 
 
 def _audit_batch(kv: dict[str, Any]) -> list[dict[str, Any]]:
@@ -610,15 +623,7 @@ class EtcdBackend(KeyValueRecords):
             key = first.rsplit(b"-", 1)[0] + f"-m{os.urandom(6).hex()}".encode()
             value = json.dumps(records, separators=(",", ":")).encode()
             body = {
-                "compare": [
-                    {
-                        "key": kv["key"],
-                        "target": "MOD",
-                        "result": "EQUAL",
-                        "mod_revision": str(kv["mod_revision"]),
-                    }
-                    for kv in group
-                ],
+                "compare": _unchanged(group),
                 "success": [{"request_put": {"key": b64(key), "value": b64(value)}}]
                 + [{"request_delete_range": {"key": kv["key"]}} for kv in group],
                 "failure": [],
@@ -664,15 +669,7 @@ class EtcdBackend(KeyValueRecords):
                 group.append(plans[start])
                 start += 1
             body = {
-                "compare": [
-                    {
-                        "key": kv["key"],
-                        "target": "MOD",
-                        "result": "EQUAL",
-                        "mod_revision": str(kv["mod_revision"]),
-                    }
-                    for kv, _, _ in group
-                ],
+                "compare": _unchanged(kv for kv, _, _ in group),
                 "success": [
                     {"request_delete_range": {"key": kv["key"]}}
                     if value is None
