@@ -164,7 +164,7 @@ def rotate(
         outcome.notes.append("nothing was changed (--dry-run)")
     else:
         _rotate(store, reencrypt, new_key, batch_size, as_json, outcome)
-    _print_outcome(outcome, as_json)
+    print_outcome(outcome, as_json)
 
 
 def _rotation_plan(
@@ -282,10 +282,10 @@ def passwd(
         with keyrotation.key_operation(vault, "key passwd", outcome):
             keyrotation.finish_kek_rotation(vault, outcome)
             keyrotation.change_password(vault, password, outcome)
-    _print_outcome(outcome, as_json)
+    print_outcome(outcome, as_json)
 
 
-def _print_outcome(outcome: keyrotation.Outcome, as_json: bool) -> None:
+def print_outcome(outcome: keyrotation.Outcome, as_json: bool) -> None:
     """A key operation's record (docs/cli.md, "key rotation"), or its notes as lines."""
     if as_json:
         emit_json({**outcome.data, "notes": outcome.notes})

@@ -15,6 +15,7 @@ import click
 
 from secretfs import crypto, keyring, keyrotation, keys
 from secretfs.cli.common import cli, emit_json, handle_errors, open_vault, store_option, store_path
+from secretfs.cli.key import print_outcome
 from secretfs.errors import KeySourceError, SecretfsError, UsageError
 from secretfs.store.location import StoreLocation
 from secretfs.timeutil import iso_time
@@ -85,7 +86,7 @@ def enroll(
                 f"on node {outcome.data['node_id']}, pin the store key:\n"
                 f"  secretfs node enroll --store-key {outcome.data['store_key']}"
             )
-        _say(outcome, as_json)
+        print_outcome(outcome, as_json)
         return
     path = _node_key_path(store)
     public, created = _own_node_key(path)
@@ -131,7 +132,7 @@ def enroll(
                 " `secretfs node enroll --store-key KEY` here, KEY as the member that"
                 " enrolled it printed (or from `secretfs node ls` there)"
             )
-            _say(outcome, as_json)
+            print_outcome(outcome, as_json)
             return
         # Enrolled already, the reason (a refused box) says more.
         why = "" if "is not enrolled in" in str(exc) else f" ({exc})"
@@ -141,21 +142,13 @@ def enroll(
             + (f" --label {label}" if label else "")
             + "\nthen here: secretfs node enroll --store-key KEY (KEY as the member prints)"
         )
-    _say(outcome, as_json)
+    print_outcome(outcome, as_json)
 
 
 def _pin(node_key: Path, store_id: bytes, outcome: keyrotation.Outcome) -> None:
     """This host enrolled its own node key: it pins the store key it used itself."""
     keys.write_store_pin(node_key, store_id, crypto.parse_key_text(outcome.data["store_key"]))
     outcome.notes.append(f"pinned the store key in {keys.store_pin_path(node_key)}")
-
-
-def _say(outcome: keyrotation.Outcome, as_json: bool) -> None:
-    if as_json:
-        emit_json({**outcome.data, "notes": outcome.notes})
-        return
-    for note in outcome.notes:
-        click.echo(note)
 
 
 @node.command(name="ls")
@@ -214,4 +207,4 @@ def revoke(store: StoreLocation | None, node_id: str, as_json: bool) -> None:
         keyrotation.revoke_node(vault, node_id, outcome)
         # Always a new generation: one a pending re-encryption made was sealed to the node.
         keyrotation.reencrypt(vault, keyrotation.start_reencryption(vault, outcome), outcome)
-    _say(outcome, as_json)
+    print_outcome(outcome, as_json)
