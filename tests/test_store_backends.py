@@ -25,7 +25,7 @@ from secretfs.store.etcd.follower import Follower
 from secretfs.store.memory import MemoryLocation
 from secretfs.store.sqlite import SqliteLocation
 from secretfs.vault import Vault
-from tests.conftest import cli_environment, run_cli
+from tests.conftest import cli_environment, run_cli, run_cli_process
 from tests.etcd_cluster import EtcdCluster, followed
 from tests.stores import Store
 
@@ -458,3 +458,23 @@ def test_a_sqlite_failure_on_the_cli_is_exit_7_naming_the_store(tmp_path: Path) 
     proc = run_cli("secret", "ls", env=env, check=False)
     assert proc.returncode == 7
     assert proc.stderr == b"secretfs: error: store: no such table: main.scopes\n"
+
+
+# -- memory's own --------------------------------------------------------------------------
+
+
+def test_the_secretfs_command_refuses_a_memory_store(tmp_path: Path) -> None:
+    """`secretfs init --store memory://x` (a typo, or a try from a shell) must not make a
+    store gone at exit, nor a key file on disk it asks to have backed up: the command
+    refuses memory:// (exit 2) and writes nothing. In one process (the API) it works."""
+    name = f"typo{uuid.uuid4().hex[:8]}"
+    env = cli_environment(tmp_path / "unused.db")
+    env["SECRETFS_STORE"] = f"memory://{name}"
+    env["HOME"] = env["XDG_CONFIG_HOME"] = str(tmp_path)
+    proc = run_cli_process("init", env=env, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert b"memory:// store lives in one process" in proc.stderr
+    assert proc.stdout == b""
+    assert not list(tmp_path.rglob("*.key"))
+    assert not Path(f"/etc/secretfs/memory/{name}.key").exists()
+    assert run_cli("init", env=dict(env, SECRETFS_KEY_FILE=str(tmp_path / "k"))).returncode == 0

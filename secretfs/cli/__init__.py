@@ -10,6 +10,7 @@ import click
 
 from secretfs.cli.common import cli
 from secretfs.hardening import no_core_dumps
+from secretfs.store import location
 
 
 def commands() -> click.Group:
@@ -42,6 +43,7 @@ def commands() -> click.Group:
 def main() -> None:
     # Before any key or value is in memory: a core of the CLI would hold them.
     no_core_dumps(keep_hard_limit=True)
+    location.MEMORY_STORES = False
     commands()(prog_name="secretfs")
 
 

@@ -74,6 +74,11 @@ class StoreLocation(Protocol):
         ...
 
 
+# memory:// is for code running in one process (tests, the Python API); the `secretfs`
+# command turns it off: `init` would make a store, and a key file, gone at exit.
+MEMORY_STORES = True
+
+
 def parse(text: str) -> StoreLocation:
     """A `--store` value: a path or a store URL. UsageError for a malformed URL."""
     if text.startswith("sqlite://"):
@@ -87,6 +92,11 @@ def parse(text: str) -> StoreLocation:
 
             return EtcdLocation.parse(text)
     if text.startswith("memory://"):
+        if not MEMORY_STORES:
+            raise UsageError(
+                f"store URL {text!r}: a memory:// store lives in one process and is gone when"
+                " it exits; the secretfs command cannot use one (a path or etcd:// can)"
+            )
         from secretfs.store.memory import MemoryLocation
 
         return MemoryLocation.parse(text)
