@@ -115,7 +115,26 @@ def _core_limits(pid: int) -> list[str]:
 
 
 @pytest.fixture
-def user_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+def searchable_checkout() -> Iterator[None]:
+    """uid 1000 runs this checkout's `.venv` python: a checkout made in a `mktemp -d`
+    directory (0700) is not searchable by others, so each such directory above it gets
+    others' search (x, never r) for the test and its mode back after."""
+    root = Path(__file__).resolve().parents[1]
+    closed = [d for d in (root, *root.parents) if not d.stat().st_mode & 0o001]
+    modes = {d: d.stat().st_mode & 0o7777 for d in closed}
+    try:
+        for d, mode in modes.items():
+            d.chmod(mode | 0o001)
+        yield
+    finally:
+        for d, mode in modes.items():
+            d.chmod(mode)
+
+
+@pytest.fixture
+def user_store(
+    monkeypatch: pytest.MonkeyPatch, searchable_checkout: None
+) -> Iterator[dict[str, str]]:
     """A store owned by uid 1000 (outside root's 0700 pytest tmp) holding `big`; returns
     the environment for that user's CLI."""
     home = Path(tempfile.mkdtemp(prefix="secretfs-core-"))
