@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -478,3 +479,143 @@ def test_the_secretfs_command_refuses_a_memory_store(tmp_path: Path) -> None:
     assert not list(tmp_path.rglob("*.key"))
     assert not Path(f"/etc/secretfs/memory/{name}.key").exists()
     assert run_cli("init", env=dict(env, SECRETFS_KEY_FILE=str(tmp_path / "k"))).returncode == 0
+
+
+def test_an_import_reads_once_for_all_its_batches_and_never_past_another_writer(
+    etcd_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An import in many batches reads what they all need up front (the rows and tags
+    of a new store as whole ranges), then each batch is one Txn: what it read, with its
+    own commit laid over, holds until another writer changes d/lock. When one does,
+    between two batches, the next batch must not build on what it had read (its commit
+    fails the compare and is retried on fresh reads): nothing is lost or doubled."""
+    from secretfs.store.etcd.gateway import Gateway
+
+    monkeypatch.setenv("SECRETFS_KEY_FILE", etcd_store.env["SECRETFS_KEY_FILE"])
+    where = location.parse(etcd_store.url)
+    ours, theirs = Vault.open(where), Vault.open(where)
+    calls = {"read": 0, "write": 0, "load": 0}
+    interrupt_at = 0  # the commit after which the other writer writes (0: none)
+    real_txn, real_load = Gateway.txn, Gateway.load
+
+    def txn(self: Gateway, request: Any, *, write: bool = False) -> Any:
+        answer = real_txn(self, request, write=write)
+        if self is ours.backend._gw:  # type: ignore[attr-defined]
+            calls["write" if write else "read"] += 1
+            if write and calls["write"] == interrupt_at:
+                theirs.set(parse_ref("between"), b"theirs")
+        return answer
+
+    def load(self: Gateway, *args: Any, **kwargs: Any) -> Any:
+        calls["load"] += self is ours.backend._gw  # type: ignore[attr-defined]
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(Gateway, "txn", txn)
+    monkeypatch.setattr(Gateway, "load", load)
+    batches = -(-300 // ours.backend.write_batch([2] * 300))
+    try:
+        first = [(parse_ref(f"a{i:04d}"), f"a{i}".encode()) for i in range(300)]
+        assert [o.action for o in ours.write_many(first)] == ["created"] * 300
+        # Up front: the meta keys, then rows and tags whole, then the new ids' (absent)
+        # versions. Then nothing but one commit per batch.
+        assert calls == {"read": 2, "load": 2, "write": batches}, calls
+
+        calls.update(read=0, write=0, load=0)
+        interrupt_at = 3
+        second = [(parse_ref(f"b{i:04d}"), f"b{i}".encode()) for i in range(300)]
+        assert [o.action for o in ours.write_many(second)] == ["created"] * 300
+        # One more commit: the batch that met the other writer, sent again.
+        assert calls["write"] == batches + 1, calls
+        scope = parse_ref("between").scope.key
+        names = [f"{p}{i:04d}" for p in "ab" for i in range(300)]
+        metas = [ours.backend.get_meta(scope, name) for name in names]
+        ids = {m.secret_id for m in metas if m is not None and m.version == 1}
+        assert len(ids) == 600
+        between = ours.backend.get_meta(scope, "between")
+        assert between is not None and between.secret_id not in ids
+    finally:
+        ours.close()
+        theirs.close()
+    counts = _versions(etcd_store)
+    assert len(counts) == 601 and set(counts.values()) == {1}
+    assert etcd_store.cli("secret", "get", "between").stdout == b"theirs"
+    assert etcd_store.cli("secret", "get", "b0299").stdout == b"b299"
+    assert etcd_store.cli("doctor", check=False).returncode == 0
+
+
+def test_a_txn_is_the_same_over_grpc_and_the_json_gateway(etcd_store: Store) -> None:
+    """Every Txn goes over gRPC; where a member speaks only the gateway's JSON, the
+    same request gives the same answer, compares and etcd's refusals alike."""
+    from secretfs.store.etcd.gateway import Gateway
+    from secretfs.store.etcd.txn import Delete, Put, Range, Txn
+
+    where = location.parse(etcd_store.url)
+    assert isinstance(where, EtcdLocation)
+    base = where.key_prefix + b"t/"
+    answers = []
+    for grpc in (True, False):
+        gw = Gateway(where)
+        try:
+            gw._grpc = grpc
+            mine = base + (b"grpc/" if grpc else b"json/")
+            first = gw.txn(Txn([Put(mine + b"a", b"\0one"), Put(mine + b"b", b"two")]), write=True)
+            assert first.succeeded and first.ranges == [[], []]
+            read = gw.txn(
+                Txn([Range(mine + b"a"), Range(mine, mine + b"\xff"), Range(mine + b"zz")])
+            )
+            assert [[(kv.key, kv.value) for kv in r] for r in read.ranges] == [
+                [(mine + b"a", b"\0one")],
+                [(mine + b"a", b"\0one"), (mine + b"b", b"two")],
+                [],
+            ]
+            rev = read.ranges[0][0].mod_revision
+            assert rev == first.revision and read.revision >= rev
+            # A compare that no longer holds: nothing applied. One that holds: applied.
+            stale = gw.txn(Txn([Delete(mine + b"a")], [(mine + b"a", rev - 1)]), write=True)
+            assert not stale.succeeded
+            absent = gw.txn(Txn([Put(mine + b"c", b"3")], [(mine + b"c", 0)]), write=True)
+            assert absent.succeeded
+            done = gw.txn(Txn([Delete(mine + b"a")], [(mine + b"a", rev)]), write=True)
+            assert done.succeeded
+            assert gw.txn(Txn([Range(mine + b"a")])).ranges == [[]]
+            with pytest.raises(StoreError, match=r"too many operations.*--max-txn-ops"):
+                gw.txn(Txn([Put(mine + b"%d" % i, b"") for i in range(129)]), write=True)
+            assert gw.grpc is grpc
+            answers.append([(kv.key[len(mine) :], kv.value) for kv in gw.txn(
+                Txn([Range(mine, mine + b"\xff")])).ranges[0]])  # fmt: skip
+        finally:
+            gw.close()
+    assert answers[0] == answers[1] == [(b"b", b"two"), (b"c", b"3")]
+
+
+def test_the_read_cache_knows_exactly_the_ranges_it_read() -> None:
+    """Ranges read whole merge where they touch or overlap; a key or a range is known
+    only when one of them covers all of it (against a plain sort-and-merge, and a
+    linear search, of random ranges over a small key space)."""
+    import random
+
+    from secretfs.store.etcd.records import _ReadCache
+
+    rng = random.Random(7)
+    points = [bytes([c]) for c in b"abcdefghij"] + [b"c\0", b"e\0\0"]
+    for _ in range(300):
+        cache = _ReadCache(lock=1)
+        added = []
+        for _ in range(rng.randrange(1, 7)):
+            lo, hi = sorted(rng.sample(points, 2))
+            cache.add_range(lo, hi)
+            added.append((lo, hi))
+        merged: list[tuple[bytes, bytes]] = []
+        for lo, hi in sorted(added):
+            if merged and lo <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(hi, merged[-1][1]))
+            else:
+                merged.append((lo, hi))
+        assert cache.ranges == merged
+        for lo in points:
+            assert cache.knows(lo) == any(a <= lo and lo + b"\0" <= b for a, b in merged)
+            for hi in points:
+                if lo < hi:
+                    assert cache.knows(lo, hi) == any(a <= lo and hi <= b for a, b in merged)
+        cache.put(b"z", b"1")
+        assert cache.knows(b"z") and not cache.knows(b"z\0")

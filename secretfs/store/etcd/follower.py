@@ -24,8 +24,8 @@ from secretfs.store.etcd.gateway import (
     WatchIdleError,
     env_seconds,
     prefix_end,
-    unb64,
 )
+from secretfs.store.etcd.txn import unb64
 from secretfs.timeutil import iso_time
 
 if TYPE_CHECKING:

@@ -1,10 +1,9 @@
-"""etcd's JSON gateway (`/v3/kv/range`, `/v3/kv/txn`, `/v3/watch`, keys and values
-base64) over httpx: one deadline per call across members, TLS, user/password auth; and
-a whole store's load over gRPC (kvgrpc.py) with the same."""
+"""etcd over httpx: its JSON gateway (`/v3/kv/range`, `/v3/watch`, keys and values
+base64) and gRPC (kvgrpc.py: every Txn, and a whole store's load), with one deadline per
+call across members, TLS and user/password auth for both."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
@@ -26,6 +25,7 @@ from secretfs.errors import (
     StoreUnavailableError,
 )
 from secretfs.store.etcd import kvgrpc
+from secretfs.store.etcd.txn import Txn, TxnAnswer, b64, from_json, to_json, unb64
 
 if TYPE_CHECKING:
     from secretfs.store.etcd.location import EtcdLocation
@@ -64,14 +64,6 @@ _JSON = {"Content-Type": "application/json"}
 
 class CompactedError(StoreError):
     """A read at a revision etcd has compacted away."""
-
-
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-def unb64(text: str | None) -> bytes:
-    return base64.b64decode(text) if text else b""
 
 
 def prefix_end(prefix: bytes) -> bytes:
@@ -178,6 +170,7 @@ _AUTH_REFUSED = (
 _TOKEN_STALE = ("invalid auth token", "auth token is expired", "revision of auth store is old")
 
 _T = TypeVar("_T")
+_A = TypeVar("_A")
 
 
 class _TryNext(Exception):
@@ -426,9 +419,10 @@ class Gateway:
             kvs, _ = self.range(start, end, revision=revision, limit=page)
 
     def load(
-        self, ranges: list[tuple[bytes, bytes]], *, deadline: float
+        self, ranges: list[tuple[bytes, bytes]], *, deadline: float, revision: int = 0
     ) -> tuple[dict[bytes, bytes], int]:
-        """Every key in these ranges at one revision, all of it before `deadline`
+        """Every key in these ranges at one revision (`revision`, or the latest), all
+        of it before `deadline`
         (time.monotonic()): over gRPC where the cluster speaks it (protobuf, ~5x the
         gateway's JSON), in pages of about LOAD_PAGE_BYTES, each page a request
         within the request timeout; the ranges after the first (which fixes the
@@ -456,7 +450,7 @@ class Gateway:
             return out, revision
 
         (start, end), *rest = ranges
-        out, revision = one(start, end, 0)
+        out, revision = one(start, end, revision)
         with ThreadPoolExecutor(LOAD_STREAMS, thread_name_prefix="secretfs-etcd-load") as pool:
             try:
                 for part, _ in pool.map(lambda r: one(r[0], r[1], revision), rest):
@@ -491,32 +485,65 @@ class Gateway:
     def _grpc_page(
         self, url: str, key: bytes, end: bytes, revision: int, limit: int, timeout: float
     ) -> tuple[list[tuple[bytes, bytes]], int, bool, int]:
+        body = kvgrpc.range_request(key, end, revision=revision, limit=limit)
+        content, answer = self._grpc_call(
+            url, kvgrpc.RANGE_PATH, body, kvgrpc.parse_range, timeout, write=False
+        )
+        kvs = [(kv.key, kv.value) for kv in answer.kvs]
+        return kvs, int(answer.header.revision), bool(answer.more), len(content)
+
+    def _grpc_call(
+        self,
+        url: str,
+        path: str,
+        body: bytes,
+        parse: Callable[[int, Any, bytes], _A],
+        timeout: float,
+        *,
+        write: bool,
+    ) -> tuple[bytes, _A]:
+        """One gRPC call to `url`: the answer's bytes and `parse` of them. The token is
+        renewed once when etcd says it expired; an error etcd gives is raised as the
+        gateway's would be (_refused), else _TryNext."""
         if self._h2 is None:
             self._h2 = httpx.Client(http1=False, http2=True, verify=self._verify, trust_env=False)
-        body = kvgrpc.range_request(key, end, revision=revision, limit=limit)
         limits = httpx.Timeout(timeout, connect=min(CONNECT_TIMEOUT, timeout))
         for renew in (False, True):
             headers = {"content-type": "application/grpc", "te": "trailers", "hasleader": "true"}
             token = self._headers(url, renew=renew).get("Authorization")
             if token is not None:
                 headers["token"] = token
-            response = self._h2.post(
-                url + kvgrpc.RANGE_PATH, content=body, headers=headers, timeout=limits
-            )
+            response = self._h2.post(url + path, content=body, headers=headers, timeout=limits)
             try:
-                answer = kvgrpc.parse_range(
+                return response.content, parse(
                     response.status_code, response.headers, response.content
                 )
             except kvgrpc.GrpcStatusError as exc:
                 message = str(exc)
                 if not renew and self._user is not None and any(t in message for t in _TOKEN_STALE):
                     continue
-                self._refused(url, message, write=False)
+                self._refused(url, message, write=write)
                 raise _TryNext(message) from None
-            kvs = [(kv.key, kv.value) for kv in answer.kvs]  # type: ignore[attr-defined]
-            more = bool(answer.more)  # type: ignore[attr-defined]
-            return kvs, int(answer.header.revision), more, len(response.content)  # type: ignore[attr-defined]
         raise AssertionError("unreachable")
+
+    def txn(self, txn: Txn, *, write: bool = False) -> TxnAnswer:
+        """One Txn on the first member that answers (as call()): over gRPC, or the JSON
+        gateway where a member does not speak it."""
+        if self._grpc:
+            body = kvgrpc.txn_request(txn)
+            try:
+                return self._each_endpoint(
+                    lambda url, limit: self._grpc_call(
+                        url, kvgrpc.TXN_PATH, body, kvgrpc.parse_txn, limit, write=write
+                    )[1],
+                    None,
+                    write=write,
+                )
+            except kvgrpc.NotGrpcError as exc:
+                # Answered, but not as gRPC: nothing was applied. The gateway from now on.
+                log.warning("etcd at %s: no gRPC (%s): using the JSON gateway", self.location, exc)
+                self._grpc = False
+        return from_json(self.call("/v3/kv/txn", to_json(txn), write=write))
 
     def watch(
         self, key: bytes, end: bytes, start_revision: int, idle: float

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import logging
 import os
 import time
@@ -64,12 +63,11 @@ from secretfs.store.etcd.gateway import (
     CompactedError,
     Gateway,
     UnknownOutcomeError,
-    b64,
     env_seconds,
     max_txn_ops,
     prefix_end,
-    unb64,
 )
+from secretfs.store.etcd.txn import Delete, Op, Put, Range, Txn, unb64
 from secretfs.store.records import (
     AuditQuery,
     KeyValueRecords,
@@ -92,6 +90,8 @@ AUDIT_CHUNK_BYTES = 256 << 10  # compact_audit() merges batches into keys up to 
 # A mount's writer compacts batches older than this, every AUDIT_COMPACT_EVERY batches.
 AUDIT_COMPACT_AGE_NS = 600 * 10**9
 AUDIT_COMPACT_EVERY = 200
+# prefetch_secrets() reads all rows and tags when it wants at least 1/DENSE_SHARE of them.
+DENSE_SHARE = 4
 RECENT_COMMIT_SECONDS = 1.0  # a transaction this soon after our commit starts from it
 COMMIT_TRIES = 3  # sends of one Txn whose outcome was unknown (its compare dedupes)
 TXN_BYTES = 1 << 20  # under etcd's default --max-request-bytes (1.5 MiB)
@@ -113,14 +113,21 @@ class _Txn:
     audit: list[dict[str, Any]] = field(default_factory=list)  # one a/ key at commit
 
 
+def _start(span: tuple[bytes, bytes]) -> bytes:
+    return span[0]
+
+
 @dataclass(slots=True)
 class _ReadCache:
-    """What prefetch() read at one revision: exact keys, and whole ranges (a key in one
-    of them that is not in `kv` does not exist)."""
+    """What prefetch() read: exact keys, and whole ranges (a key in one of them that is
+    not in `kv` does not exist). It holds while d/lock's mod_revision is `lock`: every
+    write of a d/ key changes d/lock in the same Txn, so the reads hold at any revision
+    where d/lock is unchanged; and after our own commit compared on it, they hold with
+    that commit's writes laid over (_carry)."""
 
-    revision: int
+    lock: int
     kv: dict[bytes, bytes | None] = field(default_factory=dict)
-    ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
+    ranges: list[tuple[bytes, bytes]] = field(default_factory=list)  # sorted, disjoint
     _sorted: list[bytes] | None = None  # kv's keys in order, built when first scanned
 
     def knows(self, start: bytes, end: bytes | None = None) -> bool:
@@ -128,11 +135,26 @@ class _ReadCache:
             if start in self.kv:
                 return True
             end = start + b"\0"
-        return any(lo <= start and end <= hi for lo, hi in self.ranges)
+        # The one range that could hold it: the last to start at or before `start`.
+        at = bisect.bisect_right(self.ranges, start, key=_start) - 1
+        return at >= 0 and end <= self.ranges[at][1]
+
+    def add_range(self, start: bytes, end: bytes) -> None:
+        """[start, end) was read whole: merged with the ranges it touches (an import's
+        batches read the versions of the next ids, one range after the other)."""
+        ranges = self.ranges
+        lo = bisect.bisect_left(ranges, start, key=_start)
+        if lo and ranges[lo - 1][1] >= start:
+            lo -= 1
+        hi = lo
+        while hi < len(ranges) and ranges[hi][0] <= end:
+            start, end = min(start, ranges[hi][0]), max(end, ranges[hi][1])
+            hi += 1
+        ranges[lo:hi] = [(start, end)]
 
     def put(self, key: bytes, value: bytes | None) -> None:
-        if key not in self.kv:
-            self._sorted = None
+        if key not in self.kv and self._sorted is not None:
+            bisect.insort(self._sorted, key)
         self.kv[key] = value
 
     def scan(self, start: bytes, end: bytes) -> dict[bytes, bytes]:
@@ -151,17 +173,9 @@ class _ReadCache:
         return out
 
 
-def _unchanged(kvs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Txn compares: each of these keys is as it was read (its mod_revision)."""
-    return [
-        {
-            "key": kv["key"],
-            "target": "MOD",
-            "result": "EQUAL",
-            "mod_revision": str(kv["mod_revision"]),
-        }
-        for kv in kvs
-    ]
+def _unchanged(kvs: Iterable[dict[str, Any]]) -> list[tuple[bytes, int]]:
+    """Txn compares: each of these keys (as the gateway gave them) is as it was read."""
+    return [(unb64(kv["key"]), int(kv["mod_revision"])) for kv in kvs]
 
 
 def _audit_batch(kv: dict[str, Any]) -> list[dict[str, Any]]:
@@ -188,6 +202,7 @@ class EtcdBackend(KeyValueRecords):
         self._prefix = location.key_prefix
         self._txn: _Txn | None = None
         self._snapshot_rev: int | None = None
+        self._snapshot_lock: int | None = None  # d/lock's mod_revision in the snapshot
         self._follower: Follower | None = None
         self._cache: _ReadCache | None = None
         self._audit_commits = 0
@@ -293,54 +308,68 @@ class EtcdBackend(KeyValueRecords):
         kvs = self._remote_range(key, None)
         return unb64(kvs[0].get("value")) if kvs else None
 
+    def _lock_seen(self) -> int | None:
+        """d/lock's mod_revision as this transaction or snapshot reads the store."""
+        if self._txn is not None:
+            return self._txn.lock_revision
+        return self._snapshot_lock
+
     def _cached(self) -> _ReadCache | None:
         cache = self._cache
-        return cache if cache is not None and cache.revision == self._read_revision() else None
+        lock = self._lock_seen()
+        return cache if cache is not None and lock is not None and cache.lock == lock else None
+
+    def _cache_now(self) -> _ReadCache:
+        """The read cache of this transaction or snapshot: what was read before, while
+        it still holds, else a new one."""
+        cache = self._cached()
+        if cache is None:
+            lock = self._lock_seen()
+            assert lock is not None, "a read outside a transaction or snapshot"
+            cache = self._cache = _ReadCache(lock)
+        return cache
 
     def _fetch(self, keys: list[bytes], ranges: list[tuple[bytes, bytes]]) -> None:
         """Read exact `keys` and whole `ranges` at the read revision in as few
         round trips as --max-txn-ops allows (one Txn of range requests each)."""
         revision = self._read_revision()
-        if self._cache is None or self._cache.revision != revision:
-            self._cache = _ReadCache(revision)
-        cache = self._cache
+        cache = self._cache_now()
         wanted: list[tuple[bytes, bytes | None]] = [(k, None) for k in keys if not cache.knows(k)]
         wanted += [(lo, hi) for lo, hi in ranges if not cache.knows(lo, hi)]
         step = max(1, max_txn_ops())
         for at in range(0, len(wanted), step):
             chunk = wanted[at : at + step]
-            ops = []
-            for start, end in chunk:
-                body: dict[str, Any] = {"key": b64(start), "revision": str(revision)}
-                if end is not None:
-                    body["range_end"] = b64(end)
-                # At a fixed revision a member's own copy is as good as the leader's
-                # (history does not change): no ReadIndex round, ~3 ms less per read.
-                # One that has not applied it yet says "future revision": ask another.
-                body["serializable"] = revision > 0
-                ops.append({"request_range": body})
+            # At a fixed revision a member's own copy is as good as the leader's (history
+            # does not change): no ReadIndex round, ~3 ms less per read. One that has
+            # not applied it yet says "future revision": then ask for the leader's.
+            serializable = revision > 0
             with self._history_kept():
                 try:
-                    answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
+                    answer = self._gw.txn(self._ranges(chunk, revision, serializable))
                 except StoreUnavailableError as exc:
                     if "future revision" not in str(exc):
                         raise
-                    for op in ops:
-                        op["request_range"]["serializable"] = False  # wait for it, then
-                    answer = self._gw.call("/v3/kv/txn", {"compare": [], "success": ops})
-            for (start, end), response in zip(chunk, answer.get("responses", []), strict=True):
-                kvs = (response.get("response_range") or {}).get("kvs") or []
+                    answer = self._gw.txn(self._ranges(chunk, revision, False))
+            for (start, end), kvs in zip(chunk, answer.ranges, strict=True):
                 if end is None:
-                    cache.put(start, unb64(kvs[0].get("value")) if kvs else None)
+                    cache.put(start, kvs[0].value if kvs else None)
                 else:
-                    cache.ranges.append((start, end))
+                    cache.add_range(start, end)
                     for kv in kvs:
-                        cache.put(unb64(kv["key"]), unb64(kv.get("value")))
+                        cache.put(kv.key, kv.value)
+
+    @staticmethod
+    def _ranges(chunk: list[tuple[bytes, bytes | None]], revision: int, serializable: bool) -> Txn:
+        return Txn([Range(start, end, revision, serializable) for start, end in chunk])
 
     def prefetch_secrets(self, refs: list[tuple[str, str]]) -> None:
         """Read what writing new versions of these secrets will read: one round trip
         per --max-txn-ops keys (two when some exist already, or right after no commit of
-        ours), instead of about five per secret. In a snapshot, the rows only."""
+        ours), instead of about five per secret. In a snapshot too: write_many reads
+        once for all its batches, and each then reads nothing while d/lock is unchanged.
+
+        When the secrets are a good part of the store (an import into a new one), their
+        rows and tags are read as whole ranges, in pages, not key by key."""
         if self._local() or (self._txn is None and self._snapshot_rev is None):
             return
         from secretfs.authmeta import SECRET_TAG, secret_tag_key  # above the store: not at import
@@ -349,7 +378,15 @@ class EtcdBackend(KeyValueRecords):
         meta, tags = self._key("d/meta/"), self._key("d/meta", SECRET_TAG)
         # Every meta key but the secrets' tags (one per secret: the store's size).
         ranges = [(meta, tags), (prefix_end(tags), prefix_end(meta))]
-        keys = list(rows)
+        dense = False
+        if len(rows) > max_txn_ops():
+            self._fetch([], ranges)
+            # next_id counts every secret ever made: no more rows or tags than that.
+            dense = len(rows) * DENSE_SHARE >= self._counter("next_id")
+            if dense:
+                self._fetch_all(self._key("d/s/"))
+                self._fetch_all(tags)
+        keys = [] if dense else list(rows)
         hint = None if self._txn is None else self._txn.next_id
         if hint is not None:
             # Right after our own commit next_id is likely known: read now what new
@@ -359,8 +396,6 @@ class EtcdBackend(KeyValueRecords):
                 (self._versions_prefix(hint + 1), self._versions_prefix(hint + 1 + len(rows)))
             )
         self._fetch(keys, ranges)
-        if self._txn is None:
-            return  # a snapshot: no write follows that would read more than the rows
         keys, ranges, ids = [], [], []
         for key in rows:
             raw = self._get(key)
@@ -379,6 +414,22 @@ class EtcdBackend(KeyValueRecords):
             ids += range(first, first + missing)
         keys += [self._key("d/meta", secret_tag_key(i)) for i in ids]
         self._fetch(keys, ranges)  # nothing left to read when the guess was right
+
+    def _fetch_all(self, prefix: bytes) -> None:
+        """Every key under `prefix` into the read cache, in pages (a whole range in one
+        answer could be most of a large store)."""
+        cache = self._cache_now()
+        end = prefix_end(prefix)
+        if cache.knows(prefix, end):
+            return
+        deadline = time.monotonic() + env_seconds(ENV_LOAD_TIMEOUT, DEFAULT_LOAD_TIMEOUT)
+        with self._history_kept():
+            found, _ = self._gw.load(
+                [(prefix, end)], deadline=deadline, revision=self._read_revision()
+            )
+        for key, value in found.items():
+            cache.put(key, value)
+        cache.add_range(prefix, end)
 
     def write_batch(self, sizes: list[int]) -> int:
         """How many of these values (their sizes, in order) one Txn can write within
@@ -425,7 +476,6 @@ class EtcdBackend(KeyValueRecords):
             yield
         finally:
             self._txn = None
-            self._cache = None
         checkpoint("before-commit")
         self._commit(txn)
         checkpoint("after-commit")
@@ -438,38 +488,28 @@ class EtcdBackend(KeyValueRecords):
             writes[key] = orjson.dumps(txn.audit)  # compact JSON, ~10x json's speed
         if not writes:
             return
-        ops: list[dict[str, Any]] = []
-        for key, value in writes.items():
-            if value is None:
-                ops.append({"request_delete_range": {"key": b64(key)}})
-            else:
-                ops.append({"request_put": {"key": b64(key), "value": b64(value)}})
-        compare: list[dict[str, Any]] = []
+        ops: list[Op] = [
+            Delete(key) if value is None else Put(key, value) for key, value in writes.items()
+        ]
+        unchanged: list[tuple[bytes, int]] = []
         data = self._prefix + b"d/"
         lock = self._key("d/lock")
         # Unique to this write: reading d/lock back tells whether it was applied.
         stamp = f"{time.time_ns()} {os.getpid()} {os.urandom(6).hex()}".encode()
         if any(k.startswith(data) for k in writes):
             # Audit records alone are appended blindly; anything else serializes on d/lock.
-            ops.append({"request_put": {"key": b64(lock), "value": b64(stamp)}})
-            compare.append(
-                {
-                    "key": b64(lock),
-                    "target": "MOD",
-                    "result": "EQUAL",
-                    "mod_revision": str(txn.lock_revision),
-                }
-            )
-        body = {"compare": compare, "success": ops, "failure": []}
+            ops.append(Put(lock, stamp))
+            unchanged.append((lock, txn.lock_revision))
+        request = Txn(ops, unchanged)
         for attempt in range(1, COMMIT_TRIES + 1):
             try:
                 if fault("etcd-txn-unsent"):
                     raise UnknownOutcomeError("test: the write was never sent")
-                answer = self._gw.call("/v3/kv/txn", body, write=True)
+                answer = self._gw.txn(request, write=True)
                 if fault("etcd-txn-answer-lost"):
                     raise UnknownOutcomeError("test: the write's answer was lost")
             except UnknownOutcomeError as exc:
-                if not compare:
+                if not unchanged:
                     raise StoreError(
                         f"{exc}: these audit records may or may not have been written"
                     ) from None
@@ -479,16 +519,17 @@ class EtcdBackend(KeyValueRecords):
                 # most one of the two apply, so a retried batch never doubles a version.
                 log.warning("%s: not applied as read back; sending it again", exc)
                 continue
-            if answer.get("succeeded"):
-                if not compare:
+            if answer.succeeded:
+                if not unchanged:
                     self._audit_written()
                     return
                 next_id = writes.get(self._key("d/meta", "next_id"))
                 self._committed = (
-                    int(answer["header"]["revision"]),
+                    answer.revision,
                     time.monotonic(),
                     int(next_id) if next_id else None,
                 )
+                self._carry(txn, writes, answer.revision)
                 return
             if attempt > 1 and self._applied(lock, stamp, txn.lock_revision, "resent"):
                 return  # the first send was applied after all
@@ -500,6 +541,18 @@ class EtcdBackend(KeyValueRecords):
             f"etcd did not confirm the write to {self.location} after {COMMIT_TRIES} tries,"
             " and reading back shows it was not applied: nothing was written; retry later"
         )
+
+    def _carry(self, txn: _Txn, writes: dict[bytes, bytes | None], revision: int) -> None:
+        """After our commit that compared d/lock: what we had read, with what we wrote
+        laid over, is the store as of `revision` (nobody wrote d/ in between, or the
+        compare would have failed). The next batch of an import reads nothing again."""
+        cache = self._cache
+        if cache is None or cache.lock != txn.lock_revision:
+            self._cache = None
+            return
+        for key, value in writes.items():
+            cache.put(key, value)
+        cache.lock = revision
 
     def _audit_written(self) -> None:
         """Every AUDIT_COMPACT_EVERY audit-only commits (a mount's writer makes one a
@@ -540,13 +593,14 @@ class EtcdBackend(KeyValueRecords):
         if self._txn is not None or self._snapshot_rev is not None:
             yield
             return
-        _, revision = self._gw.range(self._key("d/lock"))
+        kvs, revision = self._gw.range(self._key("d/lock"))
         self._snapshot_rev = revision
+        self._snapshot_lock = int(kvs[0].get("mod_revision", 0)) if kvs else 0
         try:
             yield
         finally:
-            self._snapshot_rev = None
-            self._cache = None
+            # What it read stays cached: transactions that find d/lock unchanged use it.
+            self._snapshot_rev = self._snapshot_lock = None
 
     def _changed_rows(self, seq: int) -> list[dict[str, Any]]:
         return self._rows()
@@ -621,18 +675,14 @@ class EtcdBackend(KeyValueRecords):
             records = [d for kv in group for d in _audit_batch(kv)]
             first = unb64(group[0]["key"])  # the merged key sorts where its first batch did
             key = first.rsplit(b"-", 1)[0] + f"-m{os.urandom(6).hex()}".encode()
-            value = json.dumps(records, separators=(",", ":")).encode()
-            body = {
-                "compare": _unchanged(group),
-                "success": [{"request_put": {"key": b64(key), "value": b64(value)}}]
-                + [{"request_delete_range": {"key": kv["key"]}} for kv in group],
-                "failure": [],
-            }
+            value = orjson.dumps(records)
+            merge: list[Op] = [Put(key, value)]
+            merge += [Delete(unb64(kv["key"])) for kv in group]
             try:
-                answer = self._gw.call("/v3/kv/txn", body, write=True)
+                answer = self._gw.txn(Txn(merge, _unchanged(group)), write=True)
             except UnknownOutcomeError:
                 break  # applied or not, every record is in exactly one key: try again later
-            if answer.get("succeeded"):
+            if answer.succeeded:
                 removed += len(group) - 1
         return removed
 
@@ -653,7 +703,7 @@ class EtcdBackend(KeyValueRecords):
             records = _audit_batch(kv)
             kept = [d for d in records if int(d["time_ns"]) >= before_ns]
             if len(kept) < len(records):
-                value = json.dumps(kept, separators=(",", ":")).encode() if kept else None
+                value = orjson.dumps(kept) if kept else None
                 plans.append((kv, len(records) - len(kept), value))
         if dry_run:
             return sum(removed for _, removed, _ in plans)
@@ -668,21 +718,15 @@ class EtcdBackend(KeyValueRecords):
                     break
                 group.append(plans[start])
                 start += 1
-            body = {
-                "compare": _unchanged(kv for kv, _, _ in group),
-                "success": [
-                    {"request_delete_range": {"key": kv["key"]}}
-                    if value is None
-                    else {"request_put": {"key": kv["key"], "value": b64(value)}}
-                    for kv, _, value in group
-                ],
-                "failure": [],
-            }
+            prune: list[Op] = [
+                Delete(unb64(kv["key"])) if value is None else Put(unb64(kv["key"]), value)
+                for kv, _, value in group
+            ]
             try:
-                answer = self._gw.call("/v3/kv/txn", body, write=True)
+                answer = self._gw.txn(Txn(prune, _unchanged(kv for kv, _, _ in group)), write=True)
             except UnknownOutcomeError:
                 break  # applied or not, the next prune finds what is left
-            if answer.get("succeeded"):
+            if answer.succeeded:
                 removed_total += sum(removed for _, removed, _ in group)
         # What is left is merged too: retention and aggregation on one pass, hourly.
         try:
