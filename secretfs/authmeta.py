@@ -314,6 +314,12 @@ class Authenticator:
         total += sum(tag_value(tags.get(client_key_tag_key(k.key_id))) for k in client_keys)
         return total % DIGEST_MOD
 
+    def access_tags(self) -> dict[str, bytes]:
+        """The tags verify_access() reads (scope, grant and client-key rows), without
+        the store's one per secret."""
+        b = self.backend
+        return {**b.meta_scan(SCOPE_TAG), **b.meta_scan(GRANT_TAG), **b.meta_scan(CLIENT_KEY_TAG)}
+
     def deleted_scopes(self, scopes: Iterable[ScopeMeta]) -> list[str]:
         """Scopes whose defaults row is gone while its tag is still there (deleted by
         hand: deleting defaults may widen access)."""

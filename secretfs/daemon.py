@@ -584,7 +584,7 @@ class Watcher:
         client_keys: list[ClientKeyRecord],
     ) -> AccessCheck:
         auth = self.vault.auth
-        tags = auth.backend.meta_scan("mac/")
+        tags = auth.access_tags()
         state = auth.keyring.read_state(auth.backend)
         return auth.verify_access(scopes, grants, client_keys, tags, state)
 

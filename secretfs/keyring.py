@@ -211,17 +211,27 @@ def _gen_tag(gen: int, tag: bytes) -> bytes:
 
 
 def _parse_gen_tag(raw: bytes | None) -> tuple[int, bytes] | None:
+    """A stored tag's generation and MAC; None unless it is exactly `_gen_tag`'s form
+    (no byte of a stored tag may change: no leading zero, sign, space or capital).
+    A mount's load parses every secret's tag, so the form is checked field by field
+    rather than by building it again (tests/test_keyring.py holds the two equal)."""
     if raw is None:
         return None
+    gen_text, _, hex_tag = raw.partition(b":")
+    if (
+        len(hex_tag) != 2 * crypto.MAC_BYTES
+        or not gen_text.isdigit()  # ASCII digits only, and at least one
+        or (gen_text[0] == 0x30 and len(gen_text) > 1)
+        or hex_tag != hex_tag.lower()
+    ):
+        return None
     try:
-        gen_text, hex_tag = raw.decode("ascii").split(":", 1)
-        tag = bytes.fromhex(hex_tag)
-        gen = int(gen_text)
+        tag = bytes.fromhex(hex_tag.decode("ascii"))
     except (UnicodeDecodeError, ValueError):
         return None
-    if len(tag) != crypto.MAC_BYTES or raw != _gen_tag(gen, tag):
-        return None  # only the one canonical form: no byte of a stored tag may change
-    return gen, tag
+    if len(tag) != crypto.MAC_BYTES:  # fromhex skips spaces: 64 characters, fewer bytes
+        return None
+    return int(gen_text), tag
 
 
 def secret_row(meta: SecretMeta) -> bytes:

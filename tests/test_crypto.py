@@ -498,3 +498,43 @@ def test_wipe_zeroes_in_place() -> None:
     empty = bytearray()
     crypto.wipe(empty)
     assert empty == bytearray()
+
+
+def _reference_row_data(tag: str, *fields: str | int | bool | bytes | None) -> bytes:
+    """row_data as first written (one isinstance chain): the stored tags' encoding."""
+
+    def field(data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + data
+
+    parts = [field(tag.encode())]
+    for value in fields:
+        if value is None:
+            parts.append(b"N")
+        elif isinstance(value, bool):
+            parts.append(b"B" + (b"\x01" if value else b"\x00"))
+        elif isinstance(value, int):
+            parts.append(b"I" + field(str(value).encode()))
+        elif isinstance(value, bytes):
+            parts.append(b"Y" + field(value))
+        else:
+            parts.append(b"S" + field(value.encode()))
+    return b"".join(parts)
+
+
+@given(
+    st.text(),
+    st.lists(
+        st.none() | st.booleans() | st.integers() | st.binary() | st.text(),
+        max_size=12,
+    ),
+)
+def test_row_data_encodes_as_it_always_has(tag: str, fields: list[object]) -> None:
+    """The fast path (exact types first) writes the bytes every stored tag was made
+    over; a changed byte would make every row of every store fail its tag."""
+    try:
+        expected = _reference_row_data(tag, *fields)  # type: ignore[arg-type]
+    except UnicodeEncodeError:
+        with pytest.raises(UsageError):
+            crypto.row_data(tag, *fields)  # type: ignore[arg-type]
+        return
+    assert crypto.row_data(tag, *fields) == expected  # type: ignore[arg-type]

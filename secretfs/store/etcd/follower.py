@@ -26,9 +26,11 @@ from secretfs.store.etcd.gateway import (
     prefix_end,
 )
 from secretfs.store.etcd.txn import unb64
+from secretfs.store.records import secret_meta
 from secretfs.timeutil import iso_time
 
 if TYPE_CHECKING:
+    from secretfs.store import SecretMeta
     from secretfs.store.etcd.location import EtcdLocation
 
 log = logging.getLogger(__name__)
@@ -87,12 +89,13 @@ class _Follow:
             out[key] = self.kv[key]
         return out
 
-    def index_all(self, rows: bytes) -> None:
+    def index_all(self, rows: bytes, parsed: ParsedRows) -> None:
         self.keys = sorted(self.kv)
         self.row_seq = {}
         for key, value in self.kv.items():
             if key.startswith(rows):
-                self.row_seq[key] = _row_seq(value)
+                known = parsed.get(key)
+                self.row_seq[key] = known[1].seq if known and known[0] is value else _row_seq(value)
         self.by_seq = sorted((seq, key) for key, seq in self.row_seq.items())
 
     def index(self, key: bytes, value: bytes) -> None:
@@ -112,6 +115,8 @@ class _Follow:
 
 
 _DAMAGED_SEQ = 2**62
+# A secret row's bytes and what they parse to (kept while the bytes are the same).
+ParsedRows = dict[bytes, tuple[bytes, "SecretMeta"]]
 
 
 def _row_seq(raw: bytes) -> int:
@@ -141,11 +146,14 @@ class Follower:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._running = 0  # loops running now
+        # Secret rows parsed as they load, on the loading threads while etcd encodes
+        # the next page: the backend's parse cache (EtcdBackend._parsed_row) starts here.
+        self.parsed: ParsedRows = {}
         kv, revision = self._load_all()
         # Made here, not by its loop: `stop()` reaches the watch from the start.
         self._watch_gw = Gateway(location, timeout=timeout)
         self._follow = _Follow(kv, revision, heard=clock.monotonic())
-        self._follow.index_all(self._key("d/s/"))
+        self._follow.index_all(self._key("d/s/"), self.parsed)
 
     def _key(self, *parts: str) -> bytes:
         return self._p + "/".join(parts).encode()
@@ -214,9 +222,19 @@ class Follower:
         # d/meta/ between, d/s/, d/v/): a page then costs etcd its range, not the store.
         cuts = [self._key(p) for p in ("d/", "d/id/", "d/id0", "d/s/", "d/s0", "d/v/", "d/v0")]
         ranges = list(zip(cuts, [*cuts[1:], prefix_end(self._key("d/"))], strict=True))
+        rows, parsed = self._key("d/s/"), self.parsed
+
+        def parse(page: list[tuple[bytes, bytes]]) -> None:
+            for key, raw in page:
+                if key.startswith(rows):
+                    try:
+                        parsed[key] = (raw, secret_meta(orjson.loads(raw)))
+                    except (ValueError, KeyError, TypeError):
+                        pass  # damaged: said when the backend parses it to serve it
+
         gw = Gateway(self.location, timeout=self._timeout)
         try:
-            return gw.load(ranges, deadline=deadline)
+            return gw.load(ranges, deadline=deadline, on_page=parse)
         finally:
             gw.close()
 
@@ -225,7 +243,7 @@ class Follower:
         with self._lock:
             self._follow.kv = kv
             self._follow.revision = revision
-            self._follow.index_all(self._key("d/s/"))
+            self._follow.index_all(self._key("d/s/"), self.parsed)
             self._follow.version += 1
         log.info("etcd: reloaded %d keys of %s at revision %d", len(kv), self.location, revision)
 

@@ -419,14 +419,20 @@ class Gateway:
             kvs, _ = self.range(start, end, revision=revision, limit=page)
 
     def load(
-        self, ranges: list[tuple[bytes, bytes]], *, deadline: float, revision: int = 0
+        self,
+        ranges: list[tuple[bytes, bytes]],
+        *,
+        deadline: float,
+        revision: int = 0,
+        on_page: Callable[[list[tuple[bytes, bytes]]], None] | None = None,
     ) -> tuple[dict[bytes, bytes], int]:
         """Every key in these ranges at one revision (`revision`, or the latest), all
         of it before `deadline`
         (time.monotonic()): over gRPC where the cluster speaks it (protobuf, ~5x the
         gateway's JSON), in pages of about LOAD_PAGE_BYTES, each page a request
         within the request timeout; the ranges after the first (which fixes the
-        revision) LOAD_STREAMS at a time, so etcd encodes while we decode."""
+        revision) LOAD_STREAMS at a time, so etcd encodes while we decode. `on_page` sees
+        each page as it comes, on the thread that read it (while others wait on etcd)."""
         stop = threading.Event()
 
         def one(start: bytes, end: bytes, revision: int) -> tuple[dict[bytes, bytes], int]:
@@ -441,6 +447,8 @@ class Gateway:
                 kvs, at, more, size = self._page(key, end, revision, limit)
                 revision = revision or at
                 out.update(kvs)
+                if on_page is not None:
+                    on_page(kvs)
                 if not more or not kvs:
                     break
                 key = kvs[-1][0] + b"\0"

@@ -742,6 +742,7 @@ class EtcdBackend(KeyValueRecords):
         while its loops run (the caller runs them; `close()` stops them)."""
         if self._follower is None:
             self._follower = Follower(self.location, self._gw.timeout, clock)
+            self._parsed = self._follower.parsed
         return self._follower
 
     def status(self) -> dict[str, Any]:
