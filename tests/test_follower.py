@@ -161,3 +161,30 @@ def test_an_idle_watch_is_stale_only_when_the_cluster_moved_on(
     follower.cluster_answered(revision + 1)
     follower.watch_idle("sent nothing for 3s")
     assert follower.status()["problem"] == "sent nothing for 3s"
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [(b"{not json", "not valid JSON"), (b'{"id": 1}', None), (b'{"id": "x", "seq": 1}', None)],
+)
+def test_a_damaged_row_loads_and_is_refused_when_read(
+    store: tuple[Vault, Vault], raw: bytes, why: str | None
+) -> None:
+    """Rows are parsed as they load, on the loading threads: a row that does not parse
+    must not stop the load there (nor be skipped silently). Reading the rows to serve
+    them refuses the store, naming the damaged row, as before rows were parsed early."""
+    from secretfs.errors import SecretfsError
+    from secretfs.store.etcd.txn import Put, Txn
+
+    writer, reader = store
+    writer.set(parse_ref("api"), b"two")
+    backend = writer.backend
+    row = backend._row_key(parse_ref("api").scope.key, "api")  # type: ignore[attr-defined]
+    assert backend._gw.txn(Txn([Put(row, raw)]), write=True).succeeded  # type: ignore[attr-defined]
+    follower = _follower(reader)
+    good = reader.backend._row_key(parse_ref("db").scope.key, "db")  # type: ignore[attr-defined]
+    assert good in follower.parsed and row not in follower.parsed
+    with pytest.raises(SecretfsError) as refused:
+        reader.backend.changes_since(0)
+    assert "api" in str(refused.value) and (why is None or why in str(refused.value))
+    assert raw.decode() not in str(refused.value)  # never a record's content

@@ -429,6 +429,22 @@ class KeyValueRecords(RecordsBase):
         scope, _, name = where.decode().partition("\0")
         return self._get_json(self._row_key(scope, name))
 
+    def _secret_meta(self, key: bytes, raw: bytes) -> SecretMeta:
+        """A secret row's record as SecretMeta; a damaged one (not JSON, or fields
+        missing or of the wrong type) is an IntegrityError naming its key."""
+        try:
+            return secret_meta(self._record(key, raw))
+        except (KeyError, TypeError, ValueError):
+            raise damaged(
+                key, "fields are missing or of the wrong type", self.RECORD_NAME
+            ) from None
+
+    def _metas(self, scope: str | None = None) -> list[SecretMeta]:
+        prefix = self._key("d/s/")
+        if scope is not None:
+            prefix += scope.encode() + b"\0"
+        return [self._secret_meta(key, raw) for key, raw in self._scan(prefix)]
+
     def _put_row(self, row: dict[str, Any]) -> None:
         self._put_json(self._row_key(row["scope"], row["name"]), row)
 
@@ -438,34 +454,27 @@ class KeyValueRecords(RecordsBase):
             raise StoreError(f"{self.name}: secret #{secret_id} has no record")
         return row
 
-    def _rows(self, scope: str | None = None) -> list[dict[str, Any]]:
-        prefix = self._key("d/s/")
-        if scope is not None:
-            prefix += scope.encode() + b"\0"
-        return [self._record(key, raw) for key, raw in self._scan(prefix)]
-
-    def _changed_rows(self, seq: int) -> list[dict[str, Any]]:
-        """Rows that may have changed after `seq` (all of them, unless a subclass knows)."""
-        return self._rows()
-
     def get_meta(self, scope: str, name: str) -> SecretMeta | None:
-        row = self._get_json(self._row_key(scope, name))
-        return None if row is None else secret_meta(row)
+        key = self._row_key(scope, name)
+        raw = self._get(key)
+        return None if raw is None else self._secret_meta(key, raw)
 
     def get_meta_by_id(self, secret_id: int) -> SecretMeta | None:
-        row = self._row(secret_id)
-        return None if row is None else secret_meta(row)
+        where = self._get(self._id_key(secret_id))
+        if where is None:
+            return None
+        scope, _, name = where.decode().partition("\0")
+        return self.get_meta(scope, name)
 
     def list_meta(self, scope: str | None = None) -> list[SecretMeta]:
-        metas = [secret_meta(r) for r in self._rows(scope) if not r["deleted"]]
+        metas = [m for m in self._metas(scope) if not m.deleted]
         return sorted(metas, key=lambda m: (m.scope, m.name))
 
     def changes_since(self, seq: int) -> list[SecretMeta]:
-        metas = [secret_meta(r) for r in self._changed_rows(seq) if int(r["seq"]) > seq]
-        return sorted(metas, key=lambda m: m.seq)
+        return sorted((m for m in self._metas() if m.seq > seq), key=lambda m: m.seq)
 
     def list_scopes(self) -> list[str]:
-        return sorted({str(r["scope"]) for r in self._rows() if not r["deleted"]})
+        return sorted({m.scope for m in self._metas() if not m.deleted})
 
     def add_secret(self, scope: str, name: str, created_ns: int, seq: int) -> int:
         secret_id = self._counter("next_id") + 1

@@ -75,7 +75,6 @@ from secretfs.store.records import (
     audit_row,
     damaged,
     json_record,
-    secret_meta,
     select_audit,
 )
 from secretfs.testhooks import checkpoint, fault
@@ -602,9 +601,6 @@ class EtcdBackend(KeyValueRecords):
             # What it read stays cached: transactions that find d/lock unchanged use it.
             self._snapshot_rev = self._snapshot_lock = None
 
-    def _changed_rows(self, seq: int) -> list[dict[str, Any]]:
-        return self._rows()
-
     def changes_since(self, seq: int) -> list[SecretMeta]:
         follower = self._follower
         if follower is None or not self._local():
@@ -619,7 +615,7 @@ class EtcdBackend(KeyValueRecords):
         known = self._parsed.get(key)
         if known is not None and known[0] is raw:
             return known[1]
-        meta = secret_meta(_record(key, raw))
+        meta = self._secret_meta(key, raw)
         self._parsed[key] = (raw, meta)
         return meta
 
