@@ -1,9 +1,9 @@
 """The etcd v3 backend's records: the SQLite backend's rows as keys under one prefix.
 
 etcd holds only what SQLite holds: sealed, row-bound ciphertext and metadata. Keys
-never leave the nodes. We talk to etcd through its JSON gateway (`/v3/kv/range`,
-`/v3/kv/txn`, `/v3/watch`, keys and values base64) with httpx; a mount's load of the
-whole store goes over gRPC (kvgrpc.py).
+never leave the nodes. Every Txn (writes, and the reads a write batches) and a mount's
+load of the whole store go over gRPC (txn.py, kvgrpc.py); single reads and the watch
+through etcd's JSON gateway (gateway.py); all with httpx.
 
 Layout, under the store's prefix P (e.g. `/secretfs/`):
 
