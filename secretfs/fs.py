@@ -170,26 +170,26 @@ class SecretFS(pyfuse3.Operations):
             detail,
         )
 
-    def _stale_once(self, pid: int, superseded: bool) -> bool:
-        """Whether to answer ESTALE to this open of a `superseded` version: not to the
-        kernel's one retry of an open that just got it (a second rotation between its
-        lookup and open would show the program ESTALE; it is served the version it looked
-        up instead). The next open of the pid, whatever it is, is that retry."""
-        now = self.clock.monotonic()
+    def _retrying(self, pid: int) -> bool:
+        """Whether this open is the kernel's one retry of an open of the pid that just
+        got ESTALE (the next open of the pid, whatever it is). A retry never gets ESTALE
+        again, from any check of the open: the kernel would pass it to the program."""
         got_it_at = self._stale_pids.pop(pid, None)
-        if not superseded or (got_it_at is not None and now - got_it_at < STALE_RETRY_SECONDS):
-            return False
+        return got_it_at is not None and self.clock.monotonic() - got_it_at < STALE_RETRY_SECONDS
+
+    def _stale(self, pid: int) -> NoReturn:
+        """Answer ESTALE: the kernel looks the name up afresh and retries the open once."""
         if len(self._stale_pids) >= 4096:
             self._stale_pids.clear()
-        self._stale_pids[pid] = now
-        return True
+        self._stale_pids[pid] = self.clock.monotonic()
+        _fail(errno.ESTALE)
 
-    def _pruned_since_poll(self, node: Node, pid: int) -> bool:
+    def _pruned_since_poll(self, node: Node) -> bool:
         """Whether an open whose version is gone from the store names a version the
         store has since moved past (pruned or removed before the mount polled): the
         kernel then looks the name up again (ESTALE) rather than report it missing."""
         self._catch_up()
-        return self.tree.superseded(node) and self._stale_once(pid, True)
+        return self.tree.superseded(node)
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -271,11 +271,14 @@ class SecretFS(pyfuse3.Operations):
             fh = self._fh()
             self._handles[fh] = _Handle(node, None, bytearray(self.tree.read(node)))
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        if self._stale_once(ctx.pid, self.tree.superseded(node)):
+        # A second rotation between the retry's lookup and open: it is served the version
+        # it looked up.
+        retrying = self._retrying(ctx.pid)
+        if not retrying and self.tree.superseded(node):
             # A dentry the kernel still holds names an older version: ESTALE makes its
             # open path look the name up afresh (LOOKUP_REVAL) and open the current one,
             # so files changed in one transaction never open as a mix of old and new.
-            _fail(errno.ESTALE)
+            self._stale(ctx.pid)
         refused = self.refusal()
         if refused is not None:
             self._record("open", node, ctx, _audit.ERROR, f"EIO: {refused}")
@@ -286,15 +289,26 @@ class SecretFS(pyfuse3.Operations):
         ):
             self._record("open", node, ctx, _audit.DENIED, "EACCES")
             _fail(errno.EACCES)
+        moved = False  # served another version than the inode's (see below)
         try:
             with _errno_of(node.path):
                 handle = self._snapshot(node)
         except pyfuse3.FUSEError as exc:
-            if exc.errno == errno.ENOENT and self._pruned_since_poll(node, ctx.pid):
-                _fail(errno.ESTALE)
-            code = errno.errorcode.get(exc.errno, str(exc.errno))
-            self._record("open", node, ctx, _audit.ERROR, code)
-            raise
+            current = None
+            if exc.errno == errno.ENOENT and self._pruned_since_poll(node):
+                if not retrying:
+                    self._stale(ctx.pid)
+                # The kernel's retry, whose version was pruned too between its lookup
+                # and this open (a writer moving fast): it cannot be sent back again,
+                # so it is served the current version, through this inode.
+                current = self._current(node)
+            if current is None or not self.tree.may(current, caller, READ):
+                code = errno.errorcode.get(exc.errno, str(exc.errno))
+                self._record("open", node, ctx, _audit.ERROR, code)
+                raise
+            node, moved = current, True
+            with _errno_of(node.path):
+                handle = self._snapshot(node)
         if node.sealed is not None:
             # Sealed afresh on each open: no page cache, the bytes differ every time.
             self._record("open", node, ctx, _audit.ALLOWED, sealing.sealed_detail(node.sealed))
@@ -306,8 +320,21 @@ class SecretFS(pyfuse3.Operations):
         self._record("open", node, ctx, _audit.ALLOWED, "expired" if expired else None)
         fh = self._fh()
         self._handles[fh] = handle
+        if moved:
+            # Not the inode's version: past the page cache and the inode's size.
+            return pyfuse3.FileInfo(fh=fh, direct_io=True)
         # The inode is one version's, so the page cache stays right across opens.
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _current(self, node: Node) -> Node | None:
+        """The node that now serves `node`'s path in the plain tree (None: none, or a
+        sealed node), looked up from the root as the kernel would."""
+        if node.sealed is not None or not node.path:
+            return None
+        found: Node | None = self._get(pyfuse3.ROOT_INODE)
+        for name in node.path.split("/"):
+            found = None if found is None else self.tree.lookup(found, name)
+        return found if found is not None and not found.is_dir else None
 
     def _snapshot(self, node: Node) -> _Handle:
         """The handle of an open: this version sealed (verified), or else its content."""

@@ -189,3 +189,34 @@ def test_the_credential_socket_treats_one_removed_after_matching_as_absent(
 
     lookup = credsock.tree_lookup(ops.tree, watcher.versions, catch_up)
     assert lookup(parse_ref("db")) is None  # was: NotFoundError, audited as an error
+
+
+def test_the_kernels_retry_is_never_told_estale_again(
+    store: tuple[Vault, Watcher, SecretFS],
+) -> None:
+    """The kernel retries an open that got ESTALE once, after looking the name up
+    afresh; ESTALE again reaches the program. The version the retry looked up is pruned
+    too before its open (a writer moving fast, the mount not polled yet): the retry is
+    served, not sent back."""
+    vault, _watcher, ops = store
+
+    async def main() -> None:
+        old = await _lookup(ops, "deployment/db")
+        _replace(vault, b"second")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(old, os.O_RDONLY, CTX)
+        assert info.value.errno == errno.ESTALE
+        new = await _lookup(ops, "deployment/db")  # the retry's lookup: version 2
+        _replace(vault, b"third")  # version 2 pruned before the retry's open
+        fh = (await ops.open(new, os.O_RDONLY, CTX)).fh  # the retry: served
+        try:
+            assert await ops.read(fh, 0, 4096) == b"third"
+        finally:
+            await ops.release(fh)
+        # The next open of the pid is no retry: a stale entry is sent back again.
+        _replace(vault, b"fourth")
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(new, os.O_RDONLY, CTX)
+        assert info.value.errno == errno.ESTALE
+
+    trio.run(main)
