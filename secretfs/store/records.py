@@ -17,9 +17,9 @@ import base64
 import dataclasses
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, Protocol, TypedDict, Unpack
+from typing import Any, Protocol, TypedDict, TypeVar, Unpack
 
 import orjson
 
@@ -232,6 +232,18 @@ def damaged(key: bytes, why: str, what: str = "record") -> IntegrityError:
     )
 
 
+_R = TypeVar("_R")
+
+
+def parsed_record(key: bytes, raw: bytes, parse: Callable[[Row], _R], what: str = "record") -> _R:
+    """`parse` of a JSON record; a damaged one (not JSON, or fields missing or of the
+    wrong type) is an IntegrityError naming its key (never its content)."""
+    try:
+        return parse(json_record(key, raw, what))
+    except (KeyError, TypeError, ValueError):
+        raise damaged(key, "fields are missing or of the wrong type", what) from None
+
+
 def json_record(key: bytes, raw: bytes, what: str = "record") -> Any:
     """A JSON record as stored; a damaged one is an IntegrityError naming its key (never
     its content)."""
@@ -430,14 +442,7 @@ class KeyValueRecords(RecordsBase):
         return self._get_json(self._row_key(scope, name))
 
     def _secret_meta(self, key: bytes, raw: bytes) -> SecretMeta:
-        """A secret row's record as SecretMeta; a damaged one (not JSON, or fields
-        missing or of the wrong type) is an IntegrityError naming its key."""
-        try:
-            return secret_meta(self._record(key, raw))
-        except (KeyError, TypeError, ValueError):
-            raise damaged(
-                key, "fields are missing or of the wrong type", self.RECORD_NAME
-            ) from None
+        return parsed_record(key, raw, secret_meta, self.RECORD_NAME)
 
     def _metas(self, scope: str | None = None) -> list[SecretMeta]:
         prefix = self._key("d/s/")
@@ -635,12 +640,7 @@ class KeyValueRecords(RecordsBase):
     # -- scope defaults and grants --------------------------------------------------------
 
     def _scope_meta(self, key: bytes, raw: bytes) -> ScopeMeta:
-        try:
-            return scope_meta(self._record(key, raw))
-        except (KeyError, TypeError, ValueError):
-            raise damaged(
-                key, "fields are missing or of the wrong type", self.RECORD_NAME
-            ) from None
+        return parsed_record(key, raw, scope_meta, self.RECORD_NAME)
 
     def get_scope_meta(self, scope: str) -> ScopeMeta | None:
         key = self._key("d/sc/") + scope.encode()

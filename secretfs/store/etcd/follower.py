@@ -14,9 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from secretfs.clock import SYSTEM, Clock
-from secretfs.errors import (
-    StoreError,
-)
+from secretfs.errors import IntegrityError, StoreError
 from secretfs.store.etcd.gateway import (
     DEFAULT_LOAD_TIMEOUT,
     ENV_LOAD_TIMEOUT,
@@ -26,7 +24,7 @@ from secretfs.store.etcd.gateway import (
     prefix_end,
 )
 from secretfs.store.etcd.txn import unb64
-from secretfs.store.records import secret_meta
+from secretfs.store.records import parsed_record, secret_meta
 from secretfs.timeutil import iso_time
 
 if TYPE_CHECKING:
@@ -228,8 +226,8 @@ class Follower:
             for key, raw in page:
                 if key.startswith(rows):
                     try:
-                        parsed[key] = (raw, secret_meta(orjson.loads(raw)))
-                    except (ValueError, KeyError, TypeError):
+                        parsed[key] = (raw, parsed_record(key, raw, secret_meta))
+                    except IntegrityError:
                         pass  # damaged: said when the backend parses it to serve it
 
         gw = Gateway(self.location, timeout=self._timeout)
