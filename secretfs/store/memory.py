@@ -27,7 +27,6 @@ from secretfs.checks import Check
 from secretfs.clock import SYSTEM, Clock
 from secretfs.errors import StoreError, StoreExistsError, WriteConflictError
 from secretfs.store.records import AuditQuery, KeyValueRecords, local_status, select_audit
-from secretfs.testhooks import checkpoint
 
 if TYPE_CHECKING:
     from secretfs.store.base import Backend
@@ -192,19 +191,8 @@ class MemoryBackend(KeyValueRecords):
 
     # -- transactions and snapshots --------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction: all of it commits, or none of it."""
-        if self._txn is not None:
-            raise StoreError("internal: a transaction inside a transaction")
-        self._txn = txn = _Txn(self._store.state)
-        try:
-            yield
-        finally:
-            self._txn = None
-        checkpoint("before-commit")
-        self._commit(txn)
-        checkpoint("after-commit")
+    def _begin(self) -> _Txn:
+        return _Txn(self._store.state)
 
     def _commit(self, txn: _Txn) -> None:
         if not (txn.writes or txn.audit or txn.prune_before_ns is not None):

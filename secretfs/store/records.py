@@ -14,6 +14,7 @@ A backend keeps only its storage primitives. Here, backend-neutral:
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import sys
@@ -33,6 +34,7 @@ from secretfs.store import (
     SecretMeta,
     VersionMeta,
 )
+from secretfs.testhooks import checkpoint
 
 
 class NewVersion(TypedDict):
@@ -292,11 +294,34 @@ class KeyValueRecords(RecordsBase):
     """
 
     _prefix: bytes
+    _txn: Any = None  # the open transaction, of the backend's own kind (_begin)
     RECORD_NAME = "record"  # how a damaged record is named in messages
 
     @property
     def name(self) -> str:
         raise NotImplementedError
+
+    def _begin(self) -> Any:
+        """A transaction opening: what its reads and writes start from."""
+        raise NotImplementedError
+
+    def _commit(self, txn: Any) -> None:
+        """Write all of `txn`, or none of it (and raise)."""
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: all of it commits, or none of it."""
+        if self._txn is not None:
+            raise StoreError("internal: a transaction inside a transaction")
+        self._txn = txn = self._begin()
+        try:
+            yield
+        finally:
+            self._txn = None
+        checkpoint("before-commit")
+        self._commit(txn)
+        checkpoint("after-commit")
 
     def _pending(self) -> dict[bytes, bytes | None] | None:
         """The open transaction's writes (None: a deletion); None outside one."""

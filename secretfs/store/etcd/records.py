@@ -77,7 +77,7 @@ from secretfs.store.records import (
     json_record,
     select_audit,
 )
-from secretfs.testhooks import checkpoint, fault
+from secretfs.testhooks import fault
 
 if TYPE_CHECKING:
     from secretfs.store.etcd.location import EtcdLocation
@@ -455,29 +455,17 @@ class EtcdBackend(KeyValueRecords):
 
     # -- transactions --------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """One write transaction: all of it commits (one etcd Txn), or none of it."""
-        if self._txn is not None:
-            raise StoreError("internal: a transaction inside a transaction")
+    def _begin(self) -> _Txn:
+        """A transaction (one etcd Txn at commit) starts from d/lock as read now, or
+        as our own commit just left it."""
         committed, self._committed = self._committed, None
         if committed is not None and time.monotonic() - committed[1] < RECENT_COMMIT_SECONDS:
             # d/lock is as our commit left it unless another writer came since, which
             # the commit's compare refuses (WriteConflictError: the write is retried).
-            revision = lock_rev = committed[0]
-            next_id = committed[2]
-        else:
-            kvs, revision = self._gw.range(self._key("d/lock"))
-            lock_rev = int(kvs[0].get("mod_revision", 0)) if kvs else 0
-            next_id = None
-        self._txn = txn = _Txn(revision, lock_rev, next_id=next_id)
-        try:
-            yield
-        finally:
-            self._txn = None
-        checkpoint("before-commit")
-        self._commit(txn)
-        checkpoint("after-commit")
+            return _Txn(committed[0], committed[0], next_id=committed[2])
+        kvs, revision = self._gw.range(self._key("d/lock"))
+        lock_rev = int(kvs[0].get("mod_revision", 0)) if kvs else 0
+        return _Txn(revision, lock_rev)
 
     def _commit(self, txn: _Txn) -> None:
         writes = dict(txn.writes)
