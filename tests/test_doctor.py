@@ -151,3 +151,50 @@ def test_allow_other_for_a_user_needs_user_allow_other() -> None:
         assert unreadable.status == "fail" and "cannot read" in unreadable.detail
         assert doctor._allow_other(True, conf).detail == "root may mount with allow_other"
         assert doctor._allow_other(False, conf).status == "skip"
+
+
+def _store_mistyped(store: Path, table: str, column: str, value: object, where: str) -> None:
+    """Put a value of the wrong type in a STRICT table, as someone who can write the file
+    (not through SQLite's checks) can."""
+    with helpers.raw_db(store) as db:
+        (sql,) = db.execute("SELECT sql FROM sqlite_schema WHERE name = ?", (table,)).fetchone()
+        db.execute("PRAGMA writable_schema = ON")
+        loose = sql.replace(") STRICT", ")")
+        db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = ?", (loose, table))
+    with helpers.raw_db(store) as db:
+        db.execute(f"UPDATE {table} SET {column} = ? WHERE {where}", (value,))
+        db.execute("PRAGMA writable_schema = ON")
+        db.execute("UPDATE sqlite_schema SET sql = ? WHERE name = ?", (sql, table))
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value", "where", "command"),
+    [
+        ("secrets", "version", "two", "name = 'token'", ("secret", "ls")),
+        ("versions", "ciphertext", "text", "version = 1", ("secret", "get", "@api/token")),
+        ("scopes", "uid", "root", "scope = '@api'", ("permissions", "@api")),
+    ],
+)
+def test_a_row_of_the_wrong_type_is_a_damaged_record_named(
+    cli: Cli,
+    store: Path,
+    table: str,
+    column: str,
+    value: object,
+    where: str,
+    command: tuple[str, ...],
+) -> None:
+    cli("secret", "chown", "@api", "0")
+    _store_mistyped(store, table, column, value, where)
+
+    refused = cli(*command, check=False)
+    err = refused.stderr.decode()
+    assert refused.returncode == 6, err
+    assert f"of table {table} is damaged (fields are missing or of the wrong type)" in err
+    assert "`secretfs doctor` checks every record" in err and "Traceback" not in err
+    assert value not in err  # a record's content is never shown
+
+    proc = cli("doctor", "--json", check=False)
+    failed = {c["name"]: c for c in json.loads(proc.stdout)["checks"] if c["status"] == "fail"}
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
+    assert f"non-{'BLOB' if column == 'ciphertext' else 'INTEGER'} value" in str(failed)

@@ -230,7 +230,7 @@ def versions_to_prune(versions: Iterable[int], keep: int) -> list[int]:
 def damaged(key: bytes, why: str, what: str = "record") -> IntegrityError:
     return IntegrityError(
         f"{what} {key.decode(errors='replace')} is damaged ({why}); `secretfs doctor`"
-        " checks every record; restore the store from its backup (docs/cluster.md)"
+        " checks every record; restore the store from its backup (docs/operations.md)"
     )
 
 

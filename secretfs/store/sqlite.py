@@ -36,6 +36,7 @@ from secretfs.store.records import (
     audit_record,
     audit_row,
     client_key_record,
+    damaged,
     grant_record,
     local_status,
     scope_meta,
@@ -218,8 +219,31 @@ class _Row(sqlite3.Row):
             return default
 
 
-def _sealed(row: _Row) -> SealedVersion:
-    return sealed_version(row, bytes(row["ciphertext"]))
+def _table_row(parse: Callable[[_Row], _T], table: str) -> Callable[[_Row], _T]:
+    """`parse` of a row of `table`. A STRICT table holds a value of the wrong type only if
+    its file was written around SQLite: such a row is a damaged record naming its table
+    and id, never its content (not a ValueError from deep inside a command)."""
+
+    def parsed(row: _Row) -> _T:
+        try:
+            return parse(row)
+        except (KeyError, TypeError, ValueError):
+            rowid = row.get("id", row.get("secret_id"))
+            which = f"{rowid} of table {table}" if type(rowid) is int else f"of table {table}"
+            raise damaged(
+                which.encode(), "fields are missing or of the wrong type", "row"
+            ) from None
+
+    return parsed
+
+
+_secret_meta = _table_row(secret_meta, "secrets")
+_scope_meta = _table_row(scope_meta, "scopes")
+_grant_record = _table_row(grant_record, "grants")
+_version_meta = _table_row(version_meta, "versions")
+_audit_record = _table_row(audit_record, "audit")
+_client_key = _table_row(lambda r: client_key_record(r, bytes(r["public_key"])), "client_keys")
+_sealed = _table_row(lambda r: sealed_version(r, bytes(r["ciphertext"])), "versions")
 
 
 @contextlib.contextmanager
@@ -552,7 +576,7 @@ class SqliteBackend(RecordsBase):
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} WHERE s.scope = ? AND s.name = ?",  # noqa: S608
             (scope, name),
         ).fetchone()
-        return None if row is None else secret_meta(row)
+        return None if row is None else _secret_meta(row)
 
     def list_meta(self, scope: str | None = None) -> list[SecretMeta]:
         where, args = (
@@ -567,7 +591,7 @@ class SqliteBackend(RecordsBase):
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} {where} ORDER BY s.scope, s.name",  # noqa: S608
             args,
         ).fetchall()
-        return [secret_meta(r) for r in rows]
+        return [_secret_meta(r) for r in rows]
 
     def changes_since(self, seq: int) -> list[SecretMeta]:
         """Every secret (removed ones included) changed after `seq`, oldest change first."""
@@ -576,7 +600,7 @@ class SqliteBackend(RecordsBase):
             (seq,),
         )
         # Row by row, not fetchall(): a mount starting on 100k secrets peaks lower.
-        return [secret_meta(r) for r in rows]
+        return [_secret_meta(r) for r in rows]
 
     def list_scopes(self) -> list[str]:
         rows = self._conn.execute(
@@ -631,7 +655,7 @@ class SqliteBackend(RecordsBase):
             " WHERE secret_id = ? ORDER BY version",
             (secret_id,),
         ).fetchall()
-        return [version_meta(r) for r in rows]
+        return [_version_meta(r) for r in rows]
 
     def sealed(self, secret_id: int, version: int) -> SealedVersion | None:
         row = self._conn.execute(
@@ -664,13 +688,13 @@ class SqliteBackend(RecordsBase):
         row = self._conn.execute(
             "SELECT scope, uid, gid, mode, seq FROM scopes WHERE scope = ?", (scope,)
         ).fetchone()
-        return None if row is None else scope_meta(row)
+        return None if row is None else _scope_meta(row)
 
     def list_scope_meta(self) -> list[ScopeMeta]:
         rows = self._conn.execute(
             "SELECT scope, uid, gid, mode, seq FROM scopes ORDER BY scope"
         ).fetchall()
-        return [scope_meta(r) for r in rows]
+        return [_scope_meta(r) for r in rows]
 
     def set_scope_owner(
         self, scope: str, uid: int | None, gid: int | None, mode: int | None, seq: int
@@ -698,7 +722,7 @@ class SqliteBackend(RecordsBase):
                 sql += " AND name = ?"
                 args = (scope, name)
         rows = self._conn.execute(sql + " ORDER BY scope, name, kind, principal", args).fetchall()
-        return [grant_record(r) for r in rows]
+        return [_grant_record(r) for r in rows]
 
     def _add_grant(self, grant: GrantRecord, seq: int) -> bool:
         cur = self._conn.execute(
@@ -737,7 +761,7 @@ class SqliteBackend(RecordsBase):
             "SELECT key_id, public_key, label, owner_uid, created_ns, revoked_ns, last_used_ns"
             " FROM client_keys ORDER BY created_ns, key_id"
         ).fetchall()
-        return [client_key_record(r, bytes(r["public_key"])) for r in rows]
+        return [_client_key(r) for r in rows]
 
     def add_client_key(self, record: ClientKeyRecord, seq: int) -> None:
         self._conn.execute(
@@ -802,7 +826,7 @@ class SqliteBackend(RecordsBase):
             f"SELECT {columns} FROM audit WHERE {where} ORDER BY id",  # noqa: S608 - constants
             args,
         )
-        return select_audit((audit_record(r) for r in rows), query)
+        return select_audit((_audit_record(r) for r in rows), query)
 
     def compact_audit(self, before_ns: int) -> int:
         """Nothing to merge: every record is a row of one table already."""
@@ -842,7 +866,7 @@ class SqliteBackend(RecordsBase):
             f"SELECT {_META_COLUMNS} FROM {_META_FROM} WHERE s.id = ?",  # noqa: S608
             (secret_id,),
         ).fetchone()
-        return None if row is None else secret_meta(row)
+        return None if row is None else _secret_meta(row)
 
     def data_key_info(self) -> list[tuple[int, int, int]]:
         """(generation, created_ns, versions sealed under it) for every data key."""
