@@ -236,6 +236,19 @@ def test_value_from_stdin_is_exact_bytes(cli: Cli) -> None:
 
 
 @pytest.mark.usefixtures("initialized_store")
+def test_a_value_of_dash_is_standard_input_never_the_byte(cli: Cli) -> None:
+    cli("secret", "create", "db", "-", input=b"from the pipe")
+    cli("secret", "set", "api", "-", input=b"too")
+    assert (get(cli, "db"), get(cli, "api")) == (b"from the pipe", b"too")
+    assert "process list" not in err(cli("secret", "rotate", "db", "-", input=b"v2"))
+    assert get(cli, "db") == b"v2"
+    both = cli("secret", "set", "db", "-", "--from-stdin", input=b"x", check=False)
+    assert both.returncode == 2 and "(got - (standard input), --from-stdin)" in err(both)
+    empty = cli("secret", "set", "db", "-", input=b"", check=False)
+    assert empty.returncode == 2 and get(cli, "db") == b"v2"
+
+
+@pytest.mark.usefixtures("initialized_store")
 def test_trailing_newline_is_kept_with_a_note(cli: Cli) -> None:
     proc = cli("secret", "set", "db", "--from-stdin", input=b"line\n")
     assert "newline" in err(proc)

@@ -31,7 +31,8 @@ def value_options(fn: click.decorators.FC) -> click.decorators.FC:
             click.option(
                 "--from-stdin",
                 is_flag=True,
-                help="Read the value from standard input (on a terminal: asked twice, not shown).",
+                help="Read the value from standard input (on a terminal: asked twice, not"
+                " shown); a VALUE of - does the same.",
             ),
             click.option(
                 "--from-file",
@@ -179,9 +180,11 @@ class ValueSource:
 def take_value(options: dict[str, Any]) -> ValueSource:
     """The source `value_options` describes, taking those options out of `options`;
     exactly one must be given (a usage error before the store is opened)."""
+    value, from_stdin = options.pop("value"), options.pop("from_stdin")
+    dash = value == "-"  # standard input, as `docker secret create NAME -`: never the byte "-"
     source = ValueSource(
-        options.pop("value"),
-        options.pop("from_stdin"),
+        None if dash else value,
+        from_stdin or dash,
         options.pop("from_file"),
         options.pop("from_uri"),
         options.pop("generate"),
@@ -192,7 +195,8 @@ def take_value(options: dict[str, Any]) -> ValueSource:
         name
         for name, given in (
             ("VALUE", source.value is not None),
-            ("--from-stdin", source.from_stdin),
+            ("- (standard input)", dash),
+            ("--from-stdin", from_stdin),
             ("--from-file", source.from_file is not None),
             ("--from", source.from_uri is not None),
             ("--generate", source.generate is not None),
@@ -201,8 +205,8 @@ def take_value(options: dict[str, Any]) -> ValueSource:
     ]
     if len(chosen) != 1:
         raise UsageError(
-            "give the value with exactly one of --from-stdin, --from-file PATH, --from URI,"
-            " --generate [LEN] or a VALUE argument"
+            "give the value with exactly one of --from-stdin (or -), --from-file PATH,"
+            " --from URI, --generate [LEN] or a VALUE argument"
             + (f" (got {', '.join(chosen)})" if chosen else "")
         )
     return source
