@@ -302,10 +302,13 @@ class SecretFS(pyfuse3.Operations):
                 # and this open (a writer moving fast): it cannot be sent back again,
                 # so it is served the current version, through this inode.
                 current = self._current(node)
-            if current is None or not self.tree.may(current, caller, READ):
+            if current is None:
                 code = errno.errorcode.get(exc.errno, str(exc.errno))
                 self._record("open", node, ctx, _audit.ERROR, code)
                 raise
+            if not self.tree.may(current, caller, READ):  # the file is there: not ENOENT
+                self._record("open", current, ctx, _audit.DENIED, "EACCES")
+                _fail(errno.EACCES)
             node, moved = current, True
             with _errno_of(node.path):
                 handle = self._snapshot(node)

@@ -220,3 +220,33 @@ def test_the_kernels_retry_is_never_told_estale_again(
         assert info.value.errno == errno.ESTALE
 
     trio.run(main)
+
+
+def test_a_retry_served_a_version_it_may_not_read_is_denied_not_missing(
+    store: tuple[Vault, Watcher, SecretFS],
+) -> None:
+    """The retry's version pruned too, and the current one is no longer the caller's to
+    read: that is EACCES, audited as denied, not ENOENT (the file is there)."""
+    vault, watcher, ops = store
+    user = SimpleNamespace(uid=1000, gid=1000, pid=os.getpid())
+    audit = AuditQueue()
+    ops.audit = audit
+    _replace(vault, b"everyone", mode=0o444)
+    watcher.catch_up()
+
+    async def main() -> None:
+        await ops.lookup(ROOT_INODE, b"deployment", user)
+        old = await _lookup(ops, "deployment/db")
+        _replace(vault, b"second", mode=0o444)
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(old, os.O_RDONLY, user)
+        assert info.value.errno == errno.ESTALE
+        new = await _lookup(ops, "deployment/db")  # the retry's lookup: version 3, 0444
+        _replace(vault, b"root only", mode=0o400)  # pruned before the retry's open
+        with pytest.raises(pyfuse3.FUSEError) as info:
+            await ops.open(new, os.O_RDONLY, user)
+        assert info.value.errno == errno.EACCES
+
+    trio.run(main)
+    last = audit.take(final=True)[-1]
+    assert (last.uid, last.outcome, last.detail) == (1000, "denied", "EACCES")
