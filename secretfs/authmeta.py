@@ -263,11 +263,17 @@ class Authenticator:
         stored = self.backend.meta_get(secret_tag_key(meta.secret_id))
         if self.keyring.verify(secret_row(meta), stored):
             return None
+        return self.failure("its row", stored)
+
+    def failure(self, what: str, stored: bytes | None) -> str:
+        """Why `what`, stored under the tag `stored`, fails: a tag under a generation this
+        keyring does not hold cannot be checked (yet), and is said so, never called a
+        change made without the key."""
         gen = self.keyring.tag_generation(stored)
         if gen is not None and not self.keyring.has(gen):
             why = self.keyring.damaged.get(gen, "it is not loaded here")
-            return f"its row cannot be verified: its tag is under data key generation {gen} ({why})"
-        return "its row fails authentication (changed without the key)"
+            return f"{what} cannot be verified: its tag is under data key generation {gen} ({why})"
+        return f"{what} fails authentication (changed without the key)"
 
     def scope_ok(self, sm: ScopeMeta, tags: dict[str, bytes] | None = None) -> bool:
         key = scope_tag_key(sm.scope)
@@ -347,7 +353,8 @@ class Authenticator:
             if self.scope_ok(sm, tags):
                 served.append(sm)
             else:
-                problems.append(Problem("scope", sm.scope, "its defaults row fails authentication"))
+                why = self.failure("its defaults row", tags.get(scope_tag_key(sm.scope)))
+                problems.append(Problem("scope", sm.scope, why))
                 served.append(ScopeMeta(sm.scope, 0, 0, 0, sm.seq))
         for scope in self.deleted_scopes(scopes):
             problems.append(Problem("scope", scope, "its defaults row was deleted"))
@@ -358,17 +365,15 @@ class Authenticator:
                 good_grants.append(g)
             else:
                 ref = f"{g.scope}/{g.name}" if g.name else g.scope
-                problems.append(
-                    Problem("grant", _grant_text(g), "the grant fails authentication", ref)
-                )
+                why = self.failure("the grant", tags.get(grant_tag_key(g)))
+                problems.append(Problem("grant", _grant_text(g), why, ref))
         good_keys = []
         for k in client_keys:
             if self.client_key_ok(k, tags):
                 good_keys.append(k)
             else:
-                problems.append(
-                    Problem("client-key", k.key_id, "the client key fails authentication")
-                )
+                why = self.failure("the client key", tags.get(client_key_tag_key(k.key_id)))
+                problems.append(Problem("client-key", k.key_id, why))
         access = self.access_sum(scopes, grants, tags, client_keys)
         adds_up = state is not None and access == state.access
         return AccessCheck(served, good_grants, good_keys, problems, access, adds_up)
@@ -395,9 +400,8 @@ class Authenticator:
             key = secret_tag_key(meta.secret_id)
             digest += tag_value(tags.get(key))
             if not self.secret_ok(meta, tags):
-                problems.append(
-                    Problem("secret", _secret_text(meta), "its row fails authentication")
-                )
+                why = self.failure("its row", tags.get(key))
+                problems.append(Problem("secret", _secret_text(meta), why))
             elif versions and not meta.deleted and b.sealed(meta.secret_id, meta.version) is None:
                 problems.append(
                     Problem(
@@ -414,7 +418,8 @@ class Authenticator:
         for n in list_nodes(b):
             digest += tag_value(tags.get(node_tag_key(n.node_id)))
             if not self.node_ok(n, tags) and not self.node_pending(n, tags):
-                problems.append(Problem("node", n.node_id, "the node record fails authentication"))
+                why = self.failure("the node record", tags.get(node_tag_key(n.node_id)))
+                problems.append(Problem("node", n.node_id, why))
         if state is not None and digest % DIGEST_MOD != state.digest:
             problems.append(
                 Problem(

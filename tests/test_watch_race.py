@@ -154,6 +154,11 @@ def test_a_tag_under_a_generation_not_loadable_yet_is_refused_until_it_loads(
             "cannot be verified: its tag is under data key generation 2" in why
             for why in watcher.tampered.values()
         ] == [True]
+        # The access rows too: the scope's defaults and the grant, each named for what it is.
+        access = sorted((p.kind, p.detail) for p in watcher._access_problems if p.kind != "store")
+        assert [kind for kind, _ in access] == ["grant", "scope"]
+        for _, why in access:
+            assert "cannot be verified: its tag is under data key generation 2" in why, why
         assert watcher.tree.ownership(_meta(watcher))[2] == 0
         clock.advance(KEY_RETRY_SECONDS)  # the key is tried again, the rows looked at again
         watcher.refresh()

@@ -86,8 +86,9 @@ class Admin(VaultCore):
         """IntegrityError (exit 6) if this secret's row, or the store's state, fails."""
         meta = self.meta(ref)
         problems: list[str] = []
-        if not self.auth.secret_ok(meta):
-            problems.append(f"the row of {ref} fails authentication")
+        why = self.auth.secret_problem(meta)
+        if why is not None:
+            problems.append(f"{ref}: {why}")
         state = self.keyring.read_state(self.backend)
         if state is None:
             problems.append("the authenticated store state is missing or not authentic")
