@@ -386,11 +386,23 @@ class Watcher:
         self._path = backend.path if isinstance(backend, SqliteBackend) else None
         self._identity = None if self._path is None else _file_identity(self._path)
         self._missing = False
+        # Why the last poll could not read the store's changes, and since when (None:
+        # it could): the tree stays as last read, and the status file says so.
+        self._unread: tuple[str, str] | None = None
 
     def status(self) -> dict[str, object]:
         """The backend's status, or why this mount stopped serving."""
         if self.problem is None:
-            return self.vault.backend.status()
+            status = self.vault.backend.status()
+            if self._unread is None:
+                return status
+            why, since = self._unread
+            return {
+                **status,
+                "connected": False,
+                "stale_since": status.get("stale_since") or since,
+                "problem": f"cannot read the store's changes: {why}",
+            }
         return {
             "backend": "sqlite",
             "store": self.vault.name,
@@ -415,6 +427,27 @@ class Watcher:
     def take_pending(self) -> Invalidation:
         pending, self._pending = self._pending, Invalidation()
         return pending
+
+    def poll(self) -> Invalidation:
+        """One turn of the watch loop: what changed since the last. A store whose changes
+        cannot be read (unreachable, a damaged row) leaves the tree as last read: the
+        status file says so (`connected` false, `stale_since`, `problem`) until a poll
+        reads again, and the log says it once per new reason, not once per poll."""
+        inval = self.take_pending()
+        try:
+            inval.extend(self.check_store() or Invalidation())
+            inval.extend(self.refresh() or Invalidation())
+        except SecretfsError as exc:
+            why = str(exc)
+            if self._unread is None or self._unread[0] != why:
+                log.error("reading store changes: %s (serving the last state read)", why)
+            since = self._unread[1] if self._unread else iso_time(time.time_ns())
+            self._unread = (why, since)
+        else:
+            if self._unread is not None:
+                log.warning("store changes are read again (unread since %s)", self._unread[1])
+            self._unread = None
+        return inval
 
     def check_store(self) -> Invalidation | None:
         """Whether the store path still names the file served; if a restore replaced it,
@@ -630,7 +663,8 @@ class Watcher:
         recheck = refused and self.clock.monotonic() >= self._recheck_at
         if data_version == self._data_version and not recheck:
             return None
-        self._data_version = data_version
+        # What was read is marked read only once applied: a read that fails midway (a
+        # damaged row, an I/O error) is read again whole by the next poll, never skipped.
         # A re-encryption adds data key generations: unwrap them before a read needs them.
         for gen in self.vault.refresh_data_keys():
             log.info("loaded data key generation %d", gen)
@@ -638,19 +672,18 @@ class Watcher:
         access_seq = backend.access_seq()
         if access_seq != self.access_seq or (recheck and self._access_problems):
             # Scope defaults and grants are few: take them whole on any change.
-            self.access_seq = access_seq
             scopes, grants, keys = self._verified_access(
                 backend.list_scope_meta(), backend.list_grants(), backend.list_client_keys()
             )
             out.extend(self.tree.set_access(scopes, grants))
             out.extend(self.tree.set_client_keys(keys))
+            self.access_seq = access_seq
         loaded, self._loaded = self._loaded, None
         if loaded is not None and loaded[0] == data_version and self.seq == 0:
             changes = list(loaded[1])  # nothing committed since verify_store() read them
         else:
             changes = backend.changes_since(self.seq)
-        if changes:
-            self.seq = max(c.seq for c in changes)
+        seq = max((c.seq for c in changes), default=self.seq)
         if recheck:
             # A row refused for want of a key this mount had not loaded yet (a password
             # store's new salt, a generation sealed to this node late) is looked at again,
@@ -664,6 +697,7 @@ class Watcher:
         if changes:
             self.versions.forget(c.secret_id for c in changes)
             out.extend(self.tree.apply(self._verified(changes), time.time_ns()))
+        self.seq, self._data_version = seq, data_version
         return out or None
 
 
@@ -823,12 +857,7 @@ def _invalidate_inodes(inodes: list[int]) -> None:
 async def _watch(watcher: Watcher) -> None:
     while True:
         await trio.sleep(POLL_SECONDS)
-        inval = watcher.take_pending()
-        try:
-            inval.extend(watcher.check_store() or Invalidation())
-            inval.extend(watcher.refresh() or Invalidation())
-        except SecretfsError as exc:
-            log.error("reading store changes: %s", exc)
+        inval = watcher.poll()
         if inval:
             await _invalidate(inval)
 

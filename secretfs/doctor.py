@@ -270,14 +270,20 @@ def _mounts(store: StoreLocation) -> list[Check]:
             out.append(Check(name, "ok", detail))
             continue
         since = status.get("stale_since") or "its start"
+        fix = (
+            "bring the etcd cluster back (quorum); the mount catches up by itself"
+            if status.get("backend") == "etcd"
+            else "the store checks above say what is wrong with it; the mount catches up"
+            " by itself once it reads the store again"
+        )
         out.append(
             Check(
                 name,
                 "warn",
                 f"stale since {since}: serving the last state seen (revision"
-                f" {status.get('last_revision')}) of {status.get('store')}; the backend does"
-                f" not answer: {status.get('problem') or 'not connected'}",
-                "bring the etcd cluster back (quorum); the mount catches up by itself",
+                f" {status.get('last_revision')}) of {status.get('store')}:"
+                f" {status.get('problem') or 'the backend does not answer'}",
+                fix,
             )
         )
     return out

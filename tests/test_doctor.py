@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from secretfs import doctor
+from secretfs.daemon import Watcher
+from secretfs.tree import Owner, Tree
+from secretfs.vault import Vault
 from tests import lifecycle_helpers as helpers
 from tests.conftest import Cli
 
@@ -198,3 +202,35 @@ def test_a_row_of_the_wrong_type_is_a_damaged_record_named(
     failed = {c["name"]: c for c in json.loads(proc.stdout)["checks"] if c["status"] == "fail"}
     assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode()
     assert f"non-{'BLOB' if column == 'ciphertext' else 'INTEGER'} value" in str(failed)
+
+
+def test_a_mount_that_meets_a_damaged_row_says_it_is_stale_until_it_reads_again(
+    store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watch loop's poll: the tree stays as last read (the store cannot be read
+    whole), the status file says why and since when, and the log says it once."""
+    vault = Vault.open(store)
+    watcher = Watcher(vault, Tree(Owner(0, 0), vault.read_version, time.time_ns()))
+    try:
+        watcher.verify_store()
+        watcher.refresh()
+        assert watcher.status()["connected"] is True
+        helpers.write(store, {"new": b"n"})
+        _store_mistyped(store, "secrets", "version", "two", "name = 'token'")
+        for _ in range(3):
+            watcher.poll()
+        status = watcher.status()
+        assert status["connected"] is False and status["stale_since"]
+        assert "cannot read the store's changes: row " in str(status["problem"])
+        assert "of table secrets is damaged" in str(status["problem"])
+        assert "new" not in {m.name for m in watcher.tree.known()}  # the last state read
+        logged = [r for r in caplog.records if "reading store changes" in r.getMessage()]
+        assert len(logged) == 1  # once per reason, not once per poll
+
+        _store_mistyped(store, "secrets", "version", 1, "name = 'token'")  # repaired
+        watcher.poll()
+        status = watcher.status()
+        assert status["connected"] is True and status.get("problem") is None
+        assert "new" in {m.name for m in watcher.tree.known()}
+    finally:
+        vault.close()
