@@ -414,7 +414,11 @@ class Watcher:
         }
 
     def catch_up(self) -> bool:
-        """Refresh now, from a request handler; the watch task tells the kernel later."""
+        """Refresh now, from a request handler; the watch task tells the kernel later.
+        Not while the store's changes cannot be read: the watch loop tries again each
+        poll, and a request (any uid's lookup of a missing name) never repeats the read."""
+        if self._unread is not None:
+            return False
         seen = self._data_version
         try:
             inval = self.refresh()

@@ -205,7 +205,7 @@ def test_a_row_of_the_wrong_type_is_a_damaged_record_named(
 
 
 def test_a_mount_that_meets_a_damaged_row_says_it_is_stale_until_it_reads_again(
-    store: Path, caplog: pytest.LogCaptureFixture
+    store: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The watch loop's poll: the tree stays as last read (the store cannot be read
     whole), the status file says why and since when, and the log says it once."""
@@ -226,6 +226,14 @@ def test_a_mount_that_meets_a_damaged_row_says_it_is_stale_until_it_reads_again(
         assert "new" not in {m.name for m in watcher.tree.known()}  # the last state read
         logged = [r for r in caplog.records if "reading store changes" in r.getMessage()]
         assert len(logged) == 1  # once per reason, not once per poll
+        # Requests (another uid looking up missing names, endlessly) do not read it again.
+        reads = []
+        changes_since = vault.backend.changes_since
+        monkeypatch.setattr(
+            vault.backend, "changes_since", lambda seq: reads.append(seq) or changes_since(seq)
+        )
+        assert not any(watcher.catch_up() for _ in range(100)) and reads == []
+        monkeypatch.setattr(vault.backend, "changes_since", changes_since)
 
         _store_mistyped(store, "secrets", "version", 1, "name = 'token'")  # repaired
         watcher.poll()
