@@ -234,6 +234,12 @@ def damaged(key: bytes, why: str, what: str = "record") -> IntegrityError:
     )
 
 
+def damaged_fields(key: bytes, what: str = "record") -> IntegrityError:
+    """A record whose fields are missing or of the wrong type: what every backend's row
+    parser raises, so the message is one."""
+    return damaged(key, "fields are missing or of the wrong type", what)
+
+
 _R = TypeVar("_R")
 
 
@@ -243,7 +249,7 @@ def parsed_record(key: bytes, raw: bytes, parse: Callable[[Row], _R], what: str 
     try:
         return parse(json_record(key, raw, what))
     except (KeyError, TypeError, ValueError):
-        raise damaged(key, "fields are missing or of the wrong type", what) from None
+        raise damaged_fields(key, what) from None
 
 
 def json_record(key: bytes, raw: bytes, what: str = "record") -> Any:

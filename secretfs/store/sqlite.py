@@ -36,7 +36,7 @@ from secretfs.store.records import (
     audit_record,
     audit_row,
     client_key_record,
-    damaged,
+    damaged_fields,
     grant_record,
     local_status,
     scope_meta,
@@ -230,9 +230,7 @@ def _table_row(parse: Callable[[_Row], _T], table: str) -> Callable[[_Row], _T]:
         except (KeyError, TypeError, ValueError):
             rowid = row.get("id", row.get("secret_id"))
             which = f"{rowid} of table {table}" if type(rowid) is int else f"of table {table}"
-            raise damaged(
-                which.encode(), "fields are missing or of the wrong type", "row"
-            ) from None
+            raise damaged_fields(which.encode(), "row") from None
 
     return parsed
 
